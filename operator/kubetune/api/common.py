@@ -1,0 +1,196 @@
+"""Building blocks shared by FineTuneJob and ModelDeployment.
+
+Every model forbids unknown fields, uses camelCase aliases and documents every field: the text becomes
+the CRD description and `kubectl explain` output. Bounds here become OpenAPI bounds in the CRD.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic.alias_generators import to_camel
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A positive decimal number written as a string, e.g. "2e-4", "0.05", "1".
+DECIMAL = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+
+# hf://org/name, s3://bucket/key, pvc://claim/path, file:///abs/path (local runs only).
+MODEL_URI = r"^(hf://[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?|(s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|file:///[^\s]*)$"
+DATA_URI = r"^(hf://[A-Za-z0-9][-._A-Za-z0-9]*/[A-Za-z0-9][-._A-Za-z0-9]*(/[^\s]*)?|(s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|https://[^\s]+|file:///[^\s]*)$"
+STORAGE_URI = r"^((s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|file:///[^\s]*)$"
+URI_SCHEMES_HELP = "Allowed schemes: hf://, s3://, pvc://, file:// (file:// only for `kubetune local`)."
+
+
+class KubeModel(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        validate_assignment=True,
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: camelCase, without unset optional fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _check_uri_path(value: str | None) -> str | None:
+    """Reject `..` segments: a URI must never climb out of its bucket prefix or claim."""
+    if value is not None and ".." in re.split(r"[/\\]", value.split("://", 1)[-1]):
+        raise ValueError("must not contain '..' path segments")
+    return value
+
+
+def decimal(description: str, *, default: str | None = None) -> Any:
+    """A decimal number carried as a string (no floats in spec where precision matters)."""
+    return Field(default=default, description=description, pattern=DECIMAL, max_length=32)
+
+
+# Kubernetes resource quantity: int or string, like core/v1 resources.
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema(
+        {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY}
+    ),
+]
+
+# Free-form Kubernetes object passed through unchanged (e.g. affinity).
+FreeForm = Annotated[dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})]
+
+
+def check_quantity(value: int | str | None, field: str) -> int | str | None:
+    if value is None or isinstance(value, int):
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"{field} must not be negative")
+        return value
+    if not re.match(QUANTITY, value):
+        raise ValueError(f"{field} {value!r} is not a Kubernetes quantity (e.g. 8, 500m, 32Gi)")
+    return value
+
+
+class SecretRef(KubeModel):
+    """A Secret in the same namespace as the resource."""
+
+    name: str = Field(description="Name of the Secret.", min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class SecretKeyRef(KubeModel):
+    """One key of a Secret in the same namespace. Only the reference is stored; the value never is."""
+
+    name: str = Field(description="Name of the Secret.", min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(description="Key inside the Secret.", min_length=1, max_length=253, pattern=SECRET_KEY)
+
+
+class BaseModelSource(KubeModel):
+    """The pretrained model to start from or to serve."""
+
+    uri: str = Field(
+        description="Where the model lives: hf://org/name (Hugging Face Hub), s3://bucket/prefix, "
+        "pvc://claim/path, or file:///path for local runs. " + URI_SCHEMES_HELP,
+        min_length=6,
+        max_length=1024,
+        pattern=MODEL_URI,
+    )
+    revision: str | None = Field(
+        default=None,
+        description="Hub revision (branch, tag or commit) to pin. Recommended for reproducibility.",
+        max_length=128,
+        pattern=r"^[-._/A-Za-z0-9]+$",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run Python code shipped with the model. Off by default: enable only for models you trust.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _no_traversal(cls, value: str) -> str:
+        return _check_uri_path(value)
+
+
+class ObjectStorage(KubeModel):
+    """How to reach S3-compatible object storage (AWS S3, MinIO, SeaweedFS, Ceph RGW)."""
+
+    endpoint: str | None = Field(
+        default=None,
+        description="S3 endpoint URL, e.g. http://minio.storage:9000. Empty: the platform default, else AWS.",
+        max_length=512,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+    )
+    region: str | None = Field(default=None, description="S3 region.", max_length=64, pattern=r"^[-a-z0-9]+$")
+    credentials_secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Empty: the platform default. "
+        "Values are passed to pods as secretKeyRef env and never copied anywhere.",
+    )
+
+
+class Toleration(KubeModel):
+    """A core/v1 Toleration."""
+
+    key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches all.", max_length=316)
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(default=None, description="Taint value for operator Equal.", max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long the pod stays bound after the taint appears.", ge=0
+    )
+
+
+class Scheduling(KubeModel):
+    """Where and when pods may run."""
+
+    queue_name: str | None = Field(
+        default=None,
+        description="Kueue LocalQueue name; sets the kueue.x-k8s.io/queue-name label. Empty: the platform default.",
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
+    priority_class_name: str | None = Field(
+        default=None, description="PriorityClass of the pods.", max_length=253, pattern=DNS_SUBDOMAIN
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels the pods must match.", max_length=32
+    )
+    tolerations: list[Toleration] | None = Field(default=None, description="Taints the pods tolerate.", max_length=32)
+    affinity: FreeForm | None = Field(default=None, description="core/v1 Affinity, passed through unchanged.")
+
+
+class Condition(KubeModel):
+    """Exactly metav1.Condition."""
+
+    type: str = Field(
+        description="Type of condition in CamelCase.",
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="Status of the condition.")
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the condition was set from.", ge=0
+    )
+    last_transition_time: datetime = Field(description="Last time the condition changed status.")
+    reason: str = Field(
+        description="Programmatic CamelCase identifier of the reason for the last transition.",
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+    )
+    message: str = Field(description="Human-readable details about the transition.", max_length=32768)
+
+
+CONDITIONS_FIELD = Field(
+    default_factory=list,
+    description="Current state as metav1.Condition entries, one per type.",
+    max_length=16,
+    json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+)

@@ -1,0 +1,46 @@
+"""Names shared by the operator, the trainer and the serving sidecar: one name for one thing."""
+
+GROUP = "kubetune.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+FINETUNEJOB_KIND = "FineTuneJob"
+FINETUNEJOB_PLURAL = "finetunejobs"
+MODELDEPLOYMENT_KIND = "ModelDeployment"
+MODELDEPLOYMENT_PLURAL = "modeldeployments"
+
+FINALIZER = "kubetune.io/finalizer"
+FIELD_MANAGER = "kubetune-operator"
+
+# Labels put on every child object.
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "kubetune"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_FINETUNEJOB = "kubetune.io/finetunejob"
+LABEL_MODELDEPLOYMENT = "kubetune.io/modeldeployment"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+
+COMPONENT_TRAINER = "trainer"
+COMPONENT_SERVING = "serving"
+
+# The trainer's config file, mounted from a ConfigMap.
+TRAINER_CONFIG_KEY = "config.json"
+TRAINER_CONFIG_MOUNT = "/etc/kubetune"
+TRAINER_CONFIG_PATH = f"{TRAINER_CONFIG_MOUNT}/{TRAINER_CONFIG_KEY}"
+TRAINER_CONTAINER = "trainer"
+TRAINER_METRICS_PORT = 9090
+
+# Environment variables the trainer reads (secrets arrive only as secretKeyRef env).
+ENV_AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+ENV_S3_ENDPOINT = "KUBETUNE_S3_ENDPOINT"
+ENV_S3_REGION = "AWS_DEFAULT_REGION"
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_CONFIG_PATH = "KUBETUNE_CONFIG"
+ENV_POD_NAME = "KUBETUNE_POD_NAME"
+
+# Keys expected inside the storage credentials Secret.
+SECRET_KEY_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+SECRET_KEY_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+
+TERMINATION_LOG = "/dev/termination-log"

@@ -1,0 +1,181 @@
+"""Generate the CustomResourceDefinitions from the pydantic models (the one source of truth).
+
+Pydantic emits JSON Schema 2020-12; a CRD needs a *structural* OpenAPI v3 schema: no $ref, no
+`title`, no `null` types, no `additionalProperties: false` (the API server prunes unknown fields and
+`kubectl apply` rejects them with field validation), int-or-string for quantities.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from .constants import GROUP, VERSION
+from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from .modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
+
+_DROP = {"title", "additionalProperties"}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        extra = {k: v for k, v in node.items() if k != "$ref"}
+        return _resolve({**target, **extra}, defs)
+    any_of = node.get("anyOf")
+    if any_of and not node.get("x-kubernetes-int-or-string"):
+        non_null = [branch for branch in any_of if branch.get("type") != "null"]
+        if len(non_null) == 1:
+            merged = {**non_null[0], **{k: v for k, v in node.items() if k != "anyOf"}}
+            if merged.get("default", 0) is None:
+                merged.pop("default")
+            return _resolve(merged, defs)
+        raise ValueError(f"cannot express a union in a structural schema: {node}")
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP and not (key == "additionalProperties" and isinstance(value, dict)):
+            continue
+        if key in ("exclusiveMinimum", "exclusiveMaximum"):
+            raise ValueError("use ge/le bounds: CRDs take exclusive bounds as booleans")
+        if key == "properties":
+            out[key] = {name: _resolve(sub, defs) for name, sub in value.items()}
+        elif key == "const":
+            out["enum"] = [value]
+        else:
+            out[key] = _resolve(value, defs)
+    if out.get("default", 0) is None:
+        out.pop("default")
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if out.get("x-kubernetes-preserve-unknown-fields"):
+        out.pop("additionalProperties", None)
+    return out
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A structural OpenAPI v3 schema for one pydantic model."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    schema = _resolve(raw, defs)
+    # Defaults of whole objects (default_factory) stay out: the server would store them verbatim.
+    _strip_object_defaults(schema)
+    return schema
+
+
+def _strip_object_defaults(node: Any) -> None:
+    if isinstance(node, dict):
+        if node.get("type") in ("object", "array") and "default" in node:
+            node.pop("default")
+        for value in node.values():
+            _strip_object_defaults(value)
+    elif isinstance(node, list):
+        for item in node:
+            _strip_object_defaults(item)
+
+
+def _root_schema(spec: type[BaseModel], status: type[BaseModel], description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "API version: kubetune.io/v1alpha1."},
+            "kind": {"type": "string", "description": "Kind of the object."},
+            "metadata": {"type": "object"},
+            "spec": openapi_schema(spec),
+            "status": openapi_schema(status),
+        },
+    }
+
+
+def _crd(*, kind: str, plural: str, singular: str, short: list[str], description: str,
+         spec: type[BaseModel], status: type[BaseModel], columns: list[dict[str, Any]],
+         subresources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "kubetune", "app.kubernetes.io/part-of": "kubetune"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                      "shortNames": short, "categories": ["kubetune", "ml"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": _root_schema(spec, status, description)},
+                "subresources": subresources,
+                "additionalPrinterColumns": columns,
+            }],
+        },
+    }
+
+
+def _cond(kind: str) -> str:
+    return f'.status.conditions[?(@.type=="{kind}")].status'
+
+
+def finetunejob_crd() -> dict[str, Any]:
+    return _crd(
+        kind="FineTuneJob", plural="finetunejobs", singular="finetunejob", short=["ftj"],
+        description="A fine-tuning run (SFT, DPO or continued pretraining; LoRA, QLoRA, DoRA or full) "
+        "that publishes an adapter to object storage.",
+        spec=FineTuneJobSpec, status=FineTuneJobStatus,
+        subresources={"status": {}},
+        columns=[
+            {"name": "Succeeded", "type": "string", "jsonPath": _cond("Succeeded")},
+            {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Succeeded")].reason'},
+            {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent", "description": "Percent of steps done."},
+            {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+            {"name": "ETA", "type": "integer", "jsonPath": ".status.progress.etaSeconds", "priority": 1, "description": "Seconds left."},
+            {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
+            {"name": "Adapter", "type": "string", "jsonPath": ".spec.adapter.type", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+def modeldeployment_crd() -> dict[str, Any]:
+    return _crd(
+        kind="ModelDeployment", plural="modeldeployments", singular="modeldeployment", short=["md"],
+        description="vLLM serving of a base model plus LoRA adapters behind an OpenAI-compatible endpoint.",
+        spec=ModelDeploymentSpec, status=ModelDeploymentStatus,
+        subresources={
+            "status": {},
+            "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                      "labelSelectorPath": ".status.selector"},
+        },
+        columns=[
+            {"name": "Ready", "type": "string", "jsonPath": _cond("Ready")},
+            {"name": "Replicas", "type": "string", "jsonPath": ".status.readyReplicas", "description": "Ready replicas."},
+            {"name": "Adapters", "type": "string", "jsonPath": ".status.adaptersReady", "description": "Ready/desired adapters."},
+            {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """File name -> CRD, as checked in under crds/."""
+    return {
+        f"{GROUP}_finetunejobs.yaml": finetunejob_crd(),
+        f"{GROUP}_modeldeployments.yaml": modeldeployment_crd(),
+    }
+
+
+HEADER = "# Generated from kubetune.api by `kubetune crds`. Do not edit by hand.\n"
+
+
+def render(crd: dict[str, Any]) -> str:
+    return HEADER + yaml.safe_dump(crd, sort_keys=False, width=120)

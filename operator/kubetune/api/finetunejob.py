@@ -1,0 +1,363 @@
+"""FineTuneJob: base model + dataset + method + hyperparameters + resources -> a published adapter."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .common import (
+    CONDITIONS_FIELD,
+    DATA_URI,
+    DNS_SUBDOMAIN,
+    STORAGE_URI,
+    URI_SCHEMES_HELP,
+    BaseModelSource,
+    Condition,
+    KubeModel,
+    ObjectStorage,
+    Quantity,
+    Scheduling,
+    SecretKeyRef,
+    _check_uri_path,
+    check_quantity,
+    decimal,
+)
+
+DatasetFormat = Literal["auto", "chatml", "alpaca", "sharegpt", "preference", "text"]
+MethodType = Literal["sft", "dpo", "cpt"]
+AdapterType = Literal["lora", "qlora", "dora", "full"]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+
+
+class Dataset(KubeModel):
+    """Training data. JSONL, JSON, CSV or Parquet; the trainer validates it before any training."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.validation) && has(self.validationSplit))",
+                    "message": "dataset.validation and dataset.validationSplit are mutually exclusive",
+                }
+            ]
+        }
+    }
+
+    train: str = Field(
+        description="Training data file or folder: s3://, https://, hf://org/dataset, pvc://claim/path. " + URI_SCHEMES_HELP,
+        min_length=6,
+        max_length=1024,
+        pattern=DATA_URI,
+    )
+    validation: str | None = Field(
+        default=None,
+        description="Held-out evaluation data (same formats). Exclusive with validationSplit.",
+        max_length=1024,
+        pattern=DATA_URI,
+    )
+    validation_split: str | None = decimal(
+        "Fraction of the training data held out for evaluation, e.g. \"0.1\" (0 < x < 0.5). "
+        "Exclusive with validation. Neither set: 5% (at least 1 example) is held out."
+    )
+    format: DatasetFormat = Field(
+        default="auto",
+        description="Record format: chatml (messages), alpaca (instruction/input/output), sharegpt "
+        "(conversations), preference (prompt/chosen/rejected), text (text), or auto-detect.",
+    )
+
+    @field_validator("train", "validation")
+    @classmethod
+    def _no_traversal(cls, value: str | None) -> str | None:
+        return _check_uri_path(value)
+
+    @field_validator("validation_split")
+    @classmethod
+    def _split_range(cls, value: str | None) -> str | None:
+        if value is not None and not (0 < Decimal(value) < Decimal("0.5")):
+            raise ValueError(f"must be between 0 and 0.5 (exclusive), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> Dataset:
+        if self.validation is not None and self.validation_split is not None:
+            raise ValueError("dataset.validation and dataset.validationSplit are mutually exclusive")
+        return self
+
+
+class DPOOptions(KubeModel):
+    """Direct Preference Optimization options."""
+
+    beta: str = decimal("KL penalty strength, e.g. \"0.1\". Higher stays closer to the base model.", default="0.1")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(default="sigmoid", description="DPO loss variant.")
+
+
+class Method(KubeModel):
+    """How the model learns."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.dpo) || self.type == 'dpo'", "message": "method.dpo is only valid with method.type dpo"}
+            ]
+        }
+    }
+
+    type: MethodType = Field(
+        default="sft",
+        description="sft: supervised fine-tuning on chat or text; dpo: preference optimization; "
+        "cpt: continued pretraining on raw text.",
+    )
+    dpo: DPOOptions | None = Field(default=None, description="Options for method.type dpo.")
+
+    @model_validator(mode="after")
+    def _dpo_only(self) -> Method:
+        if self.dpo is not None and self.type != "dpo":
+            raise ValueError("method.dpo is only valid with method.type dpo")
+        return self
+
+
+class Adapter(KubeModel):
+    """What gets trained: a low-rank adapter or every weight."""
+
+    type: AdapterType = Field(
+        default="lora",
+        description="lora; qlora (4-bit NF4 base + LoRA, needs a GPU for speed); dora (weight-decomposed LoRA); "
+        "full (every weight; publishes a full model, served as a baseModel).",
+    )
+    rank: int = Field(default=16, description="LoRA rank r.", ge=1, le=256)
+    alpha: int | None = Field(default=None, description="LoRA alpha. Empty: 2 x rank.", ge=1, le=1024)
+    dropout: str = decimal("LoRA dropout probability, e.g. \"0.05\".", default="0.05")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Module names to adapt, or [\"all-linear\"] for every linear layer except the output head.",
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"items": {"type": "string", "maxLength": 128, "pattern": r"^[-._A-Za-z0-9*]+$"}},
+    )
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_range(cls, value: str) -> str:
+        if not Decimal(value) < 1:
+            raise ValueError(f"must be below 1, got {value}")
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        import re
+
+        for name in value:
+            if not re.match(r"^[-._A-Za-z0-9*]{1,128}$", name):
+                raise ValueError(f"{name!r} is not a module name")
+        return value
+
+
+class Hyperparameters(KubeModel):
+    """Training settings. Empty fields get automatic defaults chosen for the method and adapter type
+    (documented in docs/hyperparameters.md)."""
+
+    epochs: int = Field(default=3, description="Passes over the training data.", ge=1, le=100)
+    max_steps: int | None = Field(default=None, description="Stop after this many optimizer steps (overrides epochs).", ge=1, le=10_000_000)
+    batch_size: int | None = Field(default=None, description="Per-device batch size. Empty: 8 for adapters, 4 for full.", ge=1, le=1024)
+    gradient_accumulation_steps: int = Field(default=1, description="Batches accumulated per optimizer step.", ge=1, le=1024)
+    learning_rate: str | None = decimal(
+        "Peak learning rate, e.g. \"2e-4\". Empty: 2e-4 for LoRA/QLoRA/DoRA, 2e-5 for full, 5e-6 for DPO with full, 5e-5 for DPO with adapters."
+    )
+    lr_scheduler: Scheduler = Field(default="cosine", description="Learning-rate schedule.")
+    warmup_ratio: str = decimal("Fraction of steps spent warming up, e.g. \"0.03\".", default="0.03")
+    max_length: int = Field(default=2048, description="Maximum tokens per example; longer ones are truncated.", ge=16, le=1_048_576)
+    packing: bool | None = Field(default=None, description="Pack several short examples into one sequence (SFT/CPT). Empty: on for SFT and CPT.")
+    seed: int = Field(default=42, description="Random seed for data order and initialisation.", ge=0, le=2**31 - 1)
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lr_range(cls, value: str | None) -> str | None:
+        if value is not None and not (0 < Decimal(value) <= 1):
+            raise ValueError(f"must be in (0, 1], got {value}")
+        return value
+
+    @field_validator("warmup_ratio")
+    @classmethod
+    def _warmup_range(cls, value: str) -> str:
+        if not Decimal(value) < 1:
+            raise ValueError(f"must be below 1, got {value}")
+        return value
+
+
+class Checkpointing(KubeModel):
+    """Resumable checkpoints in object storage, under <output>/<namespace>/<job>/checkpoints/."""
+
+    interval_steps: int = Field(default=100, description="Save a checkpoint every N optimizer steps.", ge=1, le=1_000_000)
+    keep: int = Field(default=2, description="Keep the newest K checkpoints.", ge=1, le=100)
+
+
+class Output(KubeModel):
+    """Where the adapter is published: <uri>/<namespace>/<job>/ with manifest.json written last."""
+
+    uri: str | None = Field(
+        default=None,
+        description="Object storage prefix, e.g. s3://models/adapters. Empty: the platform default.",
+        max_length=1024,
+        pattern=STORAGE_URI,
+    )
+    merged_model: bool = Field(default=False, description="Also publish the base model merged with the adapter.")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_traversal(cls, value: str | None) -> str | None:
+        return _check_uri_path(value)
+
+
+class Resources(KubeModel):
+    """Compute per training node."""
+
+    gpus: int = Field(default=1, description="GPUs per node (0 runs on CPU: only sensible for tiny models).", ge=0, le=16)
+    gpu_resource_name: str | None = Field(
+        default=None,
+        description="Extended resource name of the GPU, e.g. nvidia.com/gpu or amd.com/gpu. Empty: the platform default.",
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. 8 or 7500m.")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit, e.g. 64Gi.")
+    nodes: int = Field(default=1, description="Training nodes (data-parallel). More than one needs gpus > 0.", ge=1, le=64)
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: int | str | None, info) -> int | str | None:
+        return check_quantity(value, info.field_name)
+
+
+class FineTuneJobSpec(KubeModel):
+    """Desired fine-tune. Changing the spec of a running job restarts its training."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.resources) || self.resources.nodes == 1 || self.resources.gpus > 0",
+                    "message": "resources.nodes > 1 needs resources.gpus > 0",
+                },
+                {
+                    "rule": "!has(self.method) || self.method.type != 'dpo' || !has(self.dataset.format) "
+                    "|| self.dataset.format in ['auto', 'preference']",
+                    "message": "method.type dpo needs dataset.format preference or auto",
+                },
+                {
+                    "rule": "!has(self.method) || self.method.type != 'cpt' || !has(self.dataset.format) "
+                    "|| self.dataset.format in ['auto', 'text']",
+                    "message": "method.type cpt needs dataset.format text or auto",
+                },
+            ]
+        }
+    }
+
+    base_model: BaseModelSource = Field(description="The pretrained model to fine-tune.")
+    dataset: Dataset = Field(description="Training (and optional evaluation) data.")
+    method: Method = Field(default_factory=Method, description="Training method: sft, dpo or cpt.")
+    adapter: Adapter = Field(default_factory=Adapter, description="Adapter type and shape.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Training settings.")
+    checkpointing: Checkpointing = Field(default_factory=Checkpointing, description="Checkpoint cadence and retention.")
+    output: Output = Field(default_factory=Output, description="Where the result is published.")
+    storage: ObjectStorage = Field(default_factory=ObjectStorage, description="Object storage connection for every s3:// URI.")
+    resources: Resources = Field(default_factory=Resources, description="Compute per node.")
+    scheduling: Scheduling = Field(default_factory=Scheduling, description="Queue, priority and placement.")
+    image: str | None = Field(
+        default=None, description="Trainer image override. Empty: the platform default.", max_length=512, pattern=r"^[^\s]+$"
+    )
+    hub_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a Hugging Face token for gated models and datasets."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, description="Fail the job if it runs longer than this.", ge=60, le=30 * 24 * 3600
+    )
+    backoff_limit: int = Field(
+        default=3, description="Retries after internal errors or crashes. User errors (bad data/config) never retry.", ge=0, le=20
+    )
+    suspend: bool = Field(default=False, description="Pause: stops the training pods; false resumes from the last checkpoint.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FineTuneJobSpec:
+        if self.resources.nodes > 1 and self.resources.gpus == 0:
+            raise ValueError("resources.nodes > 1 needs resources.gpus > 0")
+        if self.method.type == "dpo" and self.dataset.format not in ("auto", "preference"):
+            raise ValueError(f"method.type dpo needs dataset.format preference or auto, got {self.dataset.format}")
+        if self.method.type == "cpt" and self.dataset.format not in ("auto", "text"):
+            raise ValueError(f"method.type cpt needs dataset.format text or auto, got {self.dataset.format}")
+        return self
+
+
+# ----------------------------------------------------------------------------------------- status
+
+
+class Progress(KubeModel):
+    """Live training progress, reported by the trainer every few seconds."""
+
+    step: int = Field(default=0, description="Optimizer steps done.", ge=0)
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.", ge=0)
+    epoch: float | None = Field(default=None, description="Epochs done (fractional).", ge=0)
+    percent: int = Field(default=0, description="step / totalSteps in percent.", ge=0, le=100)
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds until training ends.", ge=0)
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    tokens_per_second: float | None = Field(default=None, description="Training throughput.", ge=0)
+    trained_tokens: int | None = Field(default=None, description="Tokens trained on so far.", ge=0)
+    update_time: datetime | None = Field(default=None, description="When the trainer last reported.")
+
+
+class EvalFigures(KubeModel):
+    """Evaluation on the held-out data."""
+
+    eval_loss: float | None = Field(default=None, description="Mean token loss.")
+    perplexity: float | None = Field(default=None, description="exp(evalLoss).")
+
+
+class Evaluation(KubeModel):
+    """The base model before training against the result after."""
+
+    baseline: EvalFigures | None = Field(default=None, description="Base model before training.")
+    final: EvalFigures | None = Field(default=None, description="Fine-tuned model.")
+
+
+class CheckpointInfo(KubeModel):
+    """A complete checkpoint in object storage."""
+
+    step: int = Field(description="Optimizer step of the checkpoint.", ge=0)
+    uri: str = Field(description="Where it is stored.", max_length=2048)
+
+
+class PublishedAdapter(KubeModel):
+    """The published result. Set only once its manifest.json is written."""
+
+    uri: str = Field(description="Folder holding manifest.json and the adapter.", max_length=2048)
+    manifest_sha256: str = Field(description="sha256 of manifest.json.", pattern=r"^[a-f0-9]{64}$")
+    type: AdapterType | None = Field(default=None, description="Adapter type.")
+
+
+class FineTuneJobStatus(KubeModel):
+    """Observed state, derived from the training Job and Pods and the trainer's reports."""
+
+    observed_generation: int | None = Field(default=None, description="The .metadata.generation last acted on.", ge=0)
+    conditions: list[Condition] = CONDITIONS_FIELD
+    job_name: str | None = Field(default=None, description="Name of the training batch/v1 Job.", max_length=253, pattern=DNS_SUBDOMAIN)
+    start_time: datetime | None = Field(default=None, description="When training started.")
+    completion_time: datetime | None = Field(default=None, description="When the job succeeded or failed.")
+    attempts: int | None = Field(default=None, description="Training pods started so far.", ge=0)
+    progress: Progress | None = Field(default=None, description="Live progress.")
+    evaluation: Evaluation | None = Field(default=None, description="Before/after evaluation.")
+    checkpoints: list[CheckpointInfo] | None = Field(default=None, description="Complete checkpoints, newest last.", max_length=100)
+    adapter: PublishedAdapter | None = Field(default=None, description="The published adapter.")
+
+
+class FineTuneJob(KubeModel):
+    """A fine-tuning run that publishes an adapter (or full model) to object storage."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(default="kubetune.io/v1alpha1", description="API version.")
+    kind: Literal["FineTuneJob"] = Field(default="FineTuneJob", description="Kind.")
+    metadata: dict = Field(default_factory=dict, description="Standard object metadata.")
+    spec: FineTuneJobSpec = Field(description="Desired fine-tune.")
+    status: FineTuneJobStatus | None = Field(default=None, description="Observed state.")

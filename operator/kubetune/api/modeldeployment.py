@@ -1,0 +1,231 @@
+"""ModelDeployment: a base model served by vLLM with a set of LoRA adapters, behind one endpoint."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .common import (
+    CONDITIONS_FIELD,
+    DNS_LABEL,
+    STORAGE_URI,
+    BaseModelSource,
+    Condition,
+    KubeModel,
+    ObjectStorage,
+    Quantity,
+    Scheduling,
+    SecretKeyRef,
+    _check_uri_path,
+    check_quantity,
+    decimal,
+)
+
+AdapterState = Literal["WaitingForFineTuneJob", "Loading", "Ready", "Failed", "Rejected"]
+
+
+class FineTuneJobRef(KubeModel):
+    """A FineTuneJob in the same namespace."""
+
+    name: str = Field(description="Name of the FineTuneJob.", min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class AdapterSource(KubeModel):
+    """One LoRA adapter to serve, by FineTuneJob or by URI."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.fineTuneJobRef) != has(self.uri)",
+                    "message": "set exactly one of fineTuneJobRef or uri",
+                }
+            ]
+        }
+    }
+
+    name: str = Field(
+        description="Model name clients send in the OpenAI `model` field. A DNS label (lowercase, digits, '-').",
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
+    fine_tune_job_ref: FineTuneJobRef | None = Field(
+        default=None, description="Serve the adapter this FineTuneJob publishes; waits until it succeeds."
+    )
+    uri: str | None = Field(
+        default=None,
+        description="Folder holding a published adapter with its manifest.json (s3://, pvc://, file://).",
+        max_length=1024,
+        pattern=STORAGE_URI,
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _no_traversal(cls, value: str | None) -> str | None:
+        return _check_uri_path(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdapterSource:
+        if (self.fine_tune_job_ref is None) == (self.uri is None):
+            raise ValueError(f"adapter {self.name!r}: set exactly one of fineTuneJobRef or uri")
+        return self
+
+
+class VLLMOptions(KubeModel):
+    """vLLM engine options (see vLLM's engine arguments)."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.maxCpuLoras) || self.maxCpuLoras >= self.maxLoras",
+                    "message": "vllm.maxCpuLoras must be >= vllm.maxLoras",
+                }
+            ]
+        }
+    }
+
+    max_loras: int = Field(default=4, description="Adapters usable in one batch on the GPU (--max-loras).", ge=1, le=256)
+    max_lora_rank: int = Field(default=16, description="Largest adapter rank accepted (--max-lora-rank).", ge=1, le=512)
+    max_cpu_loras: int | None = Field(
+        default=None,
+        description="Adapters cached in CPU memory (--max-cpu-loras). More adapters than this are reloaded from local disk on demand.",
+        ge=1,
+        le=4096,
+    )
+    max_model_len: int | None = Field(default=None, description="Context length (--max-model-len). Empty: the model's.", ge=16, le=1_048_576)
+    tensor_parallel_size: int = Field(default=1, description="GPUs one replica shards the model over.", ge=1, le=16)
+    gpu_memory_utilization: str = decimal("Fraction of GPU memory vLLM may use, e.g. \"0.9\".", default="0.9")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(default="auto", description="Weight and activation dtype.")
+    extra_args: list[str] | None = Field(
+        default=None,
+        description="Further vLLM command-line arguments, appended as given.",
+        max_length=32,
+        json_schema_extra={"items": {"type": "string", "maxLength": 256}},
+    )
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _fraction(cls, value: str) -> str:
+        if not (0 < Decimal(value) <= 1):
+            raise ValueError(f"must be in (0, 1], got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _cpu_loras(self) -> VLLMOptions:
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError("vllm.maxCpuLoras must be >= vllm.maxLoras")
+        return self
+
+
+class ServingResources(KubeModel):
+    """Compute per replica."""
+
+    gpus: int = Field(default=1, description="GPUs per replica.", ge=0, le=16)
+    gpu_resource_name: str | None = Field(
+        default=None, description="Extended resource name of the GPU. Empty: the platform default.", max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit.")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit.")
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: int | str | None, info) -> int | str | None:
+        return check_quantity(value, info.field_name)
+
+
+class ServiceOptions(KubeModel):
+    """How the OpenAI-compatible endpoint is exposed."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(default="ClusterIP", description="Service type.")
+    port: int = Field(default=8000, description="Service port.", ge=1, le=65535)
+
+
+class ModelDeploymentSpec(KubeModel):
+    """Desired serving deployment. Changing adapters never restarts pods; changing anything else rolls them."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.vllm) || !has(self.resources) || self.resources.gpus == 0 "
+                    "|| self.vllm.tensorParallelSize <= self.resources.gpus",
+                    "message": "vllm.tensorParallelSize must not exceed resources.gpus",
+                }
+            ]
+        }
+    }
+
+    base_model: BaseModelSource = Field(description="The model vLLM serves; adapters must be trained on it.")
+    adapters: list[AdapterSource] = Field(
+        default_factory=list,
+        description="LoRA adapters to serve; each is also an OpenAI model name.",
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    replicas: int = Field(default=1, description="Serving pods.", ge=0, le=64)
+    resources: ServingResources = Field(default_factory=ServingResources, description="Compute per replica.")
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="vLLM engine options.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the API key clients must send as a Bearer token."
+    )
+    service: ServiceOptions = Field(default_factory=ServiceOptions, description="Endpoint exposure.")
+    storage: ObjectStorage = Field(default_factory=ObjectStorage, description="Object storage connection for adapters and s3:// models.")
+    scheduling: Scheduling = Field(default_factory=Scheduling, description="Priority and placement.")
+    image: str | None = Field(default=None, description="Serving image override. Empty: the platform default.", max_length=512, pattern=r"^[^\s]+$")
+    hub_token_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret key holding a Hugging Face token.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ModelDeploymentSpec:
+        names = [a.name for a in self.adapters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"adapters: duplicate name(s) {', '.join(dupes)}")
+        if self.resources.gpus and self.vllm.tensor_parallel_size > self.resources.gpus:
+            raise ValueError("vllm.tensorParallelSize must not exceed resources.gpus")
+        return self
+
+
+# ----------------------------------------------------------------------------------------- status
+
+
+class AdapterStatus(KubeModel):
+    """Observed state of one adapter."""
+
+    name: str = Field(description="Adapter (model) name.", max_length=63)
+    source: str = Field(description="fineTuneJob/<name> or the URI.", max_length=1100)
+    uri: str | None = Field(default=None, description="Resolved adapter folder.", max_length=2048)
+    sha256: str | None = Field(default=None, description="sha256 of its manifest.json.", max_length=64)
+    state: AdapterState = Field(description="WaitingForFineTuneJob, Loading, Ready, Failed or Rejected.")
+    replicas_loaded: int = Field(default=0, description="Ready replicas that have it loaded.", ge=0)
+    message: str | None = Field(default=None, description="Why it is not Ready.", max_length=4096)
+
+
+class ModelDeploymentStatus(KubeModel):
+    """Observed state, derived from the Deployment, its pods' adapter reports and FineTuneJobs."""
+
+    observed_generation: int | None = Field(default=None, description="The .metadata.generation last acted on.", ge=0)
+    conditions: list[Condition] = CONDITIONS_FIELD
+    replicas: int | None = Field(default=None, description="Serving pods (scale subresource).", ge=0)
+    ready_replicas: int | None = Field(default=None, description="Ready serving pods.", ge=0)
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).", max_length=1024)
+    endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL inside the cluster.", max_length=1024)
+    adapters_ready: str | None = Field(default=None, description="Ready adapters out of desired, e.g. 2/3.", max_length=16)
+    adapters: list[AdapterStatus] | None = Field(
+        default=None, description="Per-adapter state.", max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+class ModelDeployment(KubeModel):
+    """vLLM serving of a base model plus LoRA adapters, with an OpenAI-compatible endpoint."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(default="kubetune.io/v1alpha1", description="API version.")
+    kind: Literal["ModelDeployment"] = Field(default="ModelDeployment", description="Kind.")
+    metadata: dict = Field(default_factory=dict, description="Standard object metadata.")
+    spec: ModelDeploymentSpec = Field(description="Desired serving deployment.")
+    status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")

@@ -1,0 +1,128 @@
+"""Small pure helpers shared by the builders: names, labels, owner references, security contexts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import constants as c
+
+MAX_NAME = 63  # Job, Service and label values are DNS labels.
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The identity of the custom resource that owns the children."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Parent:
+        meta = body["metadata"]
+        return cls(body.get("apiVersion", c.API_VERSION), body["kind"], meta["namespace"], meta["name"], meta["uid"])
+
+
+def short_hash(data: Any, length: int = 10) -> str:
+    raw = data if isinstance(data, str) else json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:length]
+
+
+def child_name(parent: str, suffix: str) -> str:
+    """`<parent>-<suffix>`, shortened deterministically (with a hash) to fit a DNS label."""
+    name = f"{parent}-{suffix}"
+    if len(name) <= MAX_NAME:
+        return name
+    keep = MAX_NAME - len(suffix) - 12
+    return f"{parent[:keep].rstrip('-.')}-{short_hash(parent, 10)}-{suffix}"
+
+
+def label_value(value: str) -> str:
+    """A label value (<= 63 chars) that identifies `value`."""
+    if len(value) <= MAX_NAME:
+        return value
+    return f"{value[:52].rstrip('-._')}-{short_hash(value, 10)}"
+
+
+def owner_reference(parent: Parent) -> dict[str, Any]:
+    return {
+        "apiVersion": parent.api_version,
+        "kind": parent.kind,
+        "name": parent.name,
+        "uid": parent.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_meta(parent: Parent, name: str, labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": parent.namespace,
+        "labels": dict(labels),
+        "ownerReferences": [owner_reference(parent)],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod Security Standard "restricted"."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def resources(cpu: int | str | None, memory: int | str | None, gpus: int, gpu_resource: str) -> dict[str, Any]:
+    """Requests equal limits (Guaranteed QoS for CPU/memory when set); GPUs are limits only."""
+    limits: dict[str, Any] = {}
+    if cpu is not None:
+        limits["cpu"] = str(cpu)
+    if memory is not None:
+        limits["memory"] = str(memory)
+    out: dict[str, Any] = {}
+    if limits:
+        out["requests"] = dict(limits)
+    if gpus:
+        limits[gpu_resource] = str(gpus)
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def scheduling_fields(scheduling: Any) -> dict[str, Any]:
+    """Pod spec fields from a Scheduling model (queue name is a label, handled by the caller)."""
+    out: dict[str, Any] = {}
+    if scheduling.priority_class_name:
+        out["priorityClassName"] = scheduling.priority_class_name
+    if scheduling.node_selector:
+        out["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        out["tolerations"] = [t.to_dict() for t in scheduling.tolerations]
+    if scheduling.affinity:
+        out["affinity"] = scheduling.affinity
+    return out

@@ -1,0 +1,285 @@
+"""FineTuneJob -> its children: trainer ConfigMap, per-job ServiceAccount/Role/RoleBinding, batch/v1 Job.
+
+Pure functions: no I/O, no kopf, no client. The per-job Role lets the trainer patch the status of its
+own FineTuneJob (resourceNames) and nothing else: that is how live progress reaches status.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import constants as c
+from ..api import exit_codes
+from ..api.common import SecretRef
+from ..api.finetunejob import FineTuneJobSpec
+from ..api.trainer_config import TrainerConfig, trainer_config
+from ..api.validation import SpecError
+from ..config import OperatorSettings
+from .common import (
+    Parent,
+    child_name,
+    container_security_context,
+    label_value,
+    object_meta,
+    pod_security_context,
+    resources,
+    scheduling_fields,
+    secret_env,
+    short_hash,
+)
+
+SPEC_HASH_ANNOTATION = "kubetune.io/spec-hash"
+WORK_DIR = "/work"
+
+
+@dataclass(frozen=True)
+class TrainerNames:
+    config_map: str
+    service_account: str
+    role: str
+    role_binding: str
+    job: str
+    headless_service: str
+
+    @classmethod
+    def of(cls, ftj_name: str) -> TrainerNames:
+        trainer = child_name(ftj_name, "trainer")
+        return cls(
+            config_map=child_name(ftj_name, "trainer-config"),
+            service_account=trainer,
+            role=trainer,
+            role_binding=trainer,
+            job=child_name(ftj_name, "train"),
+            headless_service=child_name(ftj_name, "nodes"),
+        )
+
+
+def resolve_spec(spec: FineTuneJobSpec, settings: OperatorSettings) -> FineTuneJobSpec:
+    """A copy of the spec with the platform defaults filled in. SpecError if a required one is missing."""
+    data = spec.model_copy(deep=True)
+    if data.output.uri is None:
+        if not settings.default_output_uri:
+            raise SpecError(["spec.output.uri: required field is missing (this platform sets no default output)"])
+        data.output.uri = settings.default_output_uri
+    if data.storage.endpoint is None and settings.s3_endpoint:
+        data.storage.endpoint = settings.s3_endpoint
+    if data.storage.region is None and settings.s3_region:
+        data.storage.region = settings.s3_region
+    if data.storage.credentials_secret_ref is None and settings.storage_secret:
+        data.storage.credentials_secret_ref = SecretRef(name=settings.storage_secret)
+    if data.resources.gpu_resource_name is None:
+        data.resources.gpu_resource_name = settings.gpu_resource_name
+    if data.scheduling.queue_name is None and settings.default_queue:
+        data.scheduling.queue_name = settings.default_queue
+    if data.image is None:
+        data.image = settings.trainer_image
+    return data
+
+
+def spec_hash(resolved: FineTuneJobSpec) -> str:
+    """Identity of everything a running Job cannot change (all but `suspend`)."""
+    return short_hash({k: v for k, v in resolved.to_dict().items() if k != "suspend"}, 16)
+
+
+def labels(parent: Parent, resolved: FineTuneJobSpec | None = None) -> dict[str, str]:
+    out = {
+        c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE,
+        c.LABEL_COMPONENT: c.COMPONENT_TRAINER,
+        c.LABEL_FINETUNEJOB: label_value(parent.name),
+    }
+    if resolved is not None and resolved.scheduling.queue_name:
+        out[c.LABEL_KUEUE_QUEUE] = resolved.scheduling.queue_name
+    return out
+
+
+def build_config_map(parent: Parent, names: TrainerNames, config: TrainerConfig) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(parent, names.config_map, labels(parent)),
+        "data": {c.TRAINER_CONFIG_KEY: json.dumps(config.to_dict(), indent=2, sort_keys=True)},
+    }
+
+
+def build_service_account(parent: Parent, names: TrainerNames) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": object_meta(parent, names.service_account, labels(parent)),
+        "automountServiceAccountToken": False,
+    }
+
+
+def build_role(parent: Parent, names: TrainerNames) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": object_meta(parent, names.role, labels(parent)),
+        "rules": [
+            {
+                # The trainer reports live progress into this one FineTuneJob's status, nothing else.
+                "apiGroups": [c.GROUP],
+                "resources": [f"{c.FINETUNEJOB_PLURAL}/status"],
+                "resourceNames": [parent.name],
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+
+
+def build_role_binding(parent: Parent, names: TrainerNames) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": object_meta(parent, names.role_binding, labels(parent)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.role},
+        "subjects": [{"kind": "ServiceAccount", "name": names.service_account, "namespace": parent.namespace}],
+    }
+
+
+def build_headless_service(parent: Parent, names: TrainerNames) -> dict[str, Any]:
+    """Stable DNS names for the nodes of a multi-node run (torch.distributed rendezvous)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(parent, names.headless_service, labels(parent)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {c.LABEL_FINETUNEJOB: label_value(parent.name), c.LABEL_COMPONENT: c.COMPONENT_TRAINER},
+            "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500}],
+        },
+    }
+
+
+def _env(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": c.ENV_CONFIG_PATH, "value": c.TRAINER_CONFIG_PATH},
+        {"name": c.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "HOME", "value": f"{WORK_DIR}/home"},
+        {"name": "HF_HOME", "value": f"{WORK_DIR}/hf"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{WORK_DIR}/triton"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if resolved.storage.endpoint:
+        env.append({"name": c.ENV_S3_ENDPOINT, "value": resolved.storage.endpoint})
+    if resolved.storage.region:
+        env.append({"name": c.ENV_S3_REGION, "value": resolved.storage.region})
+    if resolved.storage.credentials_secret_ref:
+        secret = resolved.storage.credentials_secret_ref.name
+        env.append(secret_env(c.ENV_AWS_ACCESS_KEY_ID, secret, c.SECRET_KEY_ACCESS_KEY_ID))
+        env.append(secret_env(c.ENV_AWS_SECRET_ACCESS_KEY, secret, c.SECRET_KEY_SECRET_ACCESS_KEY))
+    if resolved.hub_token_secret_ref:
+        ref = resolved.hub_token_secret_ref
+        env.append(secret_env(c.ENV_HF_TOKEN, ref.name, ref.key))
+    if resolved.resources.nodes > 1:
+        env += [
+            {"name": "KUBETUNE_NNODES", "value": str(resolved.resources.nodes)},
+            {"name": "KUBETUNE_NODE_RANK", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+            {"name": "MASTER_ADDR", "value": f"{names.job}-0.{names.headless_service}"},
+            {"name": "MASTER_PORT", "value": "29500"},
+        ]
+    return env
+
+
+def _token_volume() -> dict[str, Any]:
+    """A short-lived token for this pod's ServiceAccount (used only to report progress)."""
+    return {
+        "name": "kube-api-access",
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ]
+        },
+    }
+
+
+def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    pod_labels = labels(parent, resolved)
+    nodes = resolved.resources.nodes
+    gpu_resource = resolved.resources.gpu_resource_name or settings.gpu_resource_name
+    container = {
+        "name": c.TRAINER_CONTAINER,
+        "image": resolved.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": ["--config", c.TRAINER_CONFIG_PATH],
+        "env": _env(parent, names, resolved),
+        "ports": [{"name": "metrics", "containerPort": c.TRAINER_METRICS_PORT}],
+        "resources": resources(resolved.resources.cpu, resolved.resources.memory, resolved.resources.gpus, gpu_resource),
+        "securityContext": container_security_context(),
+        "terminationMessagePath": c.TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "config", "mountPath": c.TRAINER_CONFIG_MOUNT, "readOnly": True},
+            {"name": "work", "mountPath": WORK_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": names.service_account,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.config_map}},
+            {"name": "work", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            _token_volume(),
+        ],
+        **scheduling_fields(resolved.scheduling),
+    }
+    if nodes > 1:
+        pod_spec["subdomain"] = names.headless_service
+    job_spec: dict[str, Any] = {
+        "suspend": resolved.suspend,
+        "backoffLimit": resolved.backoff_limit,
+        "completions": nodes,
+        "parallelism": nodes,
+        "completionMode": "Indexed" if nodes > 1 else "NonIndexed",
+        "podFailurePolicy": {
+            "rules": [
+                # Bad data or config: retrying cannot help.
+                {"action": "FailJob", "onExitCodes": {"containerName": c.TRAINER_CONTAINER, "operator": "In",
+                                                      "values": [exit_codes.USER_ERROR]}},
+                # Preemption or eviction: resume from the checkpoint without spending a retry.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    }
+    if resolved.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = resolved.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_meta(parent, names.job, pod_labels, {SPEC_HASH_ANNOTATION: spec_hash(resolved)}),
+        "spec": job_spec,
+    }
+
+
+def build_children(body: dict[str, Any], resolved: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Every child, in creation order: the Job last, so all it mounts and runs as exists first."""
+    parent = Parent.of(body)
+    names = TrainerNames.of(parent.name)
+    config = trainer_config(parent.namespace, parent.name, parent.uid, resolved)
+    children = [
+        build_config_map(parent, names, config),
+        build_service_account(parent, names),
+        build_role(parent, names),
+        build_role_binding(parent, names),
+    ]
+    if resolved.resources.nodes > 1:
+        children.append(build_headless_service(parent, names))
+    children.append(build_job(parent, names, resolved, settings))
+    return children

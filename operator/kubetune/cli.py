@@ -1,0 +1,96 @@
+"""The `kubetune` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from .api.crd import all_crds, render
+
+    out = Path(args.out)
+    drift = []
+    for filename, crd in all_crds().items():
+        text = render(crd)
+        path = out / filename
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                drift.append(str(path))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    if drift:
+        print("CRDs differ from the models (run `kubetune crds`): " + ", ".join(drift), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .api.finetunejob import FineTuneJobSpec
+    from .api.modeldeployment import ModelDeploymentSpec
+    from .api.validation import SpecError, parse
+
+    models = {"FineTuneJob": FineTuneJobSpec, "ModelDeployment": ModelDeploymentSpec}
+    failed = 0
+    for file in args.files:
+        for doc in yaml.safe_load_all(Path(file).read_text()):
+            if not isinstance(doc, dict) or doc.get("kind") not in models:
+                continue
+            name = (doc.get("metadata") or {}).get("name", "?")
+            try:
+                parse(models[doc["kind"]], doc.get("spec"))
+                print(f"{file}: {doc['kind']}/{name}: valid")
+            except SpecError as exc:
+                failed += 1
+                for problem in exc.problems:
+                    print(f"{file}: {doc['kind']}/{name}: {problem}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or None,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tuning and LoRA serving on Kubernetes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    op = sub.add_parser("operator", help="run the operator (uses in-cluster config or $KUBECONFIG)")
+    op.add_argument("-n", "--namespace", action="append", help="watch only this namespace (repeatable); default: all")
+    op.add_argument("--liveness", default=None, help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    op.add_argument("-v", "--verbose", action="store_true")
+    op.set_defaults(func=_operator)
+
+    crds = sub.add_parser("crds", help="generate crds/*.yaml from the API models")
+    crds.add_argument("--out", default=str(REPO_ROOT / "crds"))
+    crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
+    crds.set_defaults(func=_crds)
+
+    val = sub.add_parser("validate", help="validate FineTuneJob/ModelDeployment manifests offline")
+    val.add_argument("files", nargs="+")
+    val.set_defaults(func=_validate)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The operator's only Kubernetes API client (kopf keeps its own for watching).
+
+A thin async wrapper over the official `kubernetes` client's ApiClient: raw JSON in and out (no typed
+model deserialisation), bounded timeouts, bounded retries on transient errors, run in a thread so the
+event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = (5, 15)  # connect, read seconds
+RETRIES = 3
+TRANSIENT = {0, 429, 500, 502, 503, 504}  # 0: no HTTP answer at all
+
+# kind -> (api prefix, plural). The operator manages only these kinds.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "Service"): "services",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Pod"): "pods",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("batch/v1", "Job"): "jobs",
+    ("apps/v1", "Deployment"): "deployments",
+    ("kubetune.io/v1alpha1", "FineTuneJob"): "finetunejobs",
+    ("kubetune.io/v1alpha1", "ModelDeployment"): "modeldeployments",
+}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{status} {reason}: {message}")
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{base}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
+
+
+def object_path(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+
+
+def load_config() -> kubernetes.client.ApiClient:
+    """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    return kubernetes.client.ApiClient(configuration)
+
+
+class Kube:
+    """Async JSON access to the API server."""
+
+    def __init__(self, api: kubernetes.client.ApiClient | None = None):
+        self._api = api
+
+    @property
+    def api(self) -> kubernetes.client.ApiClient:
+        if self._api is None:
+            self._api = load_config()
+        return self._api
+
+    def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+              query: list[tuple[str, str]] | None = None) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            response = self.api.call_api(
+                path, method, query_params=query or [], header_params=headers, body=body,
+                auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as exc:
+            raise _error(exc) from None
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused / reset / timed out
+            raise KubeError(0, "ConnectionFailed", str(exc)) from None
+        data = response.data
+        return json.loads(data) if data else None
+
+    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                      query: list[tuple[str, str]] | None = None) -> Any:
+        for attempt in range(RETRIES):
+            try:
+                return await asyncio.to_thread(self._call, method, path, body, content_type, query)
+            except KubeError as exc:
+                if exc.status in TRANSIENT and attempt + 1 < RETRIES:
+                    await asyncio.sleep(0.2 * 2**attempt)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return await self.request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"{collection_path(api_version, kind, namespace)}/{name}")
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def merge_patch(self, obj: dict[str, Any], patch: dict[str, Any], subresource: str = "") -> dict[str, Any]:
+        path = object_path(obj) + (f"/{subresource}" if subresource else "")
+        return await self.request("PATCH", path, patch, "application/merge-patch+json")
+
+    async def delete(self, obj: dict[str, Any], propagation: str = "Background") -> None:
+        try:
+            await self.request("DELETE", object_path(obj), {"propagationPolicy": propagation})
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    async def ensure(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create `obj` unless it exists. Returns (live object, created?). Never overwrites."""
+        try:
+            return await self.create(obj), True
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+        live = await self.get(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if live is None:  # deleted in between: try once more
+            return await self.create(obj), True
+        return live, False
+
+
+def _error(exc: ApiException) -> KubeError:
+    reason, message = exc.reason or "", exc.body or ""
+    try:
+        status = json.loads(exc.body)
+        reason, message = status.get("reason", reason), status.get("message", message)
+    except (TypeError, ValueError):
+        pass
+    return KubeError(exc.status or 0, str(reason), str(message))

@@ -1,0 +1,3 @@
+"""kopf handlers. Importing this package registers them (`kopf run -m kubetune.handlers`)."""
+
+from . import finetunejob, startup  # noqa: F401

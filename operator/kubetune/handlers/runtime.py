@@ -1,0 +1,71 @@
+"""Operator-wide state shared by the handlers: settings, the API client, status-write bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from ..clients.kube import Kube
+from ..config import OperatorSettings
+from ..status.conditions import find
+
+log = logging.getLogger("kubetune")
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    kube: Kube
+    # uid -> the operator-owned status last written (the index may lag behind our own writes).
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+
+    def forget(self, uid: str) -> None:
+        self.written.pop(uid, None)
+        self.locks.pop(uid, None)
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(settings=OperatorSettings.from_env(), kube=Kube())
+    return _runtime
+
+
+def reset(settings: OperatorSettings | None = None, kube: Kube | None = None) -> Runtime:
+    global _runtime
+    _runtime = Runtime(settings=settings or OperatorSettings.from_env(), kube=kube or Kube())
+    return _runtime
+
+
+# Condition transitions worth an Event: (type, status) -> event type. Reason and message come from the condition.
+EVENT_ON = {
+    ("Running", "True"): "Normal",
+    ("Succeeded", "True"): "Normal",
+    ("Failed", "True"): "Warning",
+    ("Suspended", "True"): "Normal",
+    ("Ready", "True"): "Normal",
+    ("AdaptersReady", "False"): "Warning",
+}
+STUCK_REASONS = {"ImagePullFailed", "Unschedulable"}
+
+
+def announce(body: Any, before: list[dict[str, Any]] | None, after: list[dict[str, Any]]) -> None:
+    """Post an Event for every condition that changed status or reason into a state worth telling."""
+    for cond in after:
+        old = find(before, cond["type"])
+        if old and old.get("status") == cond["status"] and old.get("reason") == cond["reason"]:
+            continue
+        kind = EVENT_ON.get((cond["type"], cond["status"]))
+        if cond["reason"] in STUCK_REASONS and cond["type"] == "Running":
+            kind = "Warning"
+        if kind:
+            kopf.event(body, type=kind, reason=cond["reason"], message=cond["message"] or cond["reason"])

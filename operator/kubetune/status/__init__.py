@@ -1,0 +1,1 @@
+"""Pure functions: observed children -> status (conditions, progress)."""

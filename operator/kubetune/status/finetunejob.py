@@ -1,0 +1,215 @@
+"""FineTuneJob status from the observed training Job and Pods. Pure: no I/O, no clock reads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..api import exit_codes
+from ..api.conditions import FAILED, FALSE, RUNNING, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN, Reason
+from ..api.constants import TRAINER_CONTAINER
+from .conditions import Cond, merge_conditions
+
+IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+OOM_HINT = ("The trainer ran out of memory. Try adapter.type qlora, a smaller hyperparameters.batchSize "
+            "(with more gradientAccumulationSteps), a shorter hyperparameters.maxLength, or more resources.memory / a larger GPU.")
+
+
+@dataclass
+class Observed:
+    """What the operator sees of one FineTuneJob right now."""
+
+    generation: int | None
+    job: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    validation_error: str | None = None
+    output_prefix: str | None = None
+    spec_conflict: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    running: Cond
+    succeeded: Cond
+    failed: Cond
+    suspended: Cond
+
+
+def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == TRAINER_CONTAINER:
+            return status
+    return {}
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    status = _trainer_status(pod)
+    return (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
+
+
+def _by_age(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"].get("name", "")))
+
+
+def termination_report(pod: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's final JSON report from the termination message, or {"message": text}."""
+    term = _terminated(pod) or {}
+    text = (term.get("message") or "").strip()
+    if text.startswith("{"):
+        try:
+            report = json.loads(text)
+            if isinstance(report, dict):
+                return report
+        except ValueError:
+            pass
+    return {"message": text} if text else {}
+
+
+def _failed_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for p in _by_age(pods) if (_terminated(p) or {}).get("exitCode", 0) != 0 or p.get("status", {}).get("phase") == "Failed"]
+
+
+def _describe_failure(pod: dict[str, Any] | None) -> tuple[str, str]:
+    """(reason, message) for the trainer's failed pod."""
+    if pod is None:
+        return Reason.BACKOFF_LIMIT_EXCEEDED, "The training pod failed and no pod is left to inspect."
+    term = _terminated(pod) or {}
+    name = pod["metadata"]["name"]
+    said = termination_report(pod).get("message") or termination_report(pod).get("error") or ""
+    code = term.get("exitCode")
+    if term.get("reason") == "OOMKilled" or (pod.get("status") or {}).get("reason") == "OOMKilled":
+        return Reason.OOM_KILLED, f"Pod {name} was OOMKilled. {OOM_HINT}"
+    if code == exit_codes.USER_ERROR:
+        return Reason.USER_ERROR, said or f"The trainer rejected its input (pod {name} exited {code})."
+    if code == exit_codes.INTERNAL_ERROR:
+        return Reason.INTERNAL_ERROR, said or f"The trainer hit an internal error (pod {name} exited {code})."
+    detail = f" {said}" if said else ""
+    pod_reason = (pod.get("status") or {}).get("reason") or term.get("reason") or "Error"
+    return Reason.BACKOFF_LIMIT_EXCEEDED, f"Pod {name} failed ({pod_reason}, exit code {code}).{detail}"
+
+
+def _stuck(pods: list[dict[str, Any]], image: str | None) -> tuple[str, str] | None:
+    """An active pod that cannot start: image pull failure or unschedulable."""
+    for pod in _by_age(pods):
+        waiting = (_trainer_status(pod).get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in IMAGE_PULL_REASONS:
+            img = next((ctr.get("image") for ctr in pod["spec"].get("containers", []) if ctr.get("name") == TRAINER_CONTAINER), image)
+            return Reason.IMAGE_PULL_FAILED, (f"Cannot pull trainer image {img}: {waiting.get('reason')}: {waiting.get('message', '')}"
+                                               " Check spec.image and the image pull secret.").strip()
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+                return Reason.UNSCHEDULABLE, (f"Pod {pod['metadata']['name']} cannot be scheduled: {cond.get('message', '')} "
+                                              "Check spec.resources (GPUs, memory) and spec.scheduling (nodeSelector, tolerations).")
+    return None
+
+
+def _running_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for pod in reversed(_by_age(pods)):
+        if (_trainer_status(pod).get("state") or {}).get("running") and not pod["metadata"].get("deletionTimestamp"):
+            return pod
+    return None
+
+
+def _verdict(obs: Observed) -> Verdict:
+    def v(running: tuple[str, str, str], succeeded: tuple[str, str, str], failed: tuple[str, str, str],
+          suspended: tuple[str, str, str]) -> Verdict:
+        return Verdict(Cond(RUNNING, *running), Cond(SUCCEEDED, *succeeded), Cond(FAILED, *failed), Cond(SUSPENDED, *suspended))
+
+    not_suspended = (FALSE, Reason.NOT_SUSPENDED, "")
+    no_failure = (FALSE, Reason.NO_FAILURE, "")
+    if obs.validation_error:
+        failed = (TRUE, Reason.VALIDATION_FAILED, obs.validation_error)
+        return v((FALSE, Reason.VALIDATION_FAILED, ""), (FALSE, Reason.VALIDATION_FAILED, obs.validation_error), failed, not_suspended)
+    job = obs.job
+    if job is None:
+        msg = "Creating the training Job."
+        return v((FALSE, Reason.PENDING, msg), (UNKNOWN, Reason.PENDING, msg), no_failure, not_suspended)
+    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+        msg = f"Training finished; adapter published to {obs.output_prefix}." if obs.output_prefix else "Training finished."
+        return v((FALSE, Reason.COMPLETED, msg), (TRUE, Reason.COMPLETED, msg), no_failure, not_suspended)
+    failed_cond = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
+    if failed_cond:
+        job_reason = failed_cond.get("reason", "")
+        if job_reason == "DeadlineExceeded":
+            reason, msg = Reason.DEADLINE_EXCEEDED, ("Training ran longer than spec.activeDeadlineSeconds "
+                                                     f"({job['spec'].get('activeDeadlineSeconds')} s) and was stopped.")
+        else:
+            failed_pods = _failed_pods(obs.pods)
+            reason, msg = _describe_failure(failed_pods[-1] if failed_pods else None)
+            if job_reason == "BackoffLimitExceeded" and reason not in (Reason.OOM_KILLED, Reason.USER_ERROR):
+                reason = Reason.BACKOFF_LIMIT_EXCEEDED
+                msg = f"Gave up after {job['spec'].get('backoffLimit', 0) + 1} attempt(s). Last: {msg}"
+        return v((FALSE, reason, msg), (FALSE, reason, msg), (TRUE, reason, msg), not_suspended)
+    if job["spec"].get("suspend"):
+        msg = "Suspended: training pods are stopped; set spec.suspend=false to resume from the last checkpoint."
+        if job_reason := (_job_condition(job, "Suspended") or {}).get("reason"):
+            msg = f"{msg} ({job_reason})"
+        return v((FALSE, Reason.SUSPENDED, msg), (UNKNOWN, Reason.SUSPENDED, msg), no_failure, (TRUE, Reason.SUSPENDED, msg))
+    active = [p for p in obs.pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
+    stuck = _stuck(active, None)
+    if stuck:
+        return v((FALSE, *stuck), (UNKNOWN, *stuck), no_failure, not_suspended)
+    pod = _running_pod(obs.pods)
+    if pod:
+        earlier = _failed_pods(obs.pods)
+        if earlier:
+            prev_reason, prev_msg = _describe_failure(earlier[-1])
+            msg = f"Training on pod {pod['metadata']['name']}, resumed after attempt {len(earlier)} failed ({prev_reason}): {prev_msg}"
+            return v((TRUE, Reason.RESTARTING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
+        msg = f"Training on pod {pod['metadata']['name']}."
+        return v((TRUE, Reason.TRAINING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
+    msg = "Waiting for the training pod to start."
+    if active:
+        waiting = (_trainer_status(active[-1]).get("state") or {}).get("waiting") or {}
+        msg = f"Waiting for pod {active[-1]['metadata']['name']} to start ({waiting.get('reason', 'Pending')})."
+    return v((FALSE, Reason.PENDING, msg), (UNKNOWN, Reason.PENDING, msg), no_failure, not_suspended)
+
+
+def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime | None = None) -> dict[str, Any]:
+    """The operator-owned part of status (the trainer owns progress/evaluation/checkpoints)."""
+    previous = previous or {}
+    verdict = _verdict(obs)
+    desired = [verdict.running, verdict.succeeded, verdict.failed, verdict.suspended]
+    status: dict[str, Any] = {
+        "observedGeneration": obs.generation,
+        "conditions": merge_conditions(previous.get("conditions"), desired, obs.generation, now),
+    }
+    job = obs.job
+    if job is not None:
+        status["jobName"] = job["metadata"]["name"]
+        job_status = job.get("status") or {}
+        if job_status.get("startTime"):
+            status["startTime"] = job_status["startTime"]
+        attempts = sum(int(job_status.get(key) or 0) for key in ("active", "succeeded", "failed"))
+        if attempts:
+            status["attempts"] = attempts
+        if verdict.succeeded.status != UNKNOWN:
+            done = job_status.get("completionTime") or next(
+                (c.get("lastTransitionTime") for c in job_status.get("conditions") or [] if c.get("status") == "True"
+                 and c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")), None)
+            if done:
+                status["completionTime"] = done
+    if verdict.succeeded.status == TRUE:
+        winner = next((p for p in reversed(_by_age(obs.pods)) if (_terminated(p) or {}).get("exitCode") == 0), None)
+        report = termination_report(winner) if winner else {}
+        adapter = report.get("adapter") if isinstance(report.get("adapter"), dict) else None
+        if adapter and adapter.get("uri") and adapter.get("manifestSha256"):
+            status["adapter"] = {k: adapter[k] for k in ("uri", "manifestSha256", "type") if adapter.get(k)}
+        if isinstance(report.get("evaluation"), dict):
+            status["evaluation"] = report["evaluation"]
+    return status
+
+
+def status_changed(previous: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether writing `new` would change anything in `previous` (keys absent from `new` are left alone)."""
+    previous = previous or {}
+    return any(previous.get(key) != value for key, value in new.items())
