@@ -159,7 +159,7 @@ class Scheduling(KubeModel):
     priority_class_name: str | None = Field(
         default=None, description="PriorityClass of the pods.", max_length=253, pattern=DNS_SUBDOMAIN
     )
-    node_selector: dict[str, str] | None = Field(
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
         default=None, description="Node labels the pods must match.", max_length=32
     )
     tolerations: list[Toleration] | None = Field(default=None, description="Taints the pods tolerate.", max_length=32)

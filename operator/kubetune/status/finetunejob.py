@@ -26,7 +26,6 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     validation_error: str | None = None
     output_prefix: str | None = None
-    spec_conflict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def _stuck(pods: list[dict[str, Any]], image: str | None) -> tuple[str, str] | N
 
 def _running_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     for pod in reversed(_by_age(pods)):
-        if (_trainer_status(pod).get("state") or {}).get("running") and not pod["metadata"].get("deletionTimestamp"):
+        if "running" in (_trainer_status(pod).get("state") or {}) and not pod["metadata"].get("deletionTimestamp"):
             return pod
     return None
 

@@ -1,0 +1,197 @@
+"""FineTuneJob builders: whole returned objects compared, like JobSet's TestConstructJobsFromTemplate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.validation import SpecError, parse
+from kubetune.builders.common import child_name, label_value
+from kubetune.builders.finetunejob import build_children, resolve_spec, spec_hash
+from kubetune.config import OperatorSettings
+
+SETTINGS = OperatorSettings(
+    trainer_image="registry.example/kubetune/trainer:1.0",
+    default_output_uri="s3://adapters/prod",
+    s3_endpoint="http://minio.storage:9000",
+    storage_secret="platform-s3",
+    default_queue="team-a",
+)
+BODY = {
+    "apiVersion": "kubetune.io/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "support-bot", "namespace": "ml", "uid": "u-123", "generation": 1},
+    "spec": {
+        "baseModel": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct", "revision": "main"},
+        "dataset": {"train": "s3://data/chat.jsonl"},
+        "resources": {"gpus": 1, "cpu": 8, "memory": "32Gi"},
+        "hubTokenSecretRef": {"name": "hf", "key": "token"},
+        "scheduling": {"priorityClassName": "batch-low", "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        "activeDeadlineSeconds": 7200,
+    },
+}
+OWNER = [{"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "name": "support-bot", "uid": "u-123",
+          "controller": True, "blockOwnerDeletion": True}]
+LABELS = {"app.kubernetes.io/managed-by": "kubetune", "app.kubernetes.io/component": "trainer", "kubetune.io/finetunejob": "support-bot"}
+
+
+def _children(body=BODY, settings=SETTINGS):
+    resolved = resolve_spec(parse(FineTuneJobSpec, body["spec"]), settings)
+    return resolved, build_children(body, resolved, settings)
+
+
+def test_children_in_creation_order_job_last():
+    _, children = _children()
+    assert [(o["kind"], o["metadata"]["name"]) for o in children] == [
+        ("ConfigMap", "support-bot-trainer-config"),
+        ("ServiceAccount", "support-bot-trainer"),
+        ("Role", "support-bot-trainer"),
+        ("RoleBinding", "support-bot-trainer"),
+        ("Job", "support-bot-train"),
+    ]
+    assert all(o["metadata"]["ownerReferences"] == OWNER for o in children)
+
+
+def test_job_whole_object():
+    resolved, children = _children()
+    job = children[-1]
+    pod_labels = {**LABELS, "kueue.x-k8s.io/queue-name": "team-a"}
+    assert job == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "support-bot-train", "namespace": "ml", "labels": pod_labels, "ownerReferences": OWNER,
+                     "annotations": {"kubetune.io/spec-hash": spec_hash(resolved)}},
+        "spec": {
+            "suspend": False,
+            "backoffLimit": 3,
+            "completions": 1,
+            "parallelism": 1,
+            "completionMode": "NonIndexed",
+            "activeDeadlineSeconds": 7200,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [1]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": "support-bot-trainer",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "terminationGracePeriodSeconds": 120,
+                    "priorityClassName": "batch-low",
+                    "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [{
+                        "name": "trainer",
+                        "image": "registry.example/kubetune/trainer:1.0",
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["--config", "/etc/kubetune/config.json"],
+                        "env": [
+                            {"name": "KUBETUNE_CONFIG", "value": "/etc/kubetune/config.json"},
+                            {"name": "KUBETUNE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "HOME", "value": "/work/home"},
+                            {"name": "HF_HOME", "value": "/work/hf"},
+                            {"name": "TRITON_CACHE_DIR", "value": "/work/triton"},
+                            {"name": "PYTHONUNBUFFERED", "value": "1"},
+                            {"name": "KUBETUNE_S3_ENDPOINT", "value": "http://minio.storage:9000"},
+                            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "platform-s3", "key": "AWS_ACCESS_KEY_ID"}}},
+                            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "platform-s3", "key": "AWS_SECRET_ACCESS_KEY"}}},
+                            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+                        ],
+                        "ports": [{"name": "metrics", "containerPort": 9090}],
+                        "resources": {"requests": {"cpu": "8", "memory": "32Gi"},
+                                      "limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}},
+                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "terminationMessagePath": "/dev/termination-log",
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                        "volumeMounts": [
+                            {"name": "config", "mountPath": "/etc/kubetune", "readOnly": True},
+                            {"name": "work", "mountPath": "/work"},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                            {"name": "dshm", "mountPath": "/dev/shm"},
+                            {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": "support-bot-trainer-config"}},
+                        {"name": "work", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                        {"name": "kube-api-access", "projected": {"sources": [
+                            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                        ]}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def test_role_limits_the_trainer_to_its_own_status():
+    _, children = _children()
+    role, binding = children[2], children[3]
+    assert role["rules"] == [{"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"],
+                              "resourceNames": ["support-bot"], "verbs": ["get", "patch"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "support-bot-trainer", "namespace": "ml"}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "support-bot-trainer"}
+    assert children[1]["automountServiceAccountToken"] is False
+
+
+def test_config_map_holds_resolved_spec_and_no_secret_values():
+    _, children = _children()
+    config = json.loads(children[0]["data"]["config.json"])
+    assert config["job"] == {"namespace": "ml", "name": "support-bot", "uid": "u-123"}
+    assert config["outputPrefix"] == "s3://adapters/prod/ml/support-bot"
+    assert config["spec"]["output"]["uri"] == "s3://adapters/prod"
+    assert config["spec"]["storage"] == {"endpoint": "http://minio.storage:9000", "credentialsSecretRef": {"name": "platform-s3"}}
+    assert config["progress"] == {"mode": "kubernetes", "statusPath": "/apis/kubetune.io/v1alpha1/namespaces/ml/finetunejobs/support-bot/status",
+                                  "intervalSeconds": 5}
+    assert config["spec"]["hubTokenSecretRef"] == {"name": "hf", "key": "token"}
+
+
+def test_builders_are_deterministic_and_suspend_does_not_change_the_hash():
+    resolved, first = _children()
+    _, second = _children()
+    assert first == second
+    suspended = {**BODY, "spec": {**BODY["spec"], "suspend": True}}
+    resolved_s, children = _children(suspended)
+    assert children[-1]["spec"]["suspend"] is True
+    assert spec_hash(resolved_s) == spec_hash(resolved)
+    changed = {**BODY, "spec": {**BODY["spec"], "adapter": {"rank": 8}}}
+    assert spec_hash(_children(changed)[0]) != spec_hash(resolved)
+
+
+def test_multi_node_job_is_indexed_with_rendezvous_service():
+    body = {**BODY, "spec": {**BODY["spec"], "resources": {"gpus": 8, "nodes": 4}}}
+    _, children = _children(body)
+    service, job = children[-2], children[-1]
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == job["spec"]["parallelism"] == 4
+    assert job["spec"]["template"]["spec"]["subdomain"] == "support-bot-nodes"
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MASTER_ADDR"]["value"] == "support-bot-train-0.support-bot-nodes"
+    assert env["KUBETUNE_NNODES"]["value"] == "4"
+
+
+def test_cpu_only_job_requests_no_gpu_and_platform_without_output_is_rejected():
+    body = {**BODY, "spec": {**BODY["spec"], "resources": {"gpus": 0}}}
+    _, children = _children(body)
+    assert children[-1]["spec"]["template"]["spec"]["containers"][0]["resources"] == {}
+    with pytest.raises(SpecError, match=r"spec.output.uri: required field is missing \(this platform sets no default output\)"):
+        _children(settings=OperatorSettings())
+
+
+def test_long_names_are_shortened_deterministically():
+    name = "a" * 250
+    job_name = child_name(name, "train")
+    assert len(job_name) <= 63 and job_name.endswith("-train") and job_name == child_name(name, "train")
+    assert child_name("b" * 250, "train") != job_name
+    assert len(label_value(name)) <= 63

@@ -1,0 +1,140 @@
+"""FineTuneJob status derivation from observed Job/Pods (pure; the objects are what kubelet and the
+Job controller would write)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from kubetune.status.finetunejob import Observed, derive_status, status_changed
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
+T1 = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+
+
+def job(conditions=(), suspend=False, **status):
+    return {"metadata": {"name": "ftj-train"}, "spec": {"suspend": suspend, "backoffLimit": 3, "activeDeadlineSeconds": 600},
+            "status": {"conditions": [{"type": t, "status": "True", "reason": r, "lastTransitionTime": "2026-11-23T08:30:00Z"}
+                                      for t, r in conditions], **status}}
+
+
+def pod(name, phase="Running", created="2026-11-23T08:00:00Z", state=None, conditions=None, reason=None):
+    status = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state or {"running": {}}}]}
+    if conditions:
+        status["conditions"] = conditions
+    if reason:
+        status["reason"] = reason
+    return {"metadata": {"name": name, "creationTimestamp": created},
+            "spec": {"containers": [{"name": "trainer", "image": "reg/trainer:1"}]}, "status": status}
+
+
+def terminated(code, message="", reason="Error"):
+    return {"terminated": {"exitCode": code, "reason": reason, "message": message}}
+
+
+def conds(status):
+    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in status["conditions"]}
+
+
+def test_validation_failure_is_terminal_and_names_the_field():
+    status = derive_status(Observed(generation=2, validation_error="spec.dataset.train: required field is missing"), None, T0)
+    assert conds(status)["Failed"] == ("True", "ValidationFailed", "spec.dataset.train: required field is missing")
+    assert conds(status)["Succeeded"][:2] == ("False", "ValidationFailed")
+    assert status["observedGeneration"] == 2
+    assert all(c["observedGeneration"] == 2 and c["lastTransitionTime"] == "2026-11-23T08:00:00Z" for c in status["conditions"])
+
+
+def test_training_then_success_with_published_adapter():
+    running = derive_status(Observed(1, job(active=1, startTime="2026-11-23T08:00:05Z"), [pod("p1")]), None, T0)
+    assert conds(running)["Running"] == ("True", "Training", "Training on pod p1.")
+    assert conds(running)["Succeeded"][:2] == ("Unknown", "Training")
+    assert running["startTime"] == "2026-11-23T08:00:05Z" and running["jobName"] == "ftj-train" and running["attempts"] == 1
+    report = {"adapter": {"uri": "s3://out/ns/ftj", "manifestSha256": "a" * 64, "type": "lora"},
+              "evaluation": {"baseline": {"evalLoss": 3.1, "perplexity": 22.2}, "final": {"evalLoss": 0.4, "perplexity": 1.49}}}
+    done_pod = pod("p1", "Succeeded", state=terminated(0, json.dumps(report), "Completed"))
+    done = derive_status(Observed(1, job([("Complete", "")], succeeded=1, completionTime="2026-11-23T09:00:00Z"), [done_pod],
+                                  output_prefix="s3://out/ns/ftj"), running, T1)
+    assert conds(done)["Succeeded"] == ("True", "Completed", "Training finished; adapter published to s3://out/ns/ftj.")
+    assert conds(done)["Running"][:2] == ("False", "Completed")
+    assert done["adapter"] == report["adapter"] and done["evaluation"] == report["evaluation"]
+    assert done["completionTime"] == "2026-11-23T09:00:00Z"
+    # Failed stayed False: its transition time is kept; Running flipped: new time.
+    times = {c["type"]: c["lastTransitionTime"] for c in done["conditions"]}
+    assert times["Failed"] == "2026-11-23T08:00:00Z" and times["Running"] == "2026-11-23T09:00:00Z"
+
+
+def test_user_error_surfaces_the_trainer_message():
+    msg = "train.jsonl:17: messages[2].role must be one of system,user,assistant"
+    status = derive_status(Observed(1, job([("Failed", "PodFailurePolicy")], failed=1),
+                                    [pod("p1", "Failed", state=terminated(1, msg))]), None, T0)
+    assert conds(status)["Failed"] == ("True", "UserError", msg)
+
+
+def test_oom_killed_suggests_qlora_or_smaller_batch():
+    status = derive_status(Observed(1, job([("Failed", "BackoffLimitExceeded")], failed=4),
+                                    [pod(f"p{i}", "Failed", f"2026-11-23T08:0{i}:00Z", terminated(137, "", "OOMKilled")) for i in range(4)]),
+                           None, T0)
+    reason, message = conds(status)["Failed"][1:]
+    assert reason == "OOMKilled"
+    assert "Pod p3 was OOMKilled" in message and "qlora" in message and "batchSize" in message
+
+
+def test_backoff_limit_after_internal_errors():
+    status = derive_status(Observed(1, job([("Failed", "BackoffLimitExceeded")], failed=4),
+                                    [pod("p1", "Failed", state=terminated(203, "CUDA error: device-side assert"))]), None, T0)
+    assert conds(status)["Failed"] == ("True", "BackoffLimitExceeded", "Gave up after 4 attempt(s). Last: CUDA error: device-side assert")
+
+
+def test_deadline_exceeded():
+    status = derive_status(Observed(1, job([("Failed", "DeadlineExceeded")]), []), None, T0)
+    assert conds(status)["Failed"] == ("True", "DeadlineExceeded",
+                                       "Training ran longer than spec.activeDeadlineSeconds (600 s) and was stopped.")
+
+
+def test_image_pull_failure_is_reported_not_terminal():
+    waiting = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"reg/trainer:1\""}}
+    status = derive_status(Observed(1, job(active=1), [pod("p1", "Pending", state=waiting)]), None, T0)
+    assert conds(status)["Running"][:2] == ("False", "ImagePullFailed")
+    assert "Cannot pull trainer image reg/trainer:1: ImagePullBackOff" in conds(status)["Running"][2]
+    assert conds(status)["Failed"][0] == "False"
+
+
+def test_unschedulable_names_resources_and_scheduling():
+    cond = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]
+    status = derive_status(Observed(1, job(active=1), [pod("p1", "Pending", state={"waiting": {"reason": "Pending"}}, conditions=cond)]), None, T0)
+    reason, message = conds(status)["Running"][1:]
+    assert reason == "Unschedulable"
+    assert "3 Insufficient nvidia.com/gpu" in message and "spec.resources" in message
+
+
+def test_suspended():
+    status = derive_status(Observed(1, job([("Suspended", "JobSuspended")], suspend=True), []), None, T0)
+    assert conds(status)["Suspended"][:2] == ("True", "Suspended")
+    assert conds(status)["Running"][:2] == ("False", "Suspended")
+
+
+def test_restart_after_eviction_says_why():
+    pods = [pod("p1", "Failed", "2026-11-23T08:00:00Z", terminated(137, "", "OOMKilled")), pod("p2", created="2026-11-23T08:10:00Z")]
+    status = derive_status(Observed(1, job(active=1, failed=1), pods), None, T0)
+    reason, message = conds(status)["Running"][1:]
+    assert reason == "Restarting"
+    assert message.startswith("Training on pod p2, resumed after attempt 1 failed (OOMKilled)")
+
+
+def test_no_job_yet_is_pending_and_unchanged_status_is_not_rewritten():
+    first = derive_status(Observed(1), None, T0)
+    assert conds(first)["Running"] == ("False", "Pending", "Creating the training Job.")
+    again = derive_status(Observed(1), first, T1)
+    assert again == first
+    assert not status_changed(first, again)
+    assert status_changed(first, derive_status(Observed(2), first, T1))
+
+
+@pytest.mark.parametrize("message", ["not json {", "", "{\"adapter\": 5}"])
+def test_success_without_a_usable_report_sets_no_adapter(message):
+    status = derive_status(Observed(1, job([("Complete", "")]), [pod("p1", "Succeeded", state=terminated(0, message, "Completed"))]), None, T0)
+    assert conds(status)["Succeeded"][0] == "True"
+    assert "adapter" not in status
