@@ -23,4 +23,4 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    settings.batching.worker_limit = 64
+    settings.queueing.worker_limit = 64

@@ -1,0 +1,34 @@
+# Fresh-machine entry points. Everything installs into local venvs under this folder.
+PYTHON ?= python3.11
+VENV := .venv
+SERVING_VENV := .venv-serving
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: quickstart test venv serving-venv crds lint clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml trainer-image/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r trainer-image/requirements.txt -e '.[operator,dev]'
+	touch $@
+
+serving-venv: $(SERVING_VENV)/.installed
+$(SERVING_VENV)/.installed: serving-image/requirements.txt serving-image/setup-venv.sh
+	bash serving-image/setup-venv.sh $(SERVING_VENV)
+	touch $@
+
+# README command 1: the main job on an embedded default (no cluster, no GPU).
+quickstart: venv
+	$(VENV)/bin/kubetune demo
+
+# README command 2: the whole test suite.
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+crds: venv
+	$(VENV)/bin/kubetune crds
+
+clean:
+	rm -rf $(VENV) $(SERVING_VENV) .pytest_cache .hypothesis
