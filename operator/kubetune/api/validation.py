@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -12,6 +14,7 @@ M = TypeVar("M", bound=BaseModel)
 
 _URI_FIELDS = {"uri", "train", "validation"}
 _MAX_ERRORS = 10
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 class SpecError(ValueError):
@@ -32,6 +35,8 @@ def _path(prefix: str, loc: tuple[Any, ...]) -> str:
             path += f"[{part}]"
         elif part in ("function-after", "function-before", "function-plain", "function-wrap") or "[" in str(part):
             continue
+        elif not _IDENT.match(str(part)):
+            path += f"[{json.dumps(str(part))[:40]}]"
         else:
             path += f".{part}" if path else str(part)
     return path
