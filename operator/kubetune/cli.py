@@ -63,7 +63,7 @@ def _operator(args: argparse.Namespace) -> int:
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
-        namespaces=args.namespace or None,
+        namespaces=args.namespace or [],
         liveness_endpoint=args.liveness,
     )
     return 0

@@ -44,3 +44,20 @@ SECRET_KEY_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 SECRET_KEY_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 
 TERMINATION_LOG = "/dev/termination-log"
+
+# Serving pods: a vLLM container and the adapter-sync sidecar (kubetune_serving) from one image.
+SERVING_VLLM_CONTAINER = "vllm"
+SERVING_SYNC_CONTAINER = "adapter-sync"
+SERVING_VLLM_PORT = 8000
+SERVING_SYNC_PORT = 8081
+SYNC_HEALTHZ_PATH = "/healthz"  # liveness of the sidecar
+SYNC_READYZ_PATH = "/readyz"  # the pod's readiness probe: vLLM up and the desired set restored
+SYNC_STATUS_PATH = "/status"  # JSON kubetune_serving.protocol.SidecarStatus, polled by the operator
+# Key of the per-ModelDeployment ConfigMap holding the desired set (kubetune_serving.protocol.DesiredSet).
+DESIRED_ADAPTERS_KEY = "adapters.json"
+# Adapter cache: an emptyDir mounted at this same path in both containers (vLLM reads what sync verified).
+ADAPTER_CACHE_DIR = "/var/cache/kubetune/adapters"
+ENV_VLLM_API_KEY = "VLLM_API_KEY"  # read by vLLM itself and by the sidecar
+ENV_PVC_ROOT = "KUBETUNE_PVC_ROOT"  # where pvc://claim/... is mounted: <root>/<claim>
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+ENV_NAMESPACE = "KUBETUNE_NAMESPACE"  # the pod's namespace (downward API); else the service account's

@@ -6,6 +6,7 @@ event re-derives the parent's status and writes it only if it changed.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
@@ -89,8 +90,9 @@ async def reconcile_finetunejob(body: Any, spec: Any, trainer_jobs: kopf.Index, 
         raise kopf.PermanentError(f"invalid spec: {exc}") from None
     job = _one(trainer_jobs, (body["metadata"]["namespace"], label_value(body["metadata"]["name"])))
     if job is None:
-        for child in build_children(dict(body), resolved, rt.settings):
-            await rt.kube.ensure(child)
+        *prerequisites, job_manifest = build_children(dict(body), resolved, rt.settings)
+        await asyncio.gather(*(rt.kube.ensure(child) for child in prerequisites))
+        await rt.kube.ensure(job_manifest)
         return  # the Job's own event derives the first status
     if job["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION) != spec_hash(resolved):
         kopf.event(body, type="Warning", reason="SpecChangeIgnored",
