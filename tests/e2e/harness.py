@@ -81,10 +81,12 @@ class Cluster:
         return None
 
     def wait_condition(self, name: str, type_: str, status: str, reason: str | None = None,
-                       timeout: float = 10.0) -> dict[str, Any]:
+                       timeout: float = 10.0, message: str = "") -> dict[str, Any]:
+        """Wait for the condition; `message` must be part of its message (pod and Job events may
+        arrive in either order, so a message can be refined by a later event)."""
         def check():
             cond = self.condition(name, type_)
-            if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+            if cond and cond["status"] == status and (reason is None or cond["reason"] == reason) and message in cond["message"]:
                 return cond
             return None
         return wait_for(check, timeout, f"{name} {type_}={status} {reason or ''}")

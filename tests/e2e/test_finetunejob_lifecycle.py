@@ -86,12 +86,11 @@ def test_terminal_failures(cluster, operator, pod_status, conditions, reason, te
     _job(cluster)
     cluster.play_pod("bot-train", "bot-train-x1", pod_status)
     cluster.play_job_status("bot-train", {"failed": 1, "conditions": conditions})
-    failed = cluster.wait_condition("bot", "Failed", "True", reason)
+    failed = cluster.wait_condition("bot", "Failed", "True", reason, message=text)
     assert text in failed["message"]
     assert cluster.condition("bot", "Succeeded")["status"] == "False"
     assert cluster.condition("bot", "Running")["status"] == "False"
-    warnings = wait_for(lambda: [e for e in cluster.events("bot") if e["type"] == "Warning" and e["reason"] == reason])
-    assert text in warnings[0]["message"]
+    wait_for(lambda: [e for e in cluster.events("bot") if e["type"] == "Warning" and e["reason"] == reason])
 
 
 @pytest.mark.parametrize(("pod_status", "reason", "text"), [
@@ -115,11 +114,12 @@ def test_stuck_pods_are_reported(cluster, operator, pod_status, reason, text):
 
 
 @pytest.mark.parametrize(("spec", "field"), [
-    ({**SPEC, "dataset": {"train": "ftp://data/chat.jsonl"}}, "spec.dataset.train"),
-    ({**SPEC, "hyperparameters": {"learningRate": 0.0002}}, "spec.hyperparameters.learningRate"),
-    ({**SPEC, "adapter": {"rank": 0}}, "spec.adapter.rank"),
+    # Each passes the CRD's OpenAPI schema (so the API server stores it) but not the operator's checks.
+    ({**SPEC, "hyperparameters": {"learningRate": "5"}}, "spec.hyperparameters.learningRate: must be in (0, 1], got 5"),
+    ({**SPEC, "dataset": {"train": "s3://data/x.jsonl", "validationSplit": "0.7"}}, "spec.dataset.validationSplit: must be between 0 and 0.5"),
+    # CEL rules: a real API server rejects these; the emulator does not run CEL, the operator still catches them.
     ({**SPEC, "resources": {"nodes": 2, "gpus": 0}}, "resources.nodes > 1 needs resources.gpus > 0"),
-    ({**SPEC, "epochs": 3}, "spec.epochs: unknown field"),
+    ({**SPEC, "dataset": {"train": "s3://data/../secrets.jsonl"}}, "spec.dataset.train: must not contain '..' path segments"),
 ])
 def test_invalid_spec_fails_once_without_job(cluster, operator, emulator, spec, field):
     """The emulator does not enforce the CRD schema, so the operator's own validation is what is tested."""
@@ -172,3 +172,18 @@ def test_delete_cleans_up_children(cluster, operator):
         cm["metadata"]["name"] != "bot-trainer-config" for cm in cluster.list("/api/v1/namespaces/default/configmaps"))
     assert all(r["metadata"]["name"] != "bot-trainer"
                for r in cluster.list("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles"))
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({**SPEC, "dataset": {"train": "ftp://data/chat.jsonl"}}, "spec.dataset.train"),
+    ({**SPEC, "hyperparameters": {"learningRate": 0.0002}}, "spec.hyperparameters.learningRate"),
+    ({**SPEC, "adapter": {"rank": 0}}, "spec.adapter.rank"),
+])
+def test_schema_invalid_manifest_is_rejected_at_apply_naming_the_field(cluster, kubectl, tmp_path, spec, field):
+    """The CRD's OpenAPI schema (served by the emulator like an API server) rejects it before the operator sees it."""
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(json.dumps({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                    "metadata": {"name": "bad"}, "spec": spec}))
+    result = kubectl("apply", "--validate=false", "-f", str(manifest), check=False)
+    assert result.returncode != 0
+    assert field in result.stderr
