@@ -1,0 +1,348 @@
+"""
+``KubeEmulator``: kmock's ``KubernetesEmulator`` with a realistic API-server core.
+
+kmock provides the request model and DSL (user reactions such as
+``emu.handler["get /api/v1/namespaces/default/configmaps/a"][:1] << 503`` take precedence,
+for fault injection), the bundled built-in discovery data, and ``handler.objects`` (every stored
+version of every object, for kmock-style assertions). This subclass replaces kmock's object
+handling with :class:`~kubetune.emulator.store.Store`. What it emulates:
+
+* discovery (/api, /apis, group-versions) of built-ins and of CRDs as soon as they are created;
+  ``Table`` output for ``kubectl get`` (CRD printer columns); /version, /healthz; no OpenAPI (404);
+* metadata: uid, resourceVersion (one global counter), generation (spec changes only),
+  creationTimestamp, generateName, name/label/annotation/ownerReference validation;
+* 409 AlreadyExists / Conflict (stale resourceVersion on PUT or in a patch), 404 as a Status,
+  422 for a failed JSON-patch ``test``, 415 for strategic merge patches of custom resources;
+* JSON, merge, strategic merge (list merge keys; no schema) and server-side apply (a merge) patches;
+* status and scale subresources; CRD schemas: pruning, defaulting, validation (no CEL);
+* label and field selectors, limit/continue, dryRun; watches from a resourceVersion (410 when
+  compacted), sendInitialEvents bookmarks, timeoutSeconds;
+* finalizers and deletionTimestamp; ownerReference garbage collection (background, foreground as
+  "children first", orphan); namespace termination; Job/Pod/Deployment defaulting and validation.
+
+Not emulated: kubelet and the built-in controllers (tests patch child status themselves),
+protobuf (``kubectl create <kind>``: use ``kubectl apply -f``), RBAC/authentication, admission
+webhooks, managedFields, OpenAPI (so kubectl needs ``--validate=false``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+import yaml
+from kmock._internal import apps, enums, rendering
+
+from kubetune.emulator import errors, lifecycle, patching, selectors, tables
+from kubetune.emulator.recording import ApiPath, RecordedRequest, RequestLog, is_true, k8s_verb, parse_api_path
+from kubetune.emulator.registry import Registry, ResourceType
+from kubetune.emulator.store import Event, Store
+from kubetune.emulator.watching import WatchHub, serve_watch
+
+logger = logging.getLogger(__name__)
+
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+SERVER_VERSION = {
+    "major": "1", "minor": "34", "gitVersion": "v1.34.0-kubetune-emulator", "gitCommit": "emulator",
+    "gitTreeState": "clean", "buildDate": "2025-08-27T00:00:00Z", "goVersion": "go1.24.6", "compiler": "gc",
+    "platform": "linux/amd64",
+}
+_ACTIONS = {"get": enums.action.FETCH, "list": enums.action.LIST, "watch": enums.action.WATCH,
+            "create": enums.action.CREATE, "patch": enums.action.UPDATE, "delete": enums.action.DELETE}
+
+
+@attrs.define(kw_only=True)
+class KubeEmulator(kmock.KubernetesEmulator):
+    """The aiohttp request handler. Run it with :class:`kubetune.emulator.Emulator`."""
+
+    registry: Registry = attrs.field(factory=Registry, init=False)
+    store: Store = attrs.field(init=False)
+    request_log: RequestLog = attrs.field(factory=RequestLog, init=False)
+    internal_errors: list[BaseException] = attrs.field(factory=list, init=False)
+    watch_hub: WatchHub = attrs.field(factory=WatchHub, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._payloads.clear()  # drop kmock's fallbacks: only user-defined reactions stay in the DSL
+        self.registry.load_builtins()
+        self.store = Store(self.registry)
+        self.store.listeners.append(self._mirror)
+        ns_rtype = self.registry.get("", "v1", "namespaces")
+        assert ns_rtype is not None
+        for name in INITIAL_NAMESPACES:
+            self.store.create(ns_rtype, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+    # The HTTP entry point ---------------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        body = await raw_request.read()
+        path = parse_api_path(raw_request.path)
+        query = dict(raw_request.query)
+        verb = k8s_verb(raw_request.method, path, query)
+        resource = None
+        if path is not None and path.plural is not None:
+            resource = f"{path.plural}.{path.group}" if path.group else path.plural
+        self.request_log.add(RecordedRequest(
+            method=raw_request.method, path=raw_request.path, query=query, verb=verb, resource=resource,
+            namespace=path.namespace if path else None, name=path.name if path else None,
+            subresource=path.subresource if path else None))
+        try:
+            if self._payloads:  # user-defined kmock reactions first
+                request = self._kmock_request(raw_request, body, path, verb, query)
+                self._requests.append(request)
+                try:
+                    return await apps.RawHandler._handle(self, request)
+                except NotImplementedError:
+                    pass  # no reaction matched: serve as the API server
+                except kmock.KubernetesError as exc:  # a reaction that raises a Kubernetes error on purpose
+                    return await self._render_error(exc)
+            return await self._route(raw_request, body, path, query)
+        except errors.ApiError as exc:
+            return aiohttp.web.json_response(exc.status(), status=exc.code)
+        except Exception as exc:  # a bug in the emulator: report it as a 500 Status, keep it for tests
+            self.internal_errors.append(exc)
+            logger.exception("kube emulator failed on %s %s", raw_request.method, raw_request.path_qs)
+            status = errors.ApiError(500, "InternalError", f"emulator error: {exc!r}",
+                                     {"causes": [{"message": traceback.format_exc()}]}).status()
+            return aiohttp.web.json_response(status, status=500)
+
+    def _kmock_request(self, raw: aiohttp.web.BaseRequest, body: bytes, path: ApiPath | None,
+                       verb: str | None, query: dict[str, str]) -> rendering.Request:
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        resource = None
+        if path is not None and path.version is not None:
+            resource = kmock.resource(group=path.group, version=path.version, plural=path.plural)
+        return rendering.Request(
+            id=len(self._requests), raw_request=raw, url=raw.url, method=raw.method, params=query,
+            headers=dict(raw.headers), cookies=dict(raw.cookies), body=body,
+            text=body.decode("utf-8", "replace"), data=data, action=_ACTIONS.get(verb or ""),
+            resource=resource, namespace=path.namespace if path else None,
+            name=path.name if path else None, subresource=path.subresource if path else None)
+
+    async def _route(self, raw: aiohttp.web.BaseRequest, body: bytes, path: ApiPath | None,
+                     query: dict[str, str]) -> aiohttp.web.StreamResponse:
+        if path is None:
+            return self._non_resource(raw)
+        if path.version is None:
+            doc = self.registry.api_group(path.group)
+        elif path.plural is None:
+            doc = self.registry.resource_list(path.group, path.version)
+        else:
+            return await self._resource(raw, body, path, query)
+        if doc is None or raw.method != "GET":
+            raise errors.not_found(path.group, "", None)
+        return aiohttp.web.json_response(doc)
+
+    def _non_resource(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        route = raw.path.rstrip("/") or "/"
+        if raw.method == "GET":
+            if route == "/api":
+                return aiohttp.web.json_response(self.registry.api_versions())
+            if route == "/apis":
+                return aiohttp.web.json_response(self.registry.api_group_list())
+            if route == "/version":
+                return aiohttp.web.json_response(SERVER_VERSION)
+            if route in ("/healthz", "/livez", "/readyz"):
+                return aiohttp.web.Response(text="ok")
+            if route == "/":
+                paths = ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version"]
+                paths += sorted({f"/apis/{r.group}/{r.version}" for r in self.registry if r.group})
+                return aiohttp.web.json_response({"paths": paths})
+        raise errors.not_found("", "", None)
+
+    # Resources --------------------------------------------------------------------------------
+
+    async def _resource(self, raw: aiohttp.web.BaseRequest, body: bytes, path: ApiPath,
+                        query: dict[str, str]) -> aiohttp.web.StreamResponse:
+        assert path.version is not None and path.plural is not None
+        rtype = self.registry.get(path.group, path.version, path.plural)
+        if rtype is None or (path.namespace is not None and not rtype.namespaced):
+            raise errors.not_found(path.group, path.plural, None)
+        if path.subresource is not None and path.subresource not in rtype.subresources:
+            raise errors.not_found(path.group, f"{path.plural}/{path.subresource}", path.name)
+        method, name, ns = raw.method, path.name, path.namespace
+        dry_run = "dryRun" in query
+        as_table = tables.wants_table(raw.headers.get("Accept")) and method == "GET"
+        if method == "GET" and (path.legacy_watch or is_true(query.get("watch"))):
+            return await self._watch(raw, rtype, path, query, as_table)
+        if method == "GET" and name is None:
+            return self._list(rtype, ns, query, as_table)
+        if method == "GET":
+            obj = self.store.get(rtype, ns, name)
+            if path.subresource == "scale":
+                return aiohttp.web.json_response(lifecycle.scale_of(rtype, obj))
+            if as_table:
+                table = tables.to_table(rtype, [self._present(rtype, obj)], obj["metadata"]["resourceVersion"],
+                                        query.get("includeObject"))
+                return aiohttp.web.json_response(table)
+            return self._json(rtype, obj)
+        if method == "POST" and name is None:
+            return self._json(rtype, self.store.create(rtype, ns, _decode(body, raw), dry_run=dry_run), 201)
+        if method == "DELETE" and name is None:
+            return self._delete_collection(rtype, ns, query, body, raw)
+        if name is None:
+            raise errors.method_not_allowed()
+        if path.subresource == "scale" and method in ("PUT", "PATCH"):
+            return self._scale(raw, rtype, ns, name, body, dry_run)
+        if method == "PUT":
+            obj = self.store.replace(rtype, ns, name, _decode(body, raw), subresource=path.subresource,
+                                     dry_run=dry_run)
+            return self._json(rtype, obj)
+        if method == "PATCH":
+            content_type = raw.content_type
+            if content_type not in patching.PATCH_TYPES or (
+                    rtype.from_crd and content_type == patching.STRATEGIC_MERGE_PATCH):
+                raise errors.unsupported_media_type(content_type)  # as for custom resources in a real cluster
+            obj, created = self.store.patch(rtype, ns, name, content_type, _decode(body, raw),
+                                            subresource=path.subresource, dry_run=dry_run)
+            return self._json(rtype, obj, 201 if created else 200)
+        if method == "DELETE":
+            options = _decode(body, raw) if body else {}
+            if "propagationPolicy" in query:
+                options = dict(options, propagationPolicy=query["propagationPolicy"])
+            return self._json(rtype, self.store.delete(rtype, ns, name, options, dry_run=dry_run))
+        raise errors.method_not_allowed()
+
+    def _list(self, rtype: ResourceType, ns: str | None, query: dict[str, str],
+              as_table: bool) -> aiohttp.web.StreamResponse:
+        matcher = self._matcher(rtype, ns, None, query)
+        items = self.store.list(rtype, ns, matcher)
+        rv = str(self.store.rv)
+        start = _decode_continue(query.get("continue"))
+        if start is not None:
+            items = [obj for obj in items if _sort_key(obj) > start]
+        limit = int(query.get("limit") or 0)
+        token = None
+        remaining = 0
+        if limit > 0 and len(items) > limit:
+            remaining = len(items) - limit
+            items = items[:limit]
+            token = base64.urlsafe_b64encode(json.dumps(list(_sort_key(items[-1]))).encode()).decode()
+        presented = [self._present(rtype, obj) for obj in items]
+        if as_table:
+            return aiohttp.web.json_response(tables.to_table(rtype, presented, rv, query.get("includeObject"), token))
+        metadata: dict[str, Any] = {"resourceVersion": rv}
+        if token:
+            metadata.update({"continue": token, "remainingItemCount": remaining})
+        return aiohttp.web.json_response({"apiVersion": rtype.group_version, "kind": f"{rtype.kind}List",
+                                          "metadata": metadata, "items": presented})
+
+    async def _watch(self, raw: aiohttp.web.BaseRequest, rtype: ResourceType, path: ApiPath,
+                     query: dict[str, str], as_table: bool) -> aiohttp.web.StreamResponse:
+        visible = self._matcher(rtype, path.namespace, path.name, query) or (lambda obj: True)
+        include = query.get("includeObject")
+
+        def present(obj: Mapping[str, Any]) -> Any:
+            shown = self._present(rtype, obj)
+            if as_table:
+                return tables.to_table(rtype, [shown], shown["metadata"]["resourceVersion"], include)
+            return shown
+
+        return await serve_watch(raw, self.store, self.watch_hub, rtype, query, visible, present)
+
+    def _delete_collection(self, rtype: ResourceType, ns: str | None, query: dict[str, str], body: bytes,
+                           raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        options = _decode(body, raw) if body else {}
+        deleted = []
+        for obj in self.store.list(rtype, ns, self._matcher(rtype, ns, None, query)):
+            meta = obj["metadata"]
+            if self.store.find(rtype, meta.get("namespace"), meta["name"]) is not None:
+                deleted.append(self._present(rtype, self.store.delete(rtype, meta.get("namespace"), meta["name"],
+                                                                      options)))
+        return aiohttp.web.json_response({"apiVersion": rtype.group_version, "kind": f"{rtype.kind}List",
+                                          "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted})
+
+    def _scale(self, raw: aiohttp.web.BaseRequest, rtype: ResourceType, ns: str | None, name: str, body: bytes,
+               dry_run: bool) -> aiohttp.web.StreamResponse:
+        obj = self.store.get(rtype, ns, name)
+        scale = lifecycle.scale_of(rtype, obj)
+        data = _decode(body, raw)
+        if raw.method == "PATCH":
+            if raw.content_type not in patching.PATCH_TYPES:
+                raise errors.unsupported_media_type(raw.content_type)
+            try:
+                data = patching.apply_patch(scale, raw.content_type, data)
+            except (ValueError, patching.PatchTestFailed) as exc:
+                raise errors.invalid("autoscaling", "scale", name, str(exc)) from None
+        candidate = lifecycle.with_scale(rtype, obj, data)
+        updated = self.store.replace(rtype, ns, name, candidate, dry_run=dry_run)
+        return aiohttp.web.json_response(lifecycle.scale_of(rtype, updated))
+
+    # Helpers ----------------------------------------------------------------------------------
+
+    def _matcher(self, rtype: ResourceType, ns: str | None, name: str | None,
+                 query: dict[str, str]) -> selectors.Matcher | None:
+        scope: selectors.Matcher | None = None
+        if (ns is not None and rtype.namespaced) or name is not None:
+            def scope(obj: Mapping[str, Any]) -> bool:
+                meta = obj.get("metadata") or {}
+                return ((ns is None or not rtype.namespaced or meta.get("namespace") == ns)
+                        and (name is None or meta.get("name") == name))
+        return selectors.combine(scope, selectors.parse_label_selector(query.get("labelSelector")),
+                                 selectors.parse_field_selector(query.get("fieldSelector")))
+
+    def _present(self, rtype: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """The object as the requested version shows it (same data: no conversion webhooks)."""
+        if obj.get("apiVersion") == rtype.group_version:
+            return dict(obj)
+        return dict(obj, apiVersion=rtype.group_version)
+
+    def _json(self, rtype: ResourceType, obj: Mapping[str, Any], status: int = 200) -> aiohttp.web.Response:
+        return aiohttp.web.json_response(self._present(rtype, obj), status=status)
+
+    def _mirror(self, rtype: ResourceType, event: Event) -> None:
+        """Keep kmock's ``objects`` history in sync, for kmock-style assertions."""
+        meta = event.obj["metadata"]
+        preferred = self.store.rtype_for(rtype.group_resource) or rtype
+        key = (kmock.resource(preferred.group, preferred.version, preferred.plural), meta.get("namespace"),
+               meta["name"])
+        if key not in self._objects:
+            self._objects[key] = event.obj
+        elif event.type == "ADDED":
+            self._objects[key].create(event.obj)
+        else:
+            self._objects[key].history.append(event.obj)
+        if event.type == "DELETED":
+            self._objects[key].delete()
+
+    def close_watches(self) -> None:
+        self.watch_hub.close_all()
+
+
+def _decode(body: bytes, raw: aiohttp.web.BaseRequest) -> Any:
+    if not body:
+        raise errors.bad_request("the request body is empty")
+    try:
+        if raw.content_type == patching.APPLY_PATCH or raw.content_type.endswith("yaml"):
+            return yaml.safe_load(body)
+        return json.loads(body)
+    except (ValueError, yaml.YAMLError) as exc:
+        if raw.content_type.startswith("application/vnd.kubernetes.protobuf"):
+            raise errors.ApiError(415, "UnsupportedMediaType", "the emulator speaks JSON only, not protobuf "
+                                  "(kubectl create <kind> sends protobuf: use kubectl apply -f)") from None
+        raise errors.bad_request(f"the body could not be decoded: {exc}") from None
+
+
+def _sort_key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "", meta.get("name") or "")
+
+
+def _decode_continue(token: str | None) -> tuple[str, str] | None:
+    if not token:
+        return None
+    try:
+        namespace, name = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError):
+        raise errors.bad_request("invalid continue token") from None
+    return (namespace, name)
