@@ -126,3 +126,17 @@ def scheduling_fields(scheduling: Any) -> dict[str, Any]:
     if scheduling.affinity:
         out["affinity"] = scheduling.affinity
     return out
+
+
+def service_account_token_volume() -> dict[str, Any]:
+    """A short-lived token for this pod's ServiceAccount (used only to report progress)."""
+    return {
+        "name": "kube-api-access",
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ]
+        },
+    }

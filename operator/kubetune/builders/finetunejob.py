@@ -27,6 +27,7 @@ from .common import (
     resources,
     scheduling_fields,
     secret_env,
+    service_account_token_volume,
     short_hash,
 )
 
@@ -185,20 +186,6 @@ def _env(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec) -> list
     return env
 
 
-def _token_volume() -> dict[str, Any]:
-    """A short-lived token for this pod's ServiceAccount (used only to report progress)."""
-    return {
-        "name": "kube-api-access",
-        "projected": {
-            "sources": [
-                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-            ]
-        },
-    }
-
-
 def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
     pod_labels = labels(parent, resolved)
     nodes = resolved.resources.nodes
@@ -235,7 +222,7 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
             {"name": "work", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-            _token_volume(),
+            service_account_token_volume(),
         ],
         **scheduling_fields(resolved.scheduling),
     }

@@ -143,7 +143,12 @@ def _verdict(obs: Observed) -> Verdict:
                                                      f"({job['spec'].get('activeDeadlineSeconds')} s) and was stopped.")
         else:
             failed_pods = _failed_pods(obs.pods)
-            reason, msg = _describe_failure(failed_pods[-1] if failed_pods else None)
+            if failed_pods:
+                reason, msg = _describe_failure(failed_pods[-1])
+            elif job_reason == "PodFailurePolicy":  # the pod's own event has not arrived yet
+                reason, msg = Reason.USER_ERROR, failed_cond.get("message") or "The trainer rejected its input (exit code 1)."
+            else:
+                reason, msg = _describe_failure(None)
             if job_reason == "BackoffLimitExceeded" and reason not in (Reason.OOM_KILLED, Reason.USER_ERROR):
                 reason = Reason.BACKOFF_LIMIT_EXCEEDED
                 msg = f"Gave up after {job['spec'].get('backoffLimit', 0) + 1} attempt(s). Last: {msg}"

@@ -1,0 +1,235 @@
+"""ModelDeployment -> desired-adapters ConfigMap, per-deployment ServiceAccount/Role/RoleBinding,
+Deployment (vLLM + adapter-sync sidecar) and Service. Pure functions.
+
+Adapters reach the pods through the ConfigMap, which the sidecar *watches* through the API (changes
+arrive in well under a second; no pod restart). Everything else that shapes vLLM is hashed into a
+pod-template annotation, so changing it rolls the pods (readiness-gated, maxUnavailable 0).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import constants as c
+from ..api.common import SecretRef
+from ..api.modeldeployment import ModelDeploymentSpec
+from ..config import OperatorSettings
+from .common import (
+    Parent,
+    child_name,
+    container_security_context,
+    label_value,
+    object_meta,
+    pod_security_context,
+    resources,
+    scheduling_fields,
+    secret_env,
+    service_account_token_volume,
+    short_hash,
+)
+
+TEMPLATE_HASH_ANNOTATION = "kubetune.io/template-hash"
+VLLM_CONTAINER = "vllm"
+SYNC_CONTAINER = "adapter-sync"
+VLLM_PORT = 8000
+SYNC_PORT = 8081
+DESIRED_KEY = "adapters.json"
+CACHE_DIR = "/var/cache/kubetune"
+
+
+@dataclass(frozen=True)
+class ServingNames:
+    deployment: str
+    service: str
+    config_map: str
+    service_account: str
+
+    @classmethod
+    def of(cls, name: str) -> ServingNames:
+        serving = child_name(name, "serving")
+        return cls(deployment=child_name(name, "vllm"), service=name if len(name) <= 63 else child_name(name, "svc"),
+                   config_map=child_name(name, "adapters"), service_account=serving)
+
+
+def labels(parent: Parent) -> dict[str, str]:
+    return {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_SERVING,
+            c.LABEL_MODELDEPLOYMENT: label_value(parent.name)}
+
+
+def selector(parent: Parent) -> dict[str, str]:
+    return {c.LABEL_COMPONENT: c.COMPONENT_SERVING, c.LABEL_MODELDEPLOYMENT: label_value(parent.name)}
+
+
+def selector_string(parent: Parent) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector(parent).items()))
+
+
+def endpoint(parent: Parent, spec: ModelDeploymentSpec) -> str:
+    return f"http://{ServingNames.of(parent.name).service}.{parent.namespace}.svc:{spec.service.port}/v1"
+
+
+def resolve_spec(spec: ModelDeploymentSpec, settings: OperatorSettings) -> ModelDeploymentSpec:
+    """A copy with the platform defaults filled in."""
+    data = spec.model_copy(deep=True)
+    if data.storage.endpoint is None and settings.s3_endpoint:
+        data.storage.endpoint = settings.s3_endpoint
+    if data.storage.region is None and settings.s3_region:
+        data.storage.region = settings.s3_region
+    if data.storage.credentials_secret_ref is None and settings.storage_secret:
+        data.storage.credentials_secret_ref = SecretRef(name=settings.storage_secret)
+    if data.resources.gpu_resource_name is None:
+        data.resources.gpu_resource_name = settings.gpu_resource_name
+    if data.image is None:
+        data.image = settings.serving_image
+    return data
+
+
+def desired_set(generation: int, adapters: list[dict[str, str]]) -> dict[str, Any]:
+    """The sidecar's desired-set document: only adapters that passed resolution and admission."""
+    return {"generation": generation, "adapters": [{"name": a["name"], "uri": a["uri"], "manifestSha256": a["manifestSha256"]}
+                                                   for a in adapters]}
+
+
+def build_config_map(parent: Parent, names: ServingNames, desired: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": object_meta(parent, names.config_map, labels(parent)),
+            "data": {DESIRED_KEY: json.dumps(desired, sort_keys=True)}}
+
+
+def build_service_account(parent: Parent, names: ServingNames) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": object_meta(parent, names.service_account, labels(parent)),
+            "automountServiceAccountToken": False}
+
+
+def build_role(parent: Parent, names: ServingNames) -> dict[str, Any]:
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": object_meta(parent, names.service_account, labels(parent)),
+            "rules": [{
+                # The sidecar watches the desired adapter set in this one ConfigMap, nothing else.
+                "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [names.config_map],
+                "verbs": ["get", "list", "watch"]}]}
+
+
+def build_role_binding(parent: Parent, names: ServingNames) -> dict[str, Any]:
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": object_meta(parent, names.service_account, labels(parent)),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.service_account},
+            "subjects": [{"kind": "ServiceAccount", "name": names.service_account, "namespace": parent.namespace}]}
+
+
+def build_service(parent: Parent, names: ServingNames, spec: ModelDeploymentSpec) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": object_meta(parent, names.service, labels(parent)),
+            "spec": {"type": spec.service.type, "selector": selector(parent),
+                     "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}]}}
+
+
+def _storage_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if spec.storage.endpoint:
+        env.append({"name": c.ENV_S3_ENDPOINT, "value": spec.storage.endpoint})
+    if spec.storage.region:
+        env.append({"name": c.ENV_S3_REGION, "value": spec.storage.region})
+    if spec.storage.credentials_secret_ref:
+        secret = spec.storage.credentials_secret_ref.name
+        env.append(secret_env(c.ENV_AWS_ACCESS_KEY_ID, secret, c.SECRET_KEY_ACCESS_KEY_ID))
+        env.append(secret_env(c.ENV_AWS_SECRET_ACCESS_KEY, secret, c.SECRET_KEY_SECRET_ACCESS_KEY))
+    return env
+
+
+def _api_key_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    ref = spec.api_key_secret_ref
+    return [secret_env("VLLM_API_KEY", ref.name, ref.key)] if ref else []
+
+
+def _probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 5}
+
+
+def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentSpec, settings: OperatorSettings) -> dict[str, Any]:
+    image = spec.image or settings.serving_image
+    common_env = [{"name": "HOME", "value": f"{CACHE_DIR}/home"}, {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
+                  {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    hub = [secret_env(c.ENV_HF_TOKEN, spec.hub_token_secret_ref.name, spec.hub_token_secret_ref.key)] if spec.hub_token_secret_ref else []
+    base_model = json.dumps(spec.base_model.to_dict(), sort_keys=True)
+    vllm = {
+        "name": VLLM_CONTAINER,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "kubetune_serving.launch"],
+        "args": ["--port", str(VLLM_PORT), "--model-cache", f"{CACHE_DIR}/models"],
+        "env": [*common_env,
+                {"name": "KUBETUNE_BASE_MODEL", "value": base_model},
+                {"name": "KUBETUNE_VLLM_OPTIONS", "value": json.dumps(spec.vllm.to_dict(), sort_keys=True)},
+                {"name": "KUBETUNE_SERVED_MODEL_NAME", "value": parent.name},
+                {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+                *_api_key_env(spec), *hub, *_storage_env(spec)],
+        "ports": [{"name": "http", "containerPort": VLLM_PORT}],
+        "resources": resources(spec.resources.cpu, spec.resources.memory, spec.resources.gpus,
+                               spec.resources.gpu_resource_name or settings.gpu_resource_name),
+        "startupProbe": _probe("/health", "http", 10, 180),
+        "livenessProbe": _probe("/health", "http", 10, 6),
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    sync_args = ["--desired-configmap", f"{parent.namespace}/{names.config_map}", "--desired-key", DESIRED_KEY,
+                 "--vllm-url", f"http://127.0.0.1:{VLLM_PORT}", "--port", str(SYNC_PORT), "--cache-dir", f"{CACHE_DIR}/adapters",
+                 "--max-lora-rank", str(spec.vllm.max_lora_rank), "--base-model-uri", spec.base_model.uri]
+    if spec.base_model.revision:
+        sync_args += ["--base-model-revision", spec.base_model.revision]
+    sync = {
+        "name": SYNC_CONTAINER,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "kubetune_serving.sync"],
+        "args": sync_args,
+        "env": [*common_env, *_api_key_env(spec), *_storage_env(spec)],
+        "ports": [{"name": "sync", "containerPort": SYNC_PORT}],
+        # Not Ready until vLLM is up and every desired adapter is restored: a new or restarted pod
+        # receives no traffic before it serves the whole set.
+        "readinessProbe": _probe("/readyz", "sync", 2, 1),
+        "livenessProbe": _probe("/healthz", "sync", 10, 6),
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True}],
+    }
+    template_hash = short_hash({"image": image, "baseModel": spec.base_model.to_dict(), "vllm": spec.vllm.to_dict(),
+                                "resources": spec.resources.to_dict(), "scheduling": spec.scheduling.to_dict(),
+                                "apiKey": spec.api_key_secret_ref.to_dict() if spec.api_key_secret_ref else None,
+                                "storage": spec.storage.to_dict(), "hub": spec.hub_token_secret_ref.to_dict() if spec.hub_token_secret_ref else None}, 16)
+    pod_labels = labels(parent)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(parent, names.deployment, pod_labels),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector(parent)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {TEMPLATE_HASH_ANNOTATION: template_hash}},
+                "spec": {
+                    "serviceAccountName": names.service_account,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [vllm, sync],
+                    "volumes": [{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}},
+                                {"name": "dshm", "emptyDir": {"medium": "Memory"}}, service_account_token_volume()],
+                    **scheduling_fields(spec.scheduling),
+                },
+            },
+        },
+    }
+
+
+def build_children(body: dict[str, Any], spec: ModelDeploymentSpec, settings: OperatorSettings,
+                   desired: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every child in creation order; the Deployment after what it mounts and runs as."""
+    parent = Parent.of(body)
+    names = ServingNames.of(parent.name)
+    return [build_config_map(parent, names, desired), build_service_account(parent, names), build_role(parent, names),
+            build_role_binding(parent, names), build_service(parent, names, spec), build_deployment(parent, names, spec, settings)]

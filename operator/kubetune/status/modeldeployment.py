@@ -1,0 +1,199 @@
+"""ModelDeployment: adapter resolution and status from the observed Deployment, Pods and the pods'
+adapter-sync reports. Pure: no I/O, no clock reads.
+
+An adapter is Ready only when every ready replica reports it loaded (from the same manifest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..api.conditions import ADAPTERS_READY, AVAILABLE, FALSE, PROGRESSING, READY, TRUE
+from ..api.modeldeployment import ModelDeploymentSpec
+from .conditions import Cond, find, is_true, merge_conditions
+
+WAITING = "WaitingForFineTuneJob"
+LOADING, READY_STATE, FAILED, REJECTED = "Loading", "Ready", "Failed", "Rejected"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An adapter after resolution and the operator's admission checks."""
+
+    name: str
+    source: str
+    state: str  # WaitingForFineTuneJob | Loading (sendable) | Failed | Rejected
+    uri: str | None = None
+    sha256: str | None = None
+    message: str | None = None
+
+    @property
+    def sendable(self) -> bool:
+        return self.state == LOADING and self.uri is not None
+
+
+def _base(uri: str, revision: str | None) -> str:
+    return f"{uri}@{revision}" if revision else uri
+
+
+def resolve_adapters(spec: ModelDeploymentSpec, namespace: str, finetunejobs: dict[str, dict[str, Any]]) -> list[Resolved]:
+    """Map each listed adapter to something the pods can load, or say why not yet / never."""
+    out = []
+    for adapter in spec.adapters:
+        if adapter.uri is not None:
+            out.append(Resolved(adapter.name, adapter.uri, LOADING, uri=adapter.uri.rstrip("/")))
+            continue
+        ref = adapter.fine_tune_job_ref.name  # type: ignore[union-attr]
+        source = f"fineTuneJob/{ref}"
+        ftj = finetunejobs.get(ref)
+        if ftj is None:
+            out.append(Resolved(adapter.name, source, WAITING, message=f"FineTuneJob {ref} does not exist in namespace "
+                                f"{namespace} (only FineTuneJobs in the same namespace can be referenced); waiting for it."))
+            continue
+        status = ftj.get("status") or {}
+        conditions = status.get("conditions")
+        if is_true(conditions, "Failed"):
+            failed = find(conditions, "Failed") or {}
+            out.append(Resolved(adapter.name, source, FAILED, message=f"FineTuneJob {ref} failed "
+                                f"({failed.get('reason')}): {failed.get('message', '')}".strip()))
+            continue
+        published = status.get("adapter") or {}
+        if not is_true(conditions, "Succeeded") or not published.get("uri") or not published.get("manifestSha256"):
+            percent = (status.get("progress") or {}).get("percent")
+            doing = f"training ({percent}% done)" if percent is not None else "not finished"
+            out.append(Resolved(adapter.name, source, WAITING, message=f"FineTuneJob {ref} is {doing}; the adapter is "
+                                "added automatically when it succeeds."))
+            continue
+        out.append(_admit(adapter.name, source, spec, ftj, published))
+    return out
+
+
+def _admit(name: str, source: str, spec: ModelDeploymentSpec, ftj: dict[str, Any], published: dict[str, Any]) -> Resolved:
+    """Admission checks the operator can make from the FineTuneJob (the sidecar re-checks the manifest)."""
+    ftj_spec = ftj.get("spec") or {}
+    uri, sha = published["uri"], published["manifestSha256"]
+    kind = published.get("type") or (ftj_spec.get("adapter") or {}).get("type", "lora")
+    if kind == "full":
+        return Resolved(name, source, REJECTED, uri, sha, f"FineTuneJob {ftj['metadata']['name']} trained a full model, not "
+                        f"an adapter: serve it as spec.baseModel.uri {uri} in its own ModelDeployment.")
+    rank = published.get("rank") or (ftj_spec.get("adapter") or {}).get("rank", 16)
+    if rank > spec.vllm.max_lora_rank:
+        return Resolved(name, source, REJECTED, uri, sha, f"adapter rank {rank} exceeds spec.vllm.maxLoraRank "
+                        f"{spec.vllm.max_lora_rank}: raise vllm.maxLoraRank to at least {rank}.")
+    trained = ftj_spec.get("baseModel") or {}
+    trained_on = _base(trained.get("uri", "?"), trained.get("revision"))
+    served = _base(spec.base_model.uri, spec.base_model.revision)
+    if trained.get("uri") != spec.base_model.uri or (trained.get("revision") and spec.base_model.revision
+                                                     and trained.get("revision") != spec.base_model.revision):
+        return Resolved(name, source, REJECTED, uri, sha, f"adapter was trained on {trained_on} but this deployment "
+                        f"serves {served}: a LoRA adapter only works on the base model it was trained on.")
+    return Resolved(name, source, LOADING, uri, sha)
+
+
+@dataclass
+class ServingObserved:
+    generation: int | None
+    desired_generation: int
+    deployment: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    reports: dict[str, dict[str, Any] | None]  # pod name -> sidecar /status (None: unreachable)
+    endpoint: str
+    selector: str
+    validation_error: str | None = None
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _adapter_state(res: Resolved, ready_pods: list[str], reports: dict[str, dict[str, Any] | None],
+                   desired_generation: int) -> tuple[str, int, str | None]:
+    """(state, replicas that have it loaded, message) for one sendable adapter."""
+    loaded = 0
+    problem: tuple[str, str] | None = None
+    for pod in ready_pods:
+        report = reports.get(pod) or {}
+        entry = next((a for a in report.get("adapters") or [] if a.get("name") == res.name), None)
+        if entry is None:
+            continue
+        # Pinned adapters match by manifest sha; unpinned (by URI) ones need a pod on the current set.
+        same = (entry.get("manifestSha256") == res.sha256) if res.sha256 else (report.get("generation") or 0) >= desired_generation
+        if entry.get("state") == READY_STATE and same:
+            loaded += 1
+        elif entry.get("state") in (FAILED, REJECTED) and same:
+            problem = (entry["state"], f"pod {pod}: {entry.get('message') or entry['state']}")
+    if problem and problem[0] == REJECTED:
+        return REJECTED, loaded, problem[1]
+    if ready_pods and loaded == len(ready_pods):
+        return READY_STATE, loaded, None
+    if problem:
+        return FAILED, loaded, f"{problem[1]} (retrying)"
+    if not ready_pods:
+        return LOADING, 0, "no ready replica yet"
+    return LOADING, loaded, f"loaded on {loaded}/{len(ready_pods)} ready replicas"
+
+
+def derive_status(obs: ServingObserved, spec: ModelDeploymentSpec | None, resolved: list[Resolved],
+                  previous: dict[str, Any] | None, now: datetime | None = None) -> dict[str, Any]:
+    previous = previous or {}
+    if obs.validation_error or spec is None:
+        msg = obs.validation_error or "invalid spec"
+        conds = [Cond(READY, FALSE, "ValidationFailed", msg), Cond(AVAILABLE, FALSE, "ValidationFailed", msg),
+                 Cond(ADAPTERS_READY, FALSE, "ValidationFailed", msg), Cond(PROGRESSING, FALSE, "ValidationFailed", msg)]
+        return {"observedGeneration": obs.generation, "conditions": merge_conditions(previous.get("conditions"), conds, obs.generation, now)}
+    dep = obs.deployment or {}
+    dep_status = dep.get("status") or {}
+    ready_pods = [p["metadata"]["name"] for p in obs.pods if _pod_ready(p)]
+    adapters = []
+    for res in resolved:
+        if res.sendable:
+            state, loaded, message = _adapter_state(res, ready_pods, obs.reports, obs.desired_generation)
+        else:
+            state, loaded, message = res.state, 0, res.message
+        entry = {"name": res.name, "source": res.source, "state": state, "replicasLoaded": loaded}
+        entry.update({k: v for k, v in (("uri", res.uri), ("sha256", res.sha256), ("message", message)) if v})
+        adapters.append(entry)
+    ready_count = sum(1 for a in adapters if a["state"] == READY_STATE)
+
+    replicas, ready = int(dep_status.get("replicas") or 0), int(dep_status.get("readyReplicas") or 0)
+    if not dep:
+        available = Cond(AVAILABLE, FALSE, "Creating", "Creating the serving Deployment.")
+    elif ready > 0:
+        available = Cond(AVAILABLE, TRUE, "ReplicasReady", f"{ready}/{spec.replicas} replicas ready at {obs.endpoint}.")
+    elif spec.replicas == 0:
+        available = Cond(AVAILABLE, FALSE, "ScaledToZero", "spec.replicas is 0.")
+    else:
+        available = Cond(AVAILABLE, FALSE, "NoReadyReplicas", "No replica is ready yet (vLLM starting, or restoring adapters).")
+    rolling = dep and (int(dep_status.get("updatedReplicas") or 0) < spec.replicas or replicas > spec.replicas
+                       or int(dep_status.get("observedGeneration") or 0) < int(dep["metadata"].get("generation") or 0))
+    progressing = (Cond(PROGRESSING, TRUE, "RollingOut", f"{dep_status.get('updatedReplicas', 0)}/{spec.replicas} replicas updated.")
+                   if rolling or not dep else Cond(PROGRESSING, FALSE, "RolloutComplete", "All replicas run the current spec."))
+    not_ready = [a for a in adapters if a["state"] != READY_STATE]
+    if not not_ready:
+        adapters_cond = Cond(ADAPTERS_READY, TRUE, "AllAdaptersReady", f"{ready_count}/{len(adapters)} adapters loaded on every ready replica.")
+    else:
+        worst = next((a for s in (REJECTED, FAILED, WAITING, LOADING) for a in not_ready if a["state"] == s))
+        reason = {REJECTED: "AdapterRejected", FAILED: "AdapterFailed", WAITING: WAITING, LOADING: "AdaptersLoading"}[worst["state"]]
+        adapters_cond = Cond(ADAPTERS_READY, FALSE, reason, "; ".join(f"{a['name']}: {a['state']}" + (f" ({a['message']})" if a.get("message") else "")
+                                                                      for a in not_ready))
+    if available.status == TRUE and adapters_cond.status == TRUE:
+        ready_cond = Cond(READY, TRUE, "Ready", f"Serving {spec.base_model.uri} and {len(adapters)} adapter(s) at {obs.endpoint}.")
+    elif available.status != TRUE:
+        ready_cond = Cond(READY, FALSE, available.reason, available.message)
+    else:
+        ready_cond = Cond(READY, FALSE, adapters_cond.reason, adapters_cond.message)
+    status: dict[str, Any] = {
+        "observedGeneration": obs.generation,
+        "conditions": merge_conditions(previous.get("conditions"), [ready_cond, available, adapters_cond, progressing], obs.generation, now),
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "selector": obs.selector,
+        "endpoint": obs.endpoint,
+        "adaptersReady": f"{ready_count}/{len(adapters)}",
+        "adapters": adapters,
+    }
+    return status
