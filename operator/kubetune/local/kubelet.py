@@ -1,0 +1,247 @@
+"""A local stand-in for the Job controller and kubelet: runs the trainer containers of kubetune Jobs
+as local processes, so `kubetune local run` exercises the real operator and the real trainer.
+
+It reads the Job the operator built, creates its Pod, resolves the container's env (values,
+secretKeyRefs, fieldRefs) and config volume from the emulator, runs the container's args with the
+trainer's Python entrypoint, and writes Pod and Job status the way kubelet and the Job controller
+would: Running, then terminated with the exit code and termination message; podFailurePolicy
+(user-error exit code fails the Job), backoffLimit, suspend (SIGTERM, then Suspended).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..api import constants as c
+from ..api import exit_codes
+from ..emulator import Emulator
+from .serving import LocalServing
+
+log = logging.getLogger("kubetune.local")
+MAX_TERMINATION_MESSAGE = 4096
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Run:
+    pod: str
+    proc: subprocess.Popen
+    termination_log: Path
+    suspended: bool = False
+
+
+class LocalKubelet:
+    """Polls the emulator for trainer Jobs and runs their pods locally, one process per pod."""
+
+    def __init__(self, emu: Emulator, workdir: Path, *, python: str = sys.executable, serving_python: str | None = None,
+                 extra_env: dict[str, str] | None = None, poll_seconds: float = 0.2):
+        self.emu = emu
+        self.workdir = workdir
+        self.python = python
+        self.extra_env = extra_env or {}
+        self.poll_seconds = poll_seconds
+        self.runs: dict[tuple[str, str], _Run] = {}  # (namespace, job) -> running pod
+        self.serving = LocalServing(emu, workdir, serving_python, self.resolve_env, spawn, _terminate) if serving_python else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="local-kubelet", daemon=True)
+
+    def start(self) -> LocalKubelet:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        for run in list(self.runs.values()):
+            _terminate(run.proc)
+        if self.serving is not None:
+            self.serving.stop()
+
+    def __enter__(self) -> LocalKubelet:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+            except Exception:  # keep playing kubelet; the error is visible in the log
+                log.exception("local kubelet sync failed")
+            self._stop.wait(self.poll_seconds)
+
+    def sync_once(self) -> None:
+        for job in self.emu.list("batch", "v1", "jobs"):
+            labels = job["metadata"].get("labels") or {}
+            if labels.get(c.LABEL_MANAGED_BY) != c.MANAGED_BY_VALUE or labels.get(c.LABEL_COMPONENT) != c.COMPONENT_TRAINER:
+                continue
+            self._sync_job(job)
+        if self.serving is not None:
+            self.serving.sync_once()
+
+    def _sync_job(self, job: dict[str, Any]) -> None:
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        status = job.get("status") or {}
+        if any(cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed") for cond in status.get("conditions") or []):
+            return
+        run = self.runs.get((ns, name))
+        if run is not None:
+            if job["spec"].get("suspend") and not run.suspended:
+                run.suspended = True
+                run.proc.send_signal(signal.SIGTERM)  # the trainer checkpoints and exits
+            if run.proc.poll() is not None:
+                self._finish(job, run)
+            return
+        if job["spec"].get("suspend"):
+            if not any(cond.get("type") == "Suspended" and cond.get("status") == "True" for cond in status.get("conditions") or []):
+                self._job_status(ns, name, {"active": 0, "conditions": [_cond("Suspended", "JobSuspended", "Job suspended")]})
+            return
+        self._start_pod(job)
+
+    def _start_pod(self, job: dict[str, Any]) -> None:
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        attempt = int((job.get("status") or {}).get("failed") or 0) + len(self._ignored(ns, name))
+        pod_name = f"{name}-{attempt}"
+        template = job["spec"]["template"]
+        container = next(ctr for ctr in template["spec"]["containers"] if ctr["name"] == c.TRAINER_CONTAINER)
+        poddir = self.workdir / ns / pod_name
+        poddir.mkdir(parents=True, exist_ok=True)
+        self.emu.create({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": pod_name, "namespace": ns, "labels": {**template["metadata"]["labels"], "job-name": name},
+                                      "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                                           "uid": job["metadata"]["uid"], "controller": True}]},
+                         "spec": template["spec"]})
+        env = self.resolve_env(ns, pod_name, container, poddir, template["spec"].get("volumes", []))
+        termination_log = poddir / "termination-log"
+        termination_log.write_text("")
+        args = [self.python, "-m", "kubetune_trainer", *container.get("args", [])]
+        args = [env[c.ENV_CONFIG_PATH] if a == c.TRAINER_CONFIG_PATH else a for a in args]
+        proc = spawn(args, {**env, "KUBETUNE_TERMINATION_LOG": str(termination_log)}, poddir, "trainer")
+        log.info("started pod %s/%s (pid %s)", ns, pod_name, proc.pid)
+        self.runs[(ns, name)] = _Run(pod_name, proc, termination_log)
+        self._pod_status(ns, pod_name, {"phase": "Running", "startTime": _now(), "containerStatuses": [
+            {"name": c.TRAINER_CONTAINER, "ready": True, "restartCount": 0, "image": container["image"],
+             "state": {"running": {"startedAt": _now()}}}]})
+        self._job_status(ns, name, {"active": 1, "startTime": (job.get("status") or {}).get("startTime") or _now()})
+
+    def resolve_env(self, ns: str, pod: str, container: dict[str, Any], poddir: Path,
+                    volumes: list[dict[str, Any]] = ()) -> dict[str, str]:  # type: ignore[assignment]
+        """The container's environment as kubelet would build it, with in-pod paths moved under `poddir`."""
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")}
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
+            source = item.get("valueFrom") or {}
+            if "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                secret = self.emu.get("", "v1", "secrets", ns, ref["name"]) or {}
+                data = (secret.get("data") or {}).get(ref["key"])
+                if data is None:
+                    data = (secret.get("stringData") or {}).get(ref["key"])
+                    env[item["name"]] = data or ""
+                else:
+                    env[item["name"]] = base64.b64decode(data).decode()
+            elif "fieldRef" in source:
+                env[item["name"]] = {"metadata.name": pod, "metadata.namespace": ns}.get(source["fieldRef"]["fieldPath"], "")
+        # The config volume: the ConfigMap's keys become files, as kubelet mounts them.
+        for volume in volumes:
+            if "configMap" not in volume or volume["name"] != "config":
+                continue
+            cm = self.emu.get("", "v1", "configmaps", ns, volume["configMap"]["name"]) or {}
+            mount = poddir / "etc-kubetune"
+            mount.mkdir(exist_ok=True)
+            for key, value in (cm.get("data") or {}).items():
+                (mount / key).write_text(value)
+            env[c.ENV_CONFIG_PATH] = str(mount / c.TRAINER_CONFIG_KEY)
+        # Writable paths the image would provide as emptyDirs, and the API the pod would reach.
+        for key in ("HOME", "HF_HOME", "TRITON_CACHE_DIR"):
+            if key in env:
+                env[key] = str(poddir / Path(env[key]).name)
+        env["KUBECONFIG"] = self.emu.kubeconfig
+        env.update(self.extra_env)
+        return env
+
+    def _ignored(self, ns: str, job: str) -> list[dict[str, Any]]:
+        """Pods that ended by disruption (SIGTERM after suspend): podFailurePolicy Ignore."""
+        return [p for p in self.emu.list("", "v1", "pods", ns)
+                if (p["metadata"].get("labels") or {}).get("job-name") == job
+                and any(cond.get("type") == "DisruptionTarget" for cond in (p.get("status") or {}).get("conditions") or [])]
+
+    def _finish(self, job: dict[str, Any], run: _Run) -> None:
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        code = run.proc.returncode
+        code = 128 - code if code < 0 else code  # killed by a signal, like a container runtime reports it
+        message = run.termination_log.read_text(errors="replace")[:MAX_TERMINATION_MESSAGE]
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
+                      "finishedAt": _now()}
+        pod_status: dict[str, Any] = {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [
+            {"name": c.TRAINER_CONTAINER, "ready": False, "restartCount": 0, "state": {"terminated": terminated}}]}
+        if run.suspended:
+            pod_status["conditions"] = [_cond("DisruptionTarget", "DeletionByTaintManager", "suspended")]
+        self._pod_status(ns, run.pod, pod_status)
+        del self.runs[(ns, name)]
+        status = job.get("status") or {}
+        failed = int(status.get("failed") or 0)
+        if code == 0:
+            self._job_status(ns, name, {"active": 0, "succeeded": 1, "completionTime": _now(),
+                                        "conditions": [_cond("SuccessCriteriaMet", "CompletionsReached", ""),
+                                                       _cond("Complete", "CompletionsReached", "")]})
+        elif run.suspended:
+            self._job_status(ns, name, {"active": 0, "conditions": [_cond("Suspended", "JobSuspended", "Job suspended")]})
+        elif code == exit_codes.USER_ERROR:
+            self._job_status(ns, name, {"active": 0, "failed": failed + 1, "conditions": [_cond(
+                "Failed", "PodFailurePolicy", f"Container trainer for pod {ns}/{run.pod} failed with exit code {code} "
+                "matching FailJob rule at index 0")]})
+        elif failed + 1 > int(job["spec"].get("backoffLimit", 6)):
+            self._job_status(ns, name, {"active": 0, "failed": failed + 1, "conditions": [_cond(
+                "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]})
+        else:
+            self._job_status(ns, name, {"active": 0, "failed": failed + 1})
+
+    def _pod_status(self, ns: str, pod: str, status: dict[str, Any]) -> None:
+        self.emu.patch("", "v1", "pods", ns, pod, {"status": status}, subresource="status")
+
+    def _job_status(self, ns: str, job: str, status: dict[str, Any]) -> None:
+        self.emu.patch("batch", "v1", "jobs", ns, job, {"status": status}, subresource="status")
+
+
+def spawn(argv: list[str], env: dict[str, str], cwd: Path, logname: str) -> subprocess.Popen:
+    """One container as a process in its own session (so its whole process group can be stopped)."""
+    with open(cwd / f"{logname}.log", "ab") as logfile:
+        return subprocess.Popen(argv, env=env, stdout=logfile, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+
+
+def _cond(type_: str, reason: str, message: str) -> dict[str, Any]:
+    return {"type": type_, "status": "True", "reason": reason, "message": message,
+            "lastProbeTime": _now(), "lastTransitionTime": _now()}
+
+
+def _terminate(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM the process group, then SIGKILL after `grace` seconds: no orphan is left."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)

@@ -1,0 +1,162 @@
+"""`kubetune local run`: a FineTuneJob (and ModelDeployment) manifest executed on this machine.
+
+The pieces are the real ones: the API emulator stands in for the API server, the real operator
+(`kubetune operator`, a subprocess) reconciles the manifests into Jobs and Deployments, and the local
+kubelet runs their containers as processes: the trainer (`python -m kubetune_trainer`), vLLM and the
+adapter-sync sidecar. Object storage is a local folder (file://).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..api.finetunejob import FineTuneJobSpec
+from ..api.modeldeployment import ModelDeploymentSpec
+from ..api.validation import SpecError, parse
+from ..emulator import Emulator
+from .kubelet import LocalKubelet
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+MODELS = {"FineTuneJob": FineTuneJobSpec, "ModelDeployment": ModelDeploymentSpec}
+
+
+@dataclass
+class LocalRun:
+    workdir: Path
+    uri_map: dict[str, str] = field(default_factory=dict)
+    serving_python: str | None = None
+    namespace: str = "default"
+    emu: Emulator | None = None
+    operator: subprocess.Popen | None = None
+    kubelet: LocalKubelet | None = None
+
+    # --- manifests ----------------------------------------------------------------------------
+    def load(self, files: list[Path]) -> list[dict[str, Any]]:
+        """Read, map URIs, and validate every kubetune object before anything runs or downloads."""
+        docs, problems = [], []
+        for file in files:
+            for doc in yaml.safe_load_all(file.read_text()):
+                if not isinstance(doc, dict) or doc.get("kind") not in MODELS:
+                    continue
+                doc = self._map(doc)
+                try:
+                    parse(MODELS[doc["kind"]], doc.get("spec"))
+                except SpecError as exc:
+                    name = (doc.get("metadata") or {}).get("name", "?")
+                    problems += [f"{file}: {doc['kind']}/{name}: {p}" for p in exc.problems]
+                docs.append(doc)
+        if problems:
+            raise SpecError(problems)
+        if not docs:
+            raise SpecError([f"{', '.join(map(str, files))}: no FineTuneJob or ModelDeployment found"])
+        return docs
+
+    def _map(self, node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: self._map(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self._map(v) for v in node]
+        if isinstance(node, str):
+            for prefix, target in self.uri_map.items():
+                if node == prefix or node.startswith(prefix.rstrip("/") + "/"):
+                    return target.rstrip("/") + node[len(prefix.rstrip("/")):]
+        return node
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        storage = self.workdir / "storage"
+        storage.mkdir(exist_ok=True)
+        self.emu = Emulator().start()
+        for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+            self.emu.apply_file(crd)
+        env = {**os.environ, "KUBECONFIG": self.emu.kubeconfig, "KUBETUNE_DEFAULT_OUTPUT_URI": f"file://{storage.resolve()}",
+               "KUBETUNE_TRAINER_IMAGE": "local/kubetune-trainer", "KUBETUNE_SERVING_IMAGE": "local/kubetune-serving"}
+        log = open(self.workdir / "operator.log", "ab")
+        self.operator = subprocess.Popen([sys.executable, "-m", "kubetune", "operator", "-n", self.namespace], env=env,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.kubelet = LocalKubelet(self.emu, self.workdir / "pods", serving_python=self.serving_python).start()
+
+    def stop(self) -> None:
+        """Stops every child process (trainer, vLLM, sidecar, operator): no orphans."""
+        if self.kubelet is not None:
+            self.kubelet.stop()
+        if self.operator is not None and self.operator.poll() is None:
+            os.killpg(self.operator.pid, signal.SIGTERM)
+            try:
+                self.operator.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.operator.pid, signal.SIGKILL)
+        if self.emu is not None:
+            self.emu.stop()
+
+    def __enter__(self) -> LocalRun:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- driving ------------------------------------------------------------------------------
+    def apply(self, doc: dict[str, Any]) -> dict[str, Any]:
+        assert self.emu is not None
+        meta = doc.setdefault("metadata", {})
+        meta.setdefault("namespace", self.namespace)
+        return self.emu.apply(doc)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        assert self.emu is not None
+        plural = "finetunejobs" if kind == "FineTuneJob" else "modeldeployments"
+        return self.emu.get("kubetune.io", "v1alpha1", plural, self.namespace, name)
+
+    def wait(self, kind: str, name: str, done: Callable[[dict[str, Any]], str | None], on_change: Callable[[dict[str, Any]], None],
+             timeout: float) -> str:
+        """Poll the object until `done` returns an outcome; call `on_change` whenever its status changes."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            obj = self.get(kind, name) or {}
+            status = obj.get("status")
+            if status != last:
+                last = status
+                on_change(obj)
+            outcome = done(obj)
+            if outcome:
+                return outcome
+            if self.operator is not None and self.operator.poll() is not None:
+                raise RuntimeError(f"the operator exited ({self.operator.returncode}); see {self.workdir / 'operator.log'}")
+            time.sleep(0.25)
+        raise TimeoutError(f"{kind}/{name} did not finish within {timeout:.0f} s")
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == type_), None)
+
+
+def finetunejob_outcome(obj: dict[str, Any]) -> str | None:
+    for type_ in ("Succeeded", "Failed"):
+        cond = condition(obj, type_)
+        if cond and cond.get("status") == "True":
+            return type_
+    return None
+
+
+def modeldeployment_outcome(obj: dict[str, Any]) -> str | None:
+    ready = condition(obj, "Ready")
+    if ready and ready.get("status") == "True":
+        return "Ready"
+    adapters = (obj.get("status") or {}).get("adapters") or []
+    if any(a.get("state") in ("Failed", "Rejected") for a in adapters):
+        return "Failed"
+    return None
