@@ -27,7 +27,7 @@ quickstart: venv serving-venv
 	$(VENV)/bin/kubetune local quickstart
 
 # README command 2: the whole test suite.
-test: venv
+test: venv serving-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 crds: venv

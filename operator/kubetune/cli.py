@@ -69,6 +69,12 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local(args: argparse.Namespace) -> int:
+    from .local.cli import main as local_main
+
+    return local_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tuning and LoRA serving on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     val = sub.add_parser("validate", help="validate FineTuneJob/ModelDeployment manifests offline")
     val.add_argument("files", nargs="+")
     val.set_defaults(func=_validate)
+
+    local = sub.add_parser("local", help="run manifests on this machine: emulator + operator + trainer/vLLM as processes")
+    local_sub = local.add_subparsers(dest="local_command", required=True)
+    run = local_sub.add_parser("run", help="execute FineTuneJob/ModelDeployment manifests locally")
+    run.add_argument("-f", "--file", action="append", required=True, help="manifest file (repeatable)")
+    run.add_argument("--map", action="append", metavar="PREFIX=TARGET",
+                     help="rewrite URIs, e.g. hf://org/model=file:///models/model (repeatable)")
+    run.add_argument("--ask", default=None, help="after serving, ask every model this question")
+    run.add_argument("--serving-python", default=None, help="python of the vLLM venv (default .venv-serving)")
+    quick = local_sub.add_parser("quickstart", help="the README's command 1: fine-tune, publish, serve, ask")
+    for p in (run, quick):
+        p.add_argument("--workdir", default=".kubetune", help="local state: storage, pod logs, models")
+        p.add_argument("--timeout", type=float, default=1800, help="seconds per resource")
+    local.set_defaults(func=_local)
 
     args = parser.parse_args(argv)
     return args.func(args)

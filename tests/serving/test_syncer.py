@@ -1,0 +1,225 @@
+"""The reconcile loop against a fake vLLM (its LoRA endpoints, in-process): fast, deterministic
+checks of restore-after-restart, retries, rejection and readiness. The real vLLM runs in
+test_vllm_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from kubetune_serving.cache import AdapterCache, Admission
+from kubetune_serving.protocol import DesiredSet
+from kubetune_serving.server import make_app
+from kubetune_serving.sources import Update
+from kubetune_serving.storage import Storage
+from kubetune_serving.syncer import Syncer, backoff_seconds
+from kubetune_serving.vllm_client import VLLMClient
+
+from tests.serving.helpers import desired_set, fake_adapter, publish_adapter
+
+
+class FakeVLLM:
+    """vLLM's /v1/models + load/unload with its status codes; ``up=False`` plays a restart."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.loras: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def app(self) -> web.Application:
+        async def models(_: web.Request) -> web.Response:
+            if not self.up:
+                return web.Response(status=503)
+            cards = [{"id": "tiny", "root": "/m", "parent": None}]
+            cards += [{"id": n, "root": p, "parent": "tiny"} for n, p in sorted(self.loras.items())]
+            return web.json_response({"object": "list", "data": cards})
+
+        async def load(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.calls.append(("load", body["lora_name"]))
+            if not Path(body["lora_path"], "adapter_config.json").exists():
+                return web.json_response({"error": {"message": "not found", "code": 404}}, status=404)
+            self.loras[body["lora_name"]] = body["lora_path"]
+            return web.Response(text="Success")
+
+        async def unload(request: web.Request) -> web.Response:
+            name = (await request.json())["lora_name"]
+            self.calls.append(("unload", name))
+            if self.loras.pop(name, None) is None:
+                return web.json_response({"error": {"message": f"The lora adapter '{name}' cannot be found."}}, status=404)
+            return web.Response(text="Success")
+
+        app = web.Application()
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/v1/load_lora_adapter", load)
+        app.router.add_post("/v1/unload_lora_adapter", unload)
+        return app
+
+
+class Harness:
+    def __init__(self, syncer: Syncer, fake: FakeVLLM, updates: asyncio.Queue, sidecar_url: str,
+                 session: aiohttp.ClientSession) -> None:
+        self.syncer, self.fake, self.updates, self.url, self.session = syncer, fake, updates, sidecar_url, session
+
+    def want(self, data: dict) -> None:
+        self.updates.put_nowait(Update(DesiredSet.model_validate(data)))
+
+    async def get(self, path: str) -> tuple[int, dict]:
+        async with self.session.get(self.url + path) as resp:
+            return resp.status, await resp.json()
+
+    async def until(self, check: Callable[[], object], timeout: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not check():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"not reached; status: {self.syncer.status().to_dict()}")
+            await asyncio.sleep(0.02)
+
+    def states(self) -> dict[str, str]:
+        return {r.name: r.state for r in self.syncer.status().adapters}
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    fake = FakeVLLM()
+    vllm_runner, vllm_url = await serve(fake.app())
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def updates() -> AsyncIterator[Update]:
+        while True:
+            yield await queue.get()
+
+    async with aiohttp.ClientSession() as session:
+        cache = AdapterCache(tmp_path / "cache", Storage({}), Admission(max_lora_rank=16))
+        syncer = Syncer(VLLMClient(session, vllm_url), cache, poll_interval=0.05, retry_base=0.05, retry_max=0.2)
+        sidecar_runner, sidecar_url = await serve(make_app(syncer))
+        task = asyncio.create_task(syncer.run(updates()))
+        yield Harness(syncer, fake, queue, sidecar_url, session)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sidecar_runner.cleanup()
+    await vllm_runner.cleanup()
+
+
+def publish(tmp_path: Path, name: str, **config: object) -> tuple[str, str]:
+    source = tmp_path / f"src-{name}"
+    folder = tmp_path / "published" / name
+    return f"file://{folder}", publish_adapter(fake_adapter(source, **config), folder, job=name)
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [backoff_seconds(n, 1.0, 60.0) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+async def test_nothing_happens_and_not_ready_before_a_desired_set(harness: Harness) -> None:
+    harness.fake.loras["leftover"] = "/somewhere"
+    await harness.until(lambda: harness.syncer.vllm_ready)
+    await asyncio.sleep(0.2)
+    assert harness.fake.calls == []  # never unload before the desired set is known
+    assert await harness.get("/readyz") == (503, {"ok": False, "message": "no desired set read yet"})
+    assert await harness.get("/status") == (200, {"generation": None, "vllmReady": True, "message": None,
+                                                 "adapters": []})
+
+
+async def test_sync_loads_unloads_and_restores_after_restart(harness: Harness, tmp_path: Path) -> None:
+    uri_a, sha_a = publish(tmp_path, "a")
+    uri_b, sha_b = publish(tmp_path, "b")
+    harness.fake.loras["stale"] = "/old"
+    harness.want(desired_set(1, ("a", uri_a, sha_a), ("b", uri_b, sha_b)))
+    await harness.until(lambda: harness.states() == {"a": "Ready", "b": "Ready"})
+    assert harness.fake.loras == {"a": str(tmp_path / "cache" / sha_a / "adapter"),
+                                  "b": str(tmp_path / "cache" / sha_b / "adapter")}
+    assert sorted(harness.fake.calls) == [("load", "a"), ("load", "b"), ("unload", "stale")]
+    status, body = await harness.get("/status")
+    assert (status, body["generation"], body["vllmReady"]) == (200, 1, True)
+    assert [(a["name"], a["uri"], a["manifestSha256"], a["state"], a["message"]) for a in body["adapters"]] == [
+        ("a", uri_a, sha_a, "Ready", None), ("b", uri_b, sha_b, "Ready", None)]
+    assert await harness.get("/readyz") == (200, {"ok": True, "message": "ok"})
+
+    # vLLM restarts: down (not ready, adapters Loading), then up empty: the set is restored.
+    harness.fake.up = False
+    await harness.until(lambda: not harness.syncer.vllm_ready)
+    assert harness.states() == {"a": "Loading", "b": "Loading"}
+    assert await harness.get("/readyz") == (503, {"ok": False, "message": "vLLM is not ready"})
+    harness.fake.loras.clear()
+    harness.fake.calls.clear()
+    harness.fake.up = True
+    await harness.until(lambda: harness.states() == {"a": "Ready", "b": "Ready"})
+    assert sorted(harness.fake.calls) == [("load", "a"), ("load", "b")]
+    assert await harness.get("/readyz") == (200, {"ok": True, "message": "ok"})
+
+    # Remove a: unloaded, no longer reported.
+    harness.fake.calls.clear()
+    harness.want(desired_set(2, ("b", uri_b, sha_b)))
+    await harness.until(lambda: "a" not in harness.fake.loras)
+    assert (harness.fake.calls, harness.states()) == ([("unload", "a")], {"b": "Ready"})
+    await harness.until(lambda: not (tmp_path / "cache" / sha_a).exists())  # pruned from the cache
+
+
+async def test_missing_manifest_fails_then_loads_once_published(harness: Harness, tmp_path: Path) -> None:
+    folder = tmp_path / "published" / "late"
+    source = fake_adapter(tmp_path)
+    # Know the manifest's sha up front (the operator resolved it), publish it elsewhere first.
+    sha = publish_adapter(source, tmp_path / "resolved")
+    harness.want(desired_set(1, ("late", f"file://{folder}", sha)))
+    await harness.until(lambda: harness.states() == {"late": "Failed"})
+    report = harness.syncer.status().adapters[0]
+    assert report.message.startswith(f"no manifest.json at file://{folder}/manifest.json: the adapter is not "
+                                     "published (yet), and an adapter without its manifest does not exist (attempt ")
+    assert await harness.get("/readyz") == (200, {"ok": True, "message": "ok"})  # Failed does not block readiness
+    assert harness.fake.calls == []
+    assert publish_adapter(source, folder) == sha
+    await harness.until(lambda: harness.states() == {"late": "Ready"})
+    assert harness.fake.calls == [("load", "late")]
+
+
+async def test_rejected_adapter_is_never_loaded_nor_retried(harness: Harness, tmp_path: Path) -> None:
+    uri, sha = publish(tmp_path, "big", r=64)
+    harness.want(desired_set(1, ("big", uri, sha)))
+    await harness.until(lambda: harness.states() == {"big": "Rejected"})
+    await asyncio.sleep(0.5)  # many retry periods
+    assert harness.syncer.status().adapters[0].message == "LoRA rank 64 exceeds the max LoRA rank 16 (vllm.maxLoraRank)"
+    assert (harness.fake.calls, harness.fake.loras) == ([], {})
+
+
+async def test_new_version_replaces_in_place_and_sidecar_restart_keeps_loaded(harness: Harness, tmp_path: Path) -> None:
+    uri, sha1 = publish(tmp_path, "a")
+    harness.want(desired_set(1, ("a", uri, sha1)))
+    await harness.until(lambda: harness.states() == {"a": "Ready"})
+    (tmp_path / "src-a" / "peft" / "adapter_model.safetensors").write_bytes(b"retrained weights")
+    sha2 = publish_adapter(tmp_path / "src-a" / "peft", Path(uri.removeprefix("file://")))
+    harness.want(desired_set(2, ("a", uri, sha2)))
+    await harness.until(lambda: harness.fake.loras["a"].endswith(f"/{sha2}/adapter"))
+    assert harness.fake.calls == [("load", "a"), ("load", "a")]  # load_inplace: never unloaded in between
+    await harness.until(lambda: harness.states() == {"a": "Ready"})
+
+    # A fresh sidecar (same cache, vLLM untouched) recognises the loaded version by its cache path.
+    fresh = Syncer(harness.syncer.vllm, harness.syncer.cache, poll_interval=0.05)
+    fresh.apply_update(Update(DesiredSet.model_validate(desired_set(2, ("a", uri, sha2)))))
+    await fresh.reconcile_once()
+    assert ({r.name: r.state for r in fresh.status().adapters}, harness.fake.calls) == (
+        {"a": "Ready"}, [("load", "a"), ("load", "a")])
+
+
+async def test_invalid_desired_set_keeps_the_last_one(harness: Harness, tmp_path: Path) -> None:
+    uri, sha = publish(tmp_path, "a")
+    harness.want(desired_set(1, ("a", uri, sha)))
+    await harness.until(lambda: harness.states() == {"a": "Ready"})
+    harness.updates.put_nowait(Update(None, "invalid desired set in x: 1 error(s): generation: Field required"))
+    await harness.until(lambda: harness.syncer.source_error is not None)
+    status, body = await harness.get("/status")
+    assert (body["generation"], body["message"], [a["state"] for a in body["adapters"]]) == (
+        1, "invalid desired set in x: 1 error(s): generation: Field required", ["Ready"])
+    assert harness.fake.loras.keys() == {"a"}
