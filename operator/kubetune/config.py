@@ -26,6 +26,8 @@ class OperatorSettings(BaseModel):
     default_queue: str | None = None
     # Seconds Kubernetes waits after SIGTERM: the trainer saves a checkpoint in that time.
     termination_grace_seconds: int = 120
+    # Serve Prometheus metrics at /metrics on this port (none when unset).
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:

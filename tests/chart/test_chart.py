@@ -126,7 +126,7 @@ def test_operator_command_line_is_accepted_by_the_cli(monkeypatch, values, expec
 
 
 # Env vars the chart sets for operator features that OperatorSettings does not read yet (see docs/install.md).
-PENDING_OPERATOR_ENV = {"KUBETUNE_METRICS_PORT"}
+PENDING_OPERATOR_ENV: set[str] = set()
 
 
 def test_platform_values_reach_the_operator_settings():
@@ -136,7 +136,7 @@ def test_platform_values_reach_the_operator_settings():
         trainer_image="ghcr.io/kubetune/trainer:0.1.0", serving_image="ghcr.io/kubetune/serving:0.1.0",
         image_pull_policy="IfNotPresent", gpu_resource_name="nvidia.com/gpu", default_output_uri="s3://models/adapters",
         s3_endpoint="http://minio.storage:9000", s3_region="us-east-1", storage_secret="kubetune-storage",
-        default_queue="default-gpus", termination_grace_seconds=300)
+        default_queue="default-gpus", termination_grace_seconds=300, metrics_port=9090)
     fields = {"KUBETUNE_" + name.upper() for name in OperatorSettings.model_fields}
     assert {k for k in env if k.startswith("KUBETUNE_")} - fields == PENDING_OPERATOR_ENV
     # Every platform default has a value in the chart.
@@ -146,7 +146,8 @@ def test_platform_values_reach_the_operator_settings():
 def test_chart_defaults_are_the_operators_defaults():
     """An install with no values behaves like the operator with no env (nothing unset is set)."""
     env = env_of(operator_container(objects()))
-    assert OperatorSettings.from_env(env) == OperatorSettings()
+    # The chart always serves metrics (its Service points at them); everything else is the operator's default.
+    assert OperatorSettings.from_env(env) == OperatorSettings(metrics_port=9090)
     assert "KUBETUNE_DEFAULT_OUTPUT_URI" not in env and "KUBETUNE_STORAGE_SECRET" not in env
 
 

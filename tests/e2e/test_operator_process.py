@@ -6,8 +6,6 @@ import json
 import signal
 import time
 
-import yaml
-
 from .harness import ROOT, job_condition, running, terminated, wait_for
 
 CHILD_PATHS = {
@@ -75,8 +73,27 @@ def test_operator_killed_mid_reconcile_creates_no_duplicates(cluster, operator_p
     assert "Traceback" not in operator_process.log(), operator_process.log()[-3000:]
 
 
-def test_examples_parse_as_yaml_with_known_kinds():
-    for path in sorted((ROOT / "examples").rglob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                assert doc.get("kind"), path
+def test_metrics_endpoint_counts_reconciles_and_status_writes(cluster, tmp_path):
+    """`kubetune operator` with KUBETUNE_METRICS_PORT serves Prometheus text at /metrics."""
+    import socket
+    import urllib.request
+
+    from .harness import OperatorProcess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = OperatorProcess(cluster.kubeconfig, tmp_path / "op.log", {"KUBETUNE_METRICS_PORT": str(port)}).start()
+    try:
+        cluster.create_ftj("m1", {"baseModel": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"}, "dataset": {"train": "s3://d/x.jsonl"}})
+        wait_for(lambda: cluster.condition("m1", "Running"), timeout=20, what="first status")
+
+        def scrape():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                return response.read().decode()
+        text = wait_for(lambda: 'kubetune_status_writes_total{kind="FineTuneJob"}' in scrape() and scrape(), timeout=10)
+        assert 'kubetune_reconciles_total{kind="FineTuneJob"} 1' in text
+        assert 'kubetune_children_created_total{kind="Job"} 1' in text
+        assert "# TYPE kubetune_status_writes_total counter" in text
+    finally:
+        proc.kill()

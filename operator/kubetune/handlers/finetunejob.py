@@ -18,6 +18,7 @@ from ..api.validation import SpecError, parse
 from ..builders.common import label_value
 from ..builders.finetunejob import SPEC_HASH_ANNOTATION, build_children, resolve_spec, spec_hash
 from ..status.finetunejob import Observed, derive_status, status_changed
+from .metrics import inc
 from .runtime import announce, runtime
 
 FTJ = (c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
@@ -74,6 +75,7 @@ async def refresh_status(body: Any, trainer_jobs: kopf.Index, trainer_pods: kopf
         if not status_changed(previous, status):
             return
         await rt.kube.merge_patch(dict(body), {"status": status}, subresource="status")
+        inc("kubetune_status_writes_total", "FineTuneJob")
         rt.written[meta["uid"]] = {**previous, **status}
         announce(body, previous.get("conditions"), status["conditions"])
 
@@ -83,9 +85,11 @@ async def refresh_status(body: Any, trainer_jobs: kopf.Index, trainer_pods: kopf
 @kopf.on.update(*FTJ, field="spec")
 async def reconcile_finetunejob(body: Any, spec: Any, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any) -> None:
     rt = runtime()
+    inc("kubetune_reconciles_total", "FineTuneJob")
     try:
         resolved = resolve_spec(parse(FineTuneJobSpec, dict(spec)), rt.settings)
     except SpecError as exc:
+        inc("kubetune_validation_failures_total", "FineTuneJob")
         await refresh_status(body, trainer_jobs, trainer_pods, validation_error=str(exc))
         raise kopf.PermanentError(f"invalid spec: {exc}") from None
     job = _one(trainer_jobs, (body["metadata"]["namespace"], label_value(body["metadata"]["name"])))
@@ -93,6 +97,8 @@ async def reconcile_finetunejob(body: Any, spec: Any, trainer_jobs: kopf.Index, 
         *prerequisites, job_manifest = build_children(dict(body), resolved, rt.settings)
         await asyncio.gather(*(rt.kube.ensure(child) for child in prerequisites))
         await rt.kube.ensure(job_manifest)
+        for child in (*prerequisites, job_manifest):
+            inc("kubetune_children_created_total", child["kind"])
         return  # the Job's own event derives the first status
     if job["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION) != spec_hash(resolved):
         kopf.event(body, type="Warning", reason="SpecChangeIgnored",

@@ -30,6 +30,7 @@ from ..builders.modeldeployment import (
 from ..clients.sidecar import fetch_reports
 from ..status.finetunejob import status_changed
 from ..status.modeldeployment import Resolved, ServingObserved, derive_status, resolve_adapters
+from .metrics import inc
 from .runtime import announce, runtime
 
 MD = (c.GROUP, c.VERSION, c.MODELDEPLOYMENT_PLURAL)
@@ -136,6 +137,7 @@ async def refresh_status(body: Any, finetunejobs: kopf.Index, serving_configmaps
         if not status_changed(previous, status):
             return
         await rt.kube.merge_patch(dict(body), {"status": status}, subresource="status")
+        inc("kubetune_status_writes_total", "ModelDeployment")
         rt.written[meta["uid"]] = {**previous, **status}
         announce(body, previous.get("conditions"), status["conditions"])
 
@@ -146,10 +148,12 @@ async def refresh_status(body: Any, finetunejobs: kopf.Index, serving_configmaps
 async def reconcile_modeldeployment(body: Any, spec: Any, finetunejobs: kopf.Index, serving_configmaps: kopf.Index,
                                     serving_deployments: kopf.Index, serving_pods: kopf.Index, **_: Any) -> None:
     rt = runtime()
+    inc("kubetune_reconciles_total", "ModelDeployment")
     indexes = (finetunejobs, serving_configmaps, serving_deployments, serving_pods)
     try:
         resolved_spec = resolve_spec(parse(ModelDeploymentSpec, dict(spec)), rt.settings)
     except SpecError as exc:
+        inc("kubetune_validation_failures_total", "ModelDeployment")
         await refresh_status(body, *indexes, validation_error=str(exc))
         raise kopf.PermanentError(f"invalid spec: {exc}") from None
     await apply_children(body, resolved_spec, finetunejobs, serving_configmaps, serving_deployments)
