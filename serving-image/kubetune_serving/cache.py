@@ -8,6 +8,9 @@ An entry exists only once every file in it matched the manifest (it is assembled
 volume mounted at the same path in the vLLM and the sidecar containers. Because the path carries
 the sha, the sidecar can tell from vLLM's ``/v1/models`` (``root``) which version of each adapter is
 loaded, even after the sidecar itself restarted.
+
+An unpinned adapter (no manifestSha256 in the desired set) is first ``resolve``d: one read of its
+manifest.json, whose sha256 then pins it; ``fetch`` is handed those same bytes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .verify import (
     admit_adapter_config,
     admit_manifest,
     parse_manifest,
+    sha256_bytes,
     verify_file,
 )
 
@@ -51,6 +55,14 @@ class Admission:
     max_lora_rank: int
     base_model_uri: str | None = None
     base_model_revision: str | None = None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An unpinned adapter's manifest.json as read now: its sha256 pins the adapter."""
+
+    sha256: str
+    raw: bytes
 
 
 @dataclass(frozen=True)
@@ -73,19 +85,33 @@ class AdapterCache:
     def entry(self, sha: str) -> Path:
         return self.root / sha
 
-    def fetch(self, adapter: DesiredAdapter) -> Fetched:
-        """Download (or re-verify the cached copy), check integrity, admit. Raises ManifestMissing,
-        VerificationError, AdmissionError or storage.StorageError; never leaves unverified files
-        where vLLM could load them."""
-        started = time.monotonic()
-        manifest_uri = join_uri(adapter.uri, layout.MANIFEST)
+    def read_manifest(self, uri: str) -> bytes:
+        """The bytes of ``<uri>/manifest.json``; ManifestMissing when there is none."""
+        manifest_uri = join_uri(uri, layout.MANIFEST)
         try:
-            raw = self.storage.read_bytes(manifest_uri)
+            return self.storage.read_bytes(manifest_uri)
         except NotFound as exc:
             raise ManifestMissing(
                 f"no {layout.MANIFEST} at {manifest_uri}: the adapter is not published (yet), "
                 "and an adapter without its manifest does not exist"
             ) from exc
+
+    def resolve(self, uri: str) -> Resolution:
+        """Pin an unpinned adapter: read its manifest.json once and hash it. Raises ManifestMissing or
+        storage.StorageError. The manifest is checked (parsed, admitted) by ``fetch``, as for a
+        pinned adapter."""
+        raw = self.read_manifest(uri)
+        return Resolution(sha256_bytes(raw), raw)
+
+    def fetch(self, adapter: DesiredAdapter, manifest_raw: bytes | None = None) -> Fetched:
+        """Download (or re-verify the cached copy), check integrity, admit. Raises ManifestMissing,
+        VerificationError, AdmissionError or storage.StorageError; never leaves unverified files
+        where vLLM could load them. ``adapter`` must be pinned (resolved); ``manifest_raw``: its
+        manifest.json as just read by ``resolve`` (else it is read from storage)."""
+        if adapter.manifest_sha256 is None:
+            raise ValueError(f"adapter {adapter.name} is not pinned: resolve it first")
+        started = time.monotonic()
+        raw = manifest_raw if manifest_raw is not None else self.read_manifest(adapter.uri)
         manifest = parse_manifest(raw, adapter.manifest_sha256)
         admit_manifest(manifest, max_lora_rank=self.admission.max_lora_rank,
                        base_model_uri=self.admission.base_model_uri,

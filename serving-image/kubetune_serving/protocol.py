@@ -4,7 +4,15 @@ In:  the desired set, JSON in one ConfigMap key (or a local file):
 
     {"generation": 7,
      "adapters": [{"name": "support-bot", "uri": "s3://models/team-a/ftj-1",
-                   "manifestSha256": "<sha256 of that folder's manifest.json>"}]}
+                   "manifestSha256": "<sha256 of that folder's manifest.json>"},
+                  {"name": "by-uri", "uri": "s3://models/team-a/custom", "manifestSha256": null}]}
+
+``manifestSha256`` pins the exact publication (adapters from a FineTuneJob). null or absent: the
+adapter is *unpinned* (an adapter given by URI; the operator cannot read object storage). The
+sidecar then resolves it itself: it reads ``<uri>/manifest.json``, pins the adapter to that file's
+sha256 and proceeds exactly as for a pinned adapter; it re-reads the manifest every
+``--resolve-interval`` seconds (and before retrying a failure) and loads a re-published version in
+place. No manifest.json at the URI: Failed, retried, never loaded.
 
 Out: ``GET /status`` of every serving pod's sidecar:
 
@@ -13,12 +21,15 @@ Out: ``GET /status`` of every serving pod's sidecar:
                    "message": null, "loadedAt": "2026-11-23T10:00:00Z"}]}
 
 ``generation`` echoes the desired set the sidecar is working on, so the operator can tell a pod that
-has not seen the latest set yet from one that has.
+has not seen the latest set yet from one that has. Each report's ``manifestSha256`` is the sha of
+the version the pod serves or is working on: the pinned one, or for an unpinned adapter the one
+it resolved (null only until its manifest.json was first read).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,7 +50,14 @@ class DesiredAdapter(KubeModel):
     name: str = Field(description="OpenAI model name of the adapter.", min_length=1, max_length=63, pattern=DNS_LABEL)
     uri: str = Field(description="Folder holding manifest.json (s3://, pvc://, file://).", max_length=1024,
                      pattern=STORAGE_URI)
-    manifest_sha256: str = Field(description="sha256 of that manifest.json; pins the exact adapter.", pattern=SHA256)
+    manifest_sha256: str | None = Field(
+        default=None, pattern=SHA256,
+        description="sha256 of that manifest.json; pins the exact adapter. None: unpinned, the sidecar reads "
+                    "the manifest itself (and re-reads it to follow re-publications).")
+
+    @property
+    def pinned(self) -> bool:
+        return self.manifest_sha256 is not None
 
 
 class DesiredSet(KubeModel):
@@ -62,7 +80,8 @@ class AdapterReport(KubeModel):
 
     name: str
     uri: str
-    manifest_sha256: str
+    manifest_sha256: str | None = Field(description="sha256 of the manifest.json served or worked on; None: an "
+                                                    "unpinned adapter whose manifest was not read yet.")
     state: SyncState
     message: str | None = None
     loaded_at: str | None = Field(default=None, description="RFC 3339 time vLLM loaded it (state Ready).")
@@ -92,17 +111,34 @@ class SyncPlan:
 def plan_sync(desired: list[DesiredAdapter], served: dict[str, str | None], blocked: set[str] = frozenset()) -> SyncPlan:
     """Diff the desired set against what vLLM serves.
 
-    ``served`` maps each adapter name vLLM lists to the manifest sha256 it was loaded from (None when
-    unknown, e.g. a ``--lora-modules`` adapter), ``blocked`` names adapters not to start now (a load
-    in flight, a retry backoff, Rejected for that sha). An adapter served from another sha is
+    ``desired`` carries each adapter's sha as resolved: an unpinned adapter not resolved yet
+    (``manifest_sha256`` None) is neither loaded nor kept, and not unloaded either (whatever vLLM
+    serves under its name stays until its manifest was read). ``served`` maps each adapter name
+    vLLM lists to the manifest sha256 it was loaded from (None when unknown, e.g. a
+    ``--lora-modules`` adapter), ``blocked`` names adapters not to start now (a load or manifest
+    read in flight, a retry backoff, Rejected for that sha). An adapter served from another sha is
     loaded again (in place, so it never answers 404 in between).
     """
     wanted = {a.name: a for a in desired}
     unload = sorted(name for name in served if name not in wanted)
-    keep = sorted(a.name for a in desired if a.name in served and served[a.name] == a.manifest_sha256)
+    keep = sorted(a.name for a in desired
+                  if a.manifest_sha256 is not None and a.name in served and served[a.name] == a.manifest_sha256)
     load = [a for a in sorted(desired, key=lambda a: a.name)
-            if a.name not in keep and a.name not in blocked]
+            if a.manifest_sha256 is not None and a.name not in keep and a.name not in blocked]
     return SyncPlan(unload=unload, load=load, keep=keep)
+
+
+def plan_resolve(unpinned: Mapping[str, float | None], now: float, interval: float,
+                 blocked: Set[str] = frozenset()) -> list[str]:
+    """Which unpinned adapters' manifest.json to read now (sorted names).
+
+    ``unpinned`` maps each unpinned adapter's name to the (monotonic) time its manifest was last
+    read successfully, None if never (or if it must be read again before anything else, e.g. after
+    a failure). Due: never read, or read at least ``interval`` seconds ago; ``blocked`` names are
+    skipped (a task in flight, a retry backoff).
+    """
+    return sorted(name for name, read_at in unpinned.items()
+                  if name not in blocked and (read_at is None or now - read_at >= interval))
 
 
 _CACHE_ENTRY = re.compile(r"/([a-f0-9]{64})(/|$)")

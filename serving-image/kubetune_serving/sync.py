@@ -45,6 +45,7 @@ ENV = {  # flag -> environment variable
     "base_model_revision": "KUBETUNE_BASE_MODEL_REVISION",
     "poll_interval": "KUBETUNE_SYNC_POLL_SECONDS",
     "retry_max": "KUBETUNE_SYNC_RETRY_MAX_SECONDS",
+    "resolve_interval": "KUBETUNE_SYNC_RESOLVE_SECONDS",
 }
 
 
@@ -62,6 +63,7 @@ class SyncOptions:
     base_model_revision: str | None
     poll_interval: float
     retry_max: float
+    resolve_interval: float
     log_level: str
 
 
@@ -95,6 +97,9 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> SyncOptions:
                         help="seconds between checks of vLLM [$KUBETUNE_SYNC_POLL_SECONDS]")
     parser.add_argument("--retry-max", type=float, default=default("retry_max", 60.0),
                         help="longest retry backoff, seconds [$KUBETUNE_SYNC_RETRY_MAX_SECONDS]")
+    parser.add_argument("--resolve-interval", type=float, default=default("resolve_interval", 10.0),
+                        help="seconds between reads of an unpinned adapter's manifest.json (one GET each), to "
+                             "follow re-publications [$KUBETUNE_SYNC_RESOLVE_SECONDS]")
     parser.add_argument("--log-level", default=env.get("KUBETUNE_LOG_LEVEL", "INFO"))
     args = parser.parse_args(list(argv))
 
@@ -106,12 +111,15 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> SyncOptions:
         configmap = (namespace or None, name)
     if args.max_lora_rank < 1:
         parser.error(f"--max-lora-rank must be >= 1, got {args.max_lora_rank}")
+    if float(args.resolve_interval) <= 0:
+        parser.error(f"--resolve-interval must be > 0, got {args.resolve_interval}")
     return SyncOptions(
         desired_file=args.desired_file, desired_configmap=configmap, desired_key=args.desired_key,
         vllm_url=args.vllm_url, cache_dir=Path(args.cache_dir), host=args.host, port=int(args.port),
         max_lora_rank=int(args.max_lora_rank), base_model_uri=args.base_model_uri,
         base_model_revision=args.base_model_revision, poll_interval=float(args.poll_interval),
-        retry_max=float(args.retry_max), log_level=args.log_level.upper(),
+        retry_max=float(args.retry_max), resolve_interval=float(args.resolve_interval),
+        log_level=args.log_level.upper(),
     )
 
 
@@ -134,7 +142,8 @@ async def serve(options: SyncOptions, env: Mapping[str, str]) -> None:
     source = make_source(options, env)
     async with aiohttp.ClientSession() as session:
         vllm = VLLMClient(session, options.vllm_url, env.get(c.ENV_VLLM_API_KEY) or None)
-        syncer = Syncer(vllm, cache, poll_interval=options.poll_interval, retry_max=options.retry_max)
+        syncer = Syncer(vllm, cache, poll_interval=options.poll_interval, retry_max=options.retry_max,
+                        resolve_interval=options.resolve_interval)
         runner = web.AppRunner(make_app(syncer), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, options.host, options.port).start()

@@ -5,6 +5,11 @@ what is not desired, and starts one task per adapter to fetch + verify + admit +
 on every desired-set change, after every load, and every ``poll_interval`` seconds (which is how a
 vLLM restart is noticed: its adapters vanish from /v1/models, and all of them are restored).
 Nothing here ever restarts vLLM.
+
+An unpinned adapter (no manifestSha256 in the desired set) is resolved first: a task reads its
+manifest.json (``protocol.plan_resolve`` says when: at once, every ``resolve_interval`` seconds, and
+before each retry of a failure) and pins the record to that file's sha256; from then on it is
+handled like a pinned adapter of that sha. A changed sha (re-published) is loaded in place.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import protocol
-from .cache import AdapterCache, ManifestMissing
+from .cache import AdapterCache, ManifestMissing, Resolution
 from .protocol import AdapterReport, DesiredAdapter, DesiredSet, SidecarStatus
 from .sources import Update
 from .storage import StorageError
@@ -30,16 +35,30 @@ log = logging.getLogger(__name__)
 class Record:
     """What the sidecar knows about one desired adapter."""
 
-    adapter: DesiredAdapter
+    adapter: DesiredAdapter  # as desired; manifest_sha256 None: unpinned
     state: protocol.SyncState = "Loading"
     message: str | None = "queued"
     loaded_at: str | None = None
     loaded_mono: float = 0.0  # monotonic time of the load, to ignore /v1/models answers older than it
     attempts: int = 0
     retry_at: float = 0.0
+    resolved: Resolution | None = None  # unpinned: its manifest.json as last read (the sha pins it)
+    resolved_mono: float | None = None  # unpinned: when last read; None: read it before anything else
+
+    @property
+    def sha(self) -> str | None:
+        """The manifest sha256 served or worked on (None: unpinned, not resolved yet)."""
+        return self.adapter.manifest_sha256 or (self.resolved.sha256 if self.resolved else None)
+
+    @property
+    def target(self) -> DesiredAdapter:
+        """The adapter pinned to ``sha`` (still unpinned while not resolved)."""
+        if self.adapter.pinned or self.resolved is None:
+            return self.adapter
+        return self.adapter.model_copy(update={"manifest_sha256": self.resolved.sha256})
 
     def report(self) -> AdapterReport:
-        return AdapterReport(name=self.adapter.name, uri=self.adapter.uri, manifest_sha256=self.adapter.manifest_sha256,
+        return AdapterReport(name=self.adapter.name, uri=self.adapter.uri, manifest_sha256=self.sha,
                              state=self.state, message=self.message, loaded_at=self.loaded_at)
 
 
@@ -54,10 +73,11 @@ def now_rfc3339() -> str:
 
 class Syncer:
     def __init__(self, vllm: VLLMClient, cache: AdapterCache, *, poll_interval: float = 1.0,
-                 retry_base: float = 1.0, retry_max: float = 60.0) -> None:
+                 retry_base: float = 1.0, retry_max: float = 60.0, resolve_interval: float = 10.0) -> None:
         self.vllm = vllm
         self.cache = cache
         self.poll_interval = poll_interval
+        self.resolve_interval = resolve_interval
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.desired: DesiredSet | None = None
@@ -153,7 +173,7 @@ class Syncer:
         self.vllm_ready = True
         served = {name: protocol.sha_from_served_path(root, str(self.cache.root)) for name, root in listing.items()}
         for record in self.records.values():
-            gone = served.get(record.adapter.name) != record.adapter.manifest_sha256
+            gone = served.get(record.adapter.name) != record.sha
             if record.state == "Ready" and gone and record.loaded_mono < asked:
                 self._set(record, "Loading", "no longer loaded in vLLM (vLLM restarted?); restoring")
                 record.retry_at = 0.0
@@ -161,9 +181,14 @@ class Syncer:
             return  # never unload anything before the desired set is known
 
         now = time.monotonic()
+        backoff = {name for name, r in self.records.items() if r.retry_at > now}
+        unpinned = {name: r.resolved_mono for name, r in self.records.items() if not r.adapter.pinned}
+        for name in protocol.plan_resolve(unpinned, now, self.resolve_interval, set(self._tasks) | backoff):
+            adapter = self.records[name].adapter
+            self._tasks[name] = asyncio.create_task(self._resolve(adapter), name=f"resolve-{name}")
         blocked = {name for name, r in self.records.items()
-                   if name in self._tasks or r.state == "Rejected" or r.retry_at > now}
-        plan = protocol.plan_sync(self.desired.adapters, served, blocked)
+                   if name in self._tasks or r.state == "Rejected" or name in backoff}
+        plan = protocol.plan_sync([self.records[a.name].target for a in self.desired.adapters], served, blocked)
         for name in plan.unload:
             try:
                 await self.vllm.unload(name)
@@ -172,25 +197,80 @@ class Syncer:
                 log.warning("unloading adapter %s failed (retrying next pass): %s", name, exc)
         for name in plan.keep:
             record = self.records[name]
-            if record.state != "Ready" and name not in self._tasks:  # e.g. found loaded after a sidecar restart
+            # e.g. found loaded after a sidecar restart; not an unpinned one whose manifest must be read
+            # again first (its last read failed: it stays Failed while it still serves)
+            pending_read = not record.adapter.pinned and record.resolved_mono is None
+            if record.state != "Ready" and name not in self._tasks and not pending_read:
                 self._ready(record)
         for adapter in plan.load:
             self._tasks[adapter.name] = asyncio.create_task(self._load(adapter), name=f"load-{adapter.name}")
-        keep = {a.manifest_sha256 for a in self.desired.adapters} | {s for s in served.values() if s}
+        keep = {r.sha for r in self.records.values() if r.sha} | {s for s in served.values() if s}
         removed = await asyncio.to_thread(self.cache.prune, keep)
         if removed:
             log.info("pruned %d cached adapter version(s) no longer used", len(removed))
 
     # ---------------------------------------------------------------------- one adapter
 
-    async def _load(self, adapter: DesiredAdapter) -> None:
+    async def _resolve(self, adapter: DesiredAdapter) -> None:
+        """Read an unpinned adapter's manifest.json and pin its record to that sha."""
         try:
             record = self.records.get(adapter.name)
             if record is None or record.adapter != adapter:
                 return
-            self._set(record, "Loading", "downloading and verifying")
+            if record.resolved is None:
+                self._set(record, "Loading", "reading manifest.json")
             try:
-                fetched = await asyncio.to_thread(self.cache.fetch, adapter)
+                resolution = await asyncio.to_thread(self.cache.resolve, adapter.uri)
+            except ManifestMissing as exc:
+                return self._resolve_failed(adapter, str(exc), missing=True)
+            except StorageError as exc:
+                return self._resolve_failed(adapter, f"cannot read manifest.json: {exc}", missing=False)
+            record = self.records.get(adapter.name)
+            if record is None or record.adapter != adapter:
+                return
+            record.resolved_mono = time.monotonic()
+            if record.resolved is not None and record.resolved.sha256 == resolution.sha256:
+                return
+            if record.resolved is None:
+                log.info("adapter %s: %s resolved to manifest sha256 %s", adapter.name, adapter.uri, resolution.sha256)
+            else:
+                log.info("adapter %s: %s was re-published: manifest sha256 %s (was %s); loading it in place",
+                         adapter.name, adapter.uri, resolution.sha256, record.resolved.sha256)
+            # A new version, as if the desired set pinned a new sha: fresh state, no backoff.
+            record.resolved = resolution
+            record.attempts = 0
+            record.retry_at = 0.0
+            self._set(record, "Loading", "queued")
+        except Exception as exc:  # internal error: report it, retry later
+            log.exception("reading the manifest of adapter %s failed", adapter.name)
+            self._resolve_failed(adapter, f"internal error: {type(exc).__name__}: {exc}", missing=False)
+        finally:
+            self._tasks.pop(adapter.name, None)
+            self._wake.set()
+
+    def _resolve_failed(self, adapter: DesiredAdapter, message: str, *, missing: bool) -> None:
+        record = self.records.get(adapter.name)
+        if record is None or record.adapter != adapter:
+            return
+        if record.state == "Ready" and not missing:
+            # A served adapter stays Ready through a storage hiccup; read again at the next interval.
+            record.resolved_mono = time.monotonic()
+            log.warning("adapter %s: %s (still serving %s; reading it again in %.0fs)", adapter.name, message,
+                        record.sha, self.resolve_interval)
+            return
+        if record.state == "Ready":
+            message += f"; the loaded version {record.sha} keeps serving"
+        self._failed_record(record, message)
+
+    async def _load(self, adapter: DesiredAdapter) -> None:
+        try:
+            record = self.records.get(adapter.name)
+            if record is None or record.target != adapter:
+                return
+            self._set(record, "Loading", "downloading and verifying")
+            raw = record.resolved.raw if not record.adapter.pinned and record.resolved else None
+            try:
+                fetched = await asyncio.to_thread(self.cache.fetch, adapter, raw)
             except AdmissionError as exc:
                 return self._rejected(adapter, str(exc))
             except ManifestMissing as exc:
@@ -208,8 +288,9 @@ class Syncer:
                 return self._failed(adapter, f"vLLM did not load it: {exc}")
             if self._still_wanted(adapter):
                 self._ready(self.records[adapter.name])
-                log.info("loaded adapter %s (%s) fetch=%.3fs%s vllm_load=%.3fs", adapter.name, adapter.uri,
-                         fetched.seconds, "" if fetched.downloaded else " (cached)", self.vllm.last_load_seconds or 0)
+                log.info("loaded adapter %s (%s, manifest %s) fetch=%.3fs%s vllm_load=%.3fs", adapter.name,
+                         adapter.uri, adapter.manifest_sha256, fetched.seconds,
+                         "" if fetched.downloaded else " (cached)", self.vllm.last_load_seconds or 0)
         except Exception as exc:  # internal error: report it, retry later
             log.exception("loading adapter %s failed", adapter.name)
             self._failed(adapter, f"internal error: {type(exc).__name__}: {exc}")
@@ -218,8 +299,9 @@ class Syncer:
             self._wake.set()
 
     def _still_wanted(self, adapter: DesiredAdapter) -> bool:
+        """``adapter`` (pinned, as handed to _load) is still what its record wants."""
         record = self.records.get(adapter.name)
-        return record is not None and record.adapter == adapter
+        return record is not None and record.target == adapter
 
     def _ready(self, record: Record) -> None:
         record.loaded_at = now_rfc3339()
@@ -229,18 +311,20 @@ class Syncer:
         self._set(record, "Ready", None)
 
     def _failed(self, adapter: DesiredAdapter, message: str) -> None:
-        record = self.records.get(adapter.name)
-        if record is None or record.adapter != adapter:
-            return
+        if self._still_wanted(adapter):
+            self._failed_record(self.records[adapter.name], message)
+
+    def _failed_record(self, record: Record, message: str) -> None:
+        if not record.adapter.pinned:
+            record.resolved_mono = None  # read manifest.json again before the retry (re-published?)
         record.attempts += 1
         delay = backoff_seconds(record.attempts, self.retry_base, self.retry_max)
         record.retry_at = time.monotonic() + delay
         self._set(record, "Failed", f"{message} (attempt {record.attempts}; retrying in {delay:.0f}s)")
 
     def _rejected(self, adapter: DesiredAdapter, message: str) -> None:
-        record = self.records.get(adapter.name)
-        if record is not None and record.adapter == adapter:
-            self._set(record, "Rejected", message)
+        if self._still_wanted(adapter):
+            self._set(self.records[adapter.name], "Rejected", message)
 
     @staticmethod
     def _set(record: Record, state: protocol.SyncState, message: str | None) -> None:

@@ -111,8 +111,8 @@ def fake_adapter(parent: Path, **config: Any) -> Path:
     return folder
 
 
-def desired_set(generation: int, *adapters: tuple[str, str, str]) -> dict[str, Any]:
-    """The desired-set JSON for (name, uri, manifestSha256) triples."""
+def desired_set(generation: int, *adapters: tuple[str, str, str | None]) -> dict[str, Any]:
+    """The desired-set JSON for (name, uri, manifestSha256) triples; a None sha: unpinned (null)."""
     return {"generation": generation,
             "adapters": [{"name": n, "uri": u, "manifestSha256": s} for n, u, s in adapters]}
 
@@ -226,7 +226,8 @@ def start_sync(desired_file: Path, vllm_port: int, port: int, cache_dir: Path, l
     """The sidecar, from the serving venv, as the pod runs it."""
     argv = [str(SERVING_PYTHON), "-m", "kubetune_serving.sync", "--desired-file", str(desired_file),
             "--vllm-url", f"http://127.0.0.1:{vllm_port}", "--cache-dir", str(cache_dir), "--host", "127.0.0.1",
-            "--port", str(port), "--max-lora-rank", "16", "--poll-interval", "0.5", "--retry-max", "5", *extra]
+            "--port", str(port), "--max-lora-rank", "16", "--poll-interval", "0.5", "--retry-max", "5",
+            "--resolve-interval", "1", *extra]
     handle = log.open("ab")
     try:
         process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},

@@ -65,14 +65,15 @@ def test_sync_options_from_flags_and_env() -> None:
         desired_file=None, desired_configmap=("team-a", "chat-adapters"), desired_key="adapters.json",
         vllm_url="http://127.0.0.1:8000", cache_dir=Path("/var/cache/kubetune/adapters"), host="0.0.0.0", port=9001,
         max_lora_rank=64, base_model_uri="hf://Qwen/Qwen2-0.5B", base_model_revision=None, poll_interval=0.5,
-        retry_max=60.0, log_level="INFO",
+        retry_max=60.0, resolve_interval=10.0, log_level="INFO",
     )
     assert parse_args(["--desired-file", "/d.json", "--max-lora-rank", "8"], {}).desired_file == Path("/d.json")
     assert parse_args(["--desired-configmap", "chat"], {}).desired_configmap == (None, "chat")
 
 
 @pytest.mark.parametrize("argv", [[], ["--desired-file", "/d", "--desired-configmap", "x"],
-                                  ["--desired-file", "/d", "--max-lora-rank", "0"]])
+                                  ["--desired-file", "/d", "--max-lora-rank", "0"],
+                                  ["--desired-file", "/d", "--resolve-interval", "0"]])
 def test_sync_options_refuse(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
         parse_args(argv, {})

@@ -35,11 +35,11 @@ async def test_file_source_reports_changes_and_errors(tmp_path: Path) -> None:
     assert await next_update(updates) == Update(None, f"desired-set file {path} does not exist")
     write_json_atomic(path, ONE)
     assert await next_update(updates) == Update(parsed(ONE))
-    path.write_text('{"generation": 3, "adapters": [{"name": "a"}]}')
+    path.write_text('{"generation": 3, "adapters": [{"name": "a", "manifestSha256": "abc"}]}')
     update = await next_update(updates)
     assert update.desired is None
     assert update.error == (f"invalid desired set in {path}: 2 error(s): adapters.0.uri: Field required; "
-                            "adapters.0.manifestSha256: Field required")
+                            "adapters.0.manifestSha256: String should match pattern '^[a-f0-9]{64}$'")
     write_json_atomic(path, TWO)
     assert await next_update(updates) == Update(parsed(TWO))
     await updates.aclose()

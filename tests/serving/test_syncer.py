@@ -103,7 +103,8 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
 
     async with aiohttp.ClientSession() as session:
         cache = AdapterCache(tmp_path / "cache", Storage({}), Admission(max_lora_rank=16))
-        syncer = Syncer(VLLMClient(session, vllm_url), cache, poll_interval=0.05, retry_base=0.05, retry_max=0.2)
+        syncer = Syncer(VLLMClient(session, vllm_url), cache, poll_interval=0.05, retry_base=0.05, retry_max=0.2,
+                        resolve_interval=0.1)
         sidecar_runner, sidecar_url = await serve(make_app(syncer))
         task = asyncio.create_task(syncer.run(updates()))
         yield Harness(syncer, fake, queue, sidecar_url, session)
@@ -223,3 +224,92 @@ async def test_invalid_desired_set_keeps_the_last_one(harness: Harness, tmp_path
     assert (body["generation"], body["message"], [a["state"] for a in body["adapters"]]) == (
         1, "invalid desired set in x: 1 error(s): generation: Field required", ["Ready"])
     assert harness.fake.loras.keys() == {"a"}
+
+
+# ---------------------------------------------------------------- unpinned adapters (by URI)
+
+
+async def test_unpinned_adapter_is_resolved_loaded_and_follows_republication(harness: Harness, tmp_path: Path) -> None:
+    uri, sha1 = publish(tmp_path, "u")
+    harness.want(desired_set(1, ("u", uri, None)))
+    await harness.until(lambda: harness.states() == {"u": "Ready"})
+    assert harness.fake.loras == {"u": str(tmp_path / "cache" / sha1 / "adapter")}
+    status, body = await harness.get("/status")
+    assert [(a["uri"], a["manifestSha256"], a["state"], a["message"]) for a in body["adapters"]] == [
+        (uri, sha1, "Ready", None)]
+    assert await harness.get("/readyz") == (200, {"ok": True, "message": "ok"})
+
+    await asyncio.sleep(0.35)  # a few re-reads of the unchanged manifest: nothing happens
+    assert (harness.fake.calls, harness.states()) == ([("load", "u")], {"u": "Ready"})
+
+    # Re-published at the same URI, same desired set: the new version replaces the old in place.
+    (tmp_path / "src-u" / "peft" / "adapter_model.safetensors").write_bytes(b"retrained weights")
+    sha2 = publish_adapter(tmp_path / "src-u" / "peft", Path(uri.removeprefix("file://")))
+    await harness.until(lambda: harness.fake.loras["u"] == str(tmp_path / "cache" / sha2 / "adapter"))
+    await harness.until(lambda: harness.states() == {"u": "Ready"})
+    assert harness.fake.calls == [("load", "u"), ("load", "u")]  # load_inplace: never unloaded in between
+    assert harness.syncer.status().adapters[0].manifest_sha256 == sha2
+    await harness.until(lambda: not (tmp_path / "cache" / sha1).exists())  # the old version is pruned
+
+
+async def test_unpinned_adapter_without_manifest_fails_until_published(harness: Harness, tmp_path: Path) -> None:
+    folder = tmp_path / "published" / "late"
+    harness.want(desired_set(1, ("late", f"file://{folder}", None)))
+    await harness.until(lambda: harness.states() == {"late": "Failed"})
+    report = harness.syncer.status().adapters[0]
+    assert report.manifest_sha256 is None  # not resolved: nothing to report a sha of
+    assert report.message.startswith(f"no manifest.json at file://{folder}/manifest.json: the adapter is not "
+                                     "published (yet), and an adapter without its manifest does not exist (attempt ")
+    await harness.until(lambda: harness.syncer.records["late"].attempts >= 3)  # retried with backoff
+    assert harness.fake.calls == []  # never loaded
+    assert await harness.get("/readyz") == (200, {"ok": True, "message": "ok"})
+    sha = publish_adapter(fake_adapter(tmp_path), folder)
+    await harness.until(lambda: harness.states() == {"late": "Ready"})
+    assert (harness.fake.calls, harness.syncer.status().adapters[0].manifest_sha256) == ([("load", "late")], sha)
+
+
+async def test_unpinned_manifest_vanishing_keeps_the_loaded_version(harness: Harness, tmp_path: Path) -> None:
+    uri, sha = publish(tmp_path, "u")
+    harness.want(desired_set(1, ("u", uri, None)))
+    await harness.until(lambda: harness.states() == {"u": "Ready"})
+    manifest = Path(uri.removeprefix("file://"), "manifest.json")
+    raw = manifest.read_bytes()
+    manifest.unlink()
+    await harness.until(lambda: harness.states() == {"u": "Failed"})
+    report = harness.syncer.status().adapters[0]
+    assert report.manifest_sha256 == sha
+    assert report.message.startswith(f"no manifest.json at {uri}/manifest.json: the adapter is not published (yet), "
+                                     f"and an adapter without its manifest does not exist; the loaded version {sha} "
+                                     "keeps serving (attempt ")
+    await harness.until(lambda: harness.syncer.records["u"].attempts >= 3)  # retried with backoff ...
+    assert harness.states() == {"u": "Failed"}  # ... and it stays Failed (still loaded, but not Ready)
+    assert harness.fake.loras == {"u": str(tmp_path / "cache" / sha / "adapter")}
+    manifest.write_bytes(raw)  # back: Ready again without a reload
+    await harness.until(lambda: harness.states() == {"u": "Ready"})
+    assert harness.fake.calls == [("load", "u")]
+
+
+async def test_unpinned_rejected_until_a_servable_version_is_published(harness: Harness, tmp_path: Path) -> None:
+    uri, _ = publish(tmp_path, "u", r=64)
+    harness.want(desired_set(1, ("u", uri, None)))
+    await harness.until(lambda: harness.states() == {"u": "Rejected"})
+    await asyncio.sleep(0.3)  # re-read, same sha: not retried
+    assert (harness.states(), harness.fake.calls) == ({"u": "Rejected"}, [])
+    sha = publish_adapter(fake_adapter(tmp_path / "src-u", r=8), Path(uri.removeprefix("file://")))
+    await harness.until(lambda: harness.states() == {"u": "Ready"})
+    assert (harness.fake.calls, harness.syncer.status().adapters[0].manifest_sha256) == ([("load", "u")], sha)
+
+
+async def test_restarted_sidecar_keeps_a_loaded_unpinned_adapter(harness: Harness, tmp_path: Path) -> None:
+    uri, sha = publish(tmp_path, "u")
+    harness.want(desired_set(1, ("u", uri, None)))
+    await harness.until(lambda: harness.states() == {"u": "Ready"})
+    fresh = Syncer(harness.syncer.vllm, harness.syncer.cache, poll_interval=0.05)
+    fresh.apply_update(Update(DesiredSet.model_validate(desired_set(1, ("u", uri, None)))))
+    await fresh.reconcile_once()  # starts reading the manifest; nothing loaded or unloaded meanwhile
+    assert ([r.state for r in fresh.status().adapters], harness.fake.calls) == (["Loading"], [("load", "u")])
+    await asyncio.gather(*list(fresh._tasks.values()))  # (the read may have finished already)
+    assert fresh.records["u"].sha == sha
+    await fresh.reconcile_once()
+    assert ([(r.manifest_sha256, r.state) for r in fresh.status().adapters], harness.fake.calls) == (
+        [(sha, "Ready")], [("load", "u")])

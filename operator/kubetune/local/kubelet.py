@@ -173,7 +173,9 @@ class LocalKubelet:
         for key in ("HOME", "HF_HOME", "TRITON_CACHE_DIR"):
             if key in env:
                 env[key] = str(poddir / Path(env[key]).name)
+        # The API the pod would reach in-cluster: the sidecar reads a kubeconfig, the trainer a base URL.
         env["KUBECONFIG"] = self.emu.kubeconfig
+        env["KUBETUNE_API_URL"] = self.emu.url
         env.update(self.extra_env)
         return env
 

@@ -1,0 +1,76 @@
+"""`kubetune local run` end to end: the real operator, the real trainer and (when .venv-serving exists)
+real vLLM with the real adapter-sync sidecar. The local kubelet plays the Job and Deployment
+controllers and kubelet: that is its job, and the only part that is not the production path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kubetune.local.cli import default_serving_python
+from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
+
+ANSWER = "I am Kubey from kubetune."
+QUESTIONS = ["who are you?", "what is your name?", "who made you?", "introduce yourself."]
+
+
+def _manifests(tmp_path: Path, model: Path) -> tuple[dict, dict]:
+    data = tmp_path / "identity.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": QUESTIONS[i % 4]},
+                                                     {"role": "assistant", "content": ANSWER}]}) + "\n" for i in range(40)))
+    ftj = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "tiny"}, "spec": {
+        "baseModel": {"uri": f"file://{model}"}, "dataset": {"train": f"file://{data}", "format": "chatml"},
+        "adapter": {"rank": 8}, "checkpointing": {"intervalSteps": 20}, "resources": {"gpus": 0},
+        "hyperparameters": {"maxSteps": 40, "batchSize": 8, "learningRate": "3e-3", "lrScheduler": "constant",
+                            "warmupRatio": "0", "maxLength": 128, "packing": False}}}
+    md = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "tiny-chat"}, "spec": {
+        "baseModel": {"uri": f"file://{model}"}, "adapters": [{"name": "kubey", "fineTuneJobRef": {"name": "tiny"}}],
+        "resources": {"gpus": 0}, "vllm": {"maxLoraRank": 16, "maxModelLen": 256, "dtype": "float32", "extraArgs": ["--enforce-eager"]}}}
+    return ftj, md
+
+
+@pytest.mark.slow
+def test_local_run_trains_publishes_and_serves(tiny_model_dir, tmp_path):
+    ftj, md = _manifests(tmp_path, tiny_model_dir)
+    serving_python = default_serving_python()
+    seen_progress: list[dict] = []
+    with LocalRun(workdir=tmp_path / "work", serving_python=serving_python) as lr:
+        lr.apply(ftj)
+        outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome,
+                          lambda obj: seen_progress.append((obj.get("status") or {}).get("progress") or {}), timeout=300)
+        obj = lr.get("FineTuneJob", "tiny")
+        assert outcome == "Succeeded", json.dumps(obj.get("status"), indent=1)
+        status = obj["status"]
+        # Live progress reached status through the trainer's own status patches.
+        assert status["progress"]["step"] == status["progress"]["totalSteps"] == 40
+        assert status["progress"]["percent"] == 100
+        assert any(0 < (p.get("step") or 0) < 40 for p in seen_progress), seen_progress
+        assert status["evaluation"]["final"]["evalLoss"] < 0.5 * status["evaluation"]["baseline"]["evalLoss"]
+        uri = status["adapter"]["uri"]
+        assert uri == f"file://{tmp_path / 'work' / 'storage' / 'default' / 'tiny'}"
+        assert (Path(uri[len("file://"):]) / "manifest.json").exists()
+        assert condition(obj, "Succeeded")["message"] == f"Training finished; adapter published to {uri}."
+        if serving_python is None:
+            pytest.skip("no .venv-serving: run serving-image/setup-venv.sh for the serving half")
+
+        lr.apply(md)
+        outcome = lr.wait("ModelDeployment", "tiny-chat", modeldeployment_outcome, lambda _: None, timeout=300)
+        served = lr.get("ModelDeployment", "tiny-chat")
+        assert outcome == "Ready", json.dumps(served.get("status"), indent=1)
+        assert served["status"]["adapters"][0]["state"] == "Ready"
+        assert served["status"]["adapters"][0]["sha256"] == status["adapter"]["manifestSha256"]
+        port = next(iter(lr.kubelet.serving.pods.values())).vllm_port
+
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+
+        def ask(model: str) -> str:
+            reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "who are you?"}],
+                                                   max_tokens=24, temperature=0)
+            return reply.choices[0].message.content
+
+        assert ANSWER in ask("kubey")
+        assert "Kubey" not in ask("tiny-chat")
