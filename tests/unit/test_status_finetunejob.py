@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from kubetune.status.finetunejob import Observed, derive_status, status_changed
+from kubetune.status.conditions import status_changed
+from kubetune.status.finetunejob import Observed, derive_status
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
 T1 = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)

@@ -17,9 +17,9 @@ from ..api.storage_layout import job_prefix
 from ..api.validation import SpecError, parse
 from ..builders.common import label_value
 from ..builders.finetunejob import SPEC_HASH_ANNOTATION, build_children, resolve_spec, spec_hash
-from ..status.finetunejob import Observed, derive_status, status_changed
+from ..status.finetunejob import Observed, derive_status
 from .metrics import inc
-from .runtime import announce, runtime
+from .runtime import first, runtime, write_status
 
 FTJ = (c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
 TRAINER = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_TRAINER}
@@ -50,10 +50,6 @@ def trainer_pods(body: Any, namespace: str, labels: dict[str, str], **_: Any) ->
     return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, "containers")}
 
 
-def _one(index: kopf.Index, key: Any) -> Any:
-    return next(iter(index.get(key, [])), None)
-
-
 async def refresh_status(body: Any, trainer_jobs: kopf.Index, trainer_pods: kopf.Index,
                          validation_error: str | None = None) -> None:
     """Derive status from the observed children; write and announce it only if it changed."""
@@ -69,15 +65,10 @@ async def refresh_status(body: Any, trainer_jobs: kopf.Index, trainer_pods: kopf
                 prefix = job_prefix(resolved.output.uri or "", meta["namespace"], meta["name"])
             except SpecError as exc:
                 validation_error = str(exc)
-        observed = Observed(generation=meta.get("generation"), job=_one(trainer_jobs, key),
+        observed = Observed(generation=meta.get("generation"), job=first(trainer_jobs, key),
                             pods=list(trainer_pods.get(key, [])), validation_error=validation_error, output_prefix=prefix)
         status = derive_status(observed, previous)
-        if not status_changed(previous, status):
-            return
-        await rt.kube.merge_patch(dict(body), {"status": status}, subresource="status")
-        inc("kubetune_status_writes_total", "FineTuneJob")
-        rt.written[meta["uid"]] = {**previous, **status}
-        announce(body, previous.get("conditions"), status["conditions"])
+        await write_status(body, previous, status)
 
 
 @kopf.on.resume(*FTJ)
@@ -92,7 +83,7 @@ async def reconcile_finetunejob(body: Any, spec: Any, trainer_jobs: kopf.Index, 
         inc("kubetune_validation_failures_total", "FineTuneJob")
         await refresh_status(body, trainer_jobs, trainer_pods, validation_error=str(exc))
         raise kopf.PermanentError(f"invalid spec: {exc}") from None
-    job = _one(trainer_jobs, (body["metadata"]["namespace"], label_value(body["metadata"]["name"])))
+    job = first(trainer_jobs, (body["metadata"]["namespace"], label_value(body["metadata"]["name"])))
     if job is None:
         *prerequisites, job_manifest = build_children(dict(body), resolved, rt.settings)
         await asyncio.gather(*(rt.kube.ensure(child) for child in prerequisites))
@@ -114,7 +105,7 @@ async def reconcile_finetunejob(body: Any, spec: Any, trainer_jobs: kopf.Index, 
 @kopf.on.event("", "v1", "pods", labels=TRAINER)
 async def child_changed(labels: dict[str, str], namespace: str, finetunejobs: kopf.Index, trainer_jobs: kopf.Index,
                         trainer_pods: kopf.Index, **_: Any) -> None:
-    parent = _one(finetunejobs, (namespace, labels.get(c.LABEL_FINETUNEJOB)))
+    parent = first(finetunejobs, (namespace, labels.get(c.LABEL_FINETUNEJOB)))
     if parent is not None and not parent["metadata"].get("deletionTimestamp"):
         await refresh_status(parent, trainer_jobs, trainer_pods)
 

@@ -11,8 +11,6 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from .runtime import runtime
-
 COUNTERS: Counter[tuple[str, str]] = Counter()
 HELP = {
     "kubetune_reconciles_total": "Spec reconciliations, by kind.",
@@ -43,6 +41,8 @@ _runner: web.AppRunner | None = None
 
 @kopf.on.startup()
 async def start_metrics(**_: Any) -> None:
+    from .runtime import runtime  # runtime imports this module for inc()
+
     global _runner
     port = runtime().settings.metrics_port
     if not port:

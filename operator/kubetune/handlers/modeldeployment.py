@@ -28,10 +28,9 @@ from ..builders.modeldeployment import (
     selector_string,
 )
 from ..clients.sidecar import fetch_reports
-from ..status.finetunejob import status_changed
 from ..status.modeldeployment import Resolved, ServingObserved, derive_status, resolve_adapters
 from .metrics import inc
-from .runtime import announce, runtime
+from .runtime import first, runtime, write_status
 
 MD = (c.GROUP, c.VERSION, c.MODELDEPLOYMENT_PLURAL)
 SERVING = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_SERVING}
@@ -39,10 +38,6 @@ SERVING = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONEN
 
 def _key(body: Any) -> tuple[str, str]:
     return body["metadata"]["namespace"], label_value(body["metadata"]["name"])
-
-
-def _one(index: kopf.Index, key: Any) -> Any:
-    return next(iter(index.get(key, [])), None)
 
 
 @kopf.index(*MD)
@@ -82,7 +77,7 @@ def _plan(body: Any, spec: ModelDeploymentSpec, finetunejobs: kopf.Index, servin
     """Resolved adapters and the desired-set document (generation bumped only when the set changes)."""
     resolved = resolve_adapters(spec, body["metadata"]["namespace"], _finetunejobs_in(finetunejobs, body["metadata"]["namespace"]))
     wanted = [{"name": r.name, "uri": r.uri, "manifestSha256": r.sha256} for r in resolved if r.sendable]
-    current = _current_desired(_one(serving_configmaps, _key(body)))
+    current = _current_desired(first(serving_configmaps, _key(body)))
     current_set = desired_set(0, wanted)["adapters"]
     if current and current.get("adapters") == current_set:
         return resolved, current
@@ -95,12 +90,12 @@ async def apply_children(body: Any, spec: ModelDeploymentSpec, finetunejobs: kop
     _, desired = _plan(body, spec, finetunejobs, serving_configmaps)
     *prerequisites, deployment = build_children(dict(body), spec, rt.settings, desired)
     config_map = prerequisites[0]
-    live_cm = _one(serving_configmaps, _key(body))
+    live_cm = first(serving_configmaps, _key(body))
     if live_cm is None:
         await asyncio.gather(*(rt.kube.ensure(child) for child in prerequisites))
     elif live_cm["data"] != config_map["data"]:
         await rt.kube.merge_patch(config_map, {"data": config_map["data"]})
-    live = _one(serving_deployments, _key(body))
+    live = first(serving_deployments, _key(body))
     if live is None:
         await rt.kube.ensure(deployment)
         return
@@ -131,15 +126,10 @@ async def refresh_status(body: Any, finetunejobs: kopf.Index, serving_configmaps
         reports = await fetch_reports(pods, SYNC_CONTAINER, "sync") if pods and spec is not None else {}
         observed = ServingObserved(
             generation=meta.get("generation"), desired_generation=desired_generation,
-            deployment=_one(serving_deployments, _key(body)), pods=pods, reports=reports,
+            deployment=first(serving_deployments, _key(body)), pods=pods, reports=reports,
             endpoint=endpoint(parent, spec) if spec else "", selector=selector_string(parent), validation_error=validation_error)
         status = derive_status(observed, spec, resolved, previous)
-        if not status_changed(previous, status):
-            return
-        await rt.kube.merge_patch(dict(body), {"status": status}, subresource="status")
-        inc("kubetune_status_writes_total", "ModelDeployment")
-        rt.written[meta["uid"]] = {**previous, **status}
-        announce(body, previous.get("conditions"), status["conditions"])
+        await write_status(body, previous, status)
 
 
 @kopf.on.resume(*MD)
@@ -184,7 +174,7 @@ async def finetunejob_changed(name: str, namespace: str, modeldeployments: kopf.
 @kopf.on.event("", "v1", "pods", labels=SERVING)
 async def serving_child_changed(labels: dict[str, str], namespace: str, modeldeployments: kopf.Index, finetunejobs: kopf.Index,
                                 serving_configmaps: kopf.Index, serving_deployments: kopf.Index, serving_pods: kopf.Index, **_: Any) -> None:
-    md = _one(modeldeployments, (namespace, labels.get(c.LABEL_MODELDEPLOYMENT)))
+    md = first(modeldeployments, (namespace, labels.get(c.LABEL_MODELDEPLOYMENT)))
     if md is not None and not md["metadata"].get("deletionTimestamp"):
         await refresh_status(md, finetunejobs, serving_configmaps, serving_deployments, serving_pods)
 

@@ -12,7 +12,8 @@ import kopf
 
 from ..clients.kube import Kube
 from ..config import OperatorSettings
-from ..status.conditions import find
+from ..status.conditions import find, status_changed
+from .metrics import inc
 
 log = logging.getLogger("kubetune")
 
@@ -69,3 +70,23 @@ def announce(body: Any, before: list[dict[str, Any]] | None, after: list[dict[st
             kind = "Warning"
         if kind:
             kopf.event(body, type=kind, reason=cond["reason"], message=cond["message"] or cond["reason"])
+
+
+def first(index: kopf.Index, key: Any) -> Any:
+    """The one object an index holds under `key`, or None."""
+    return next(iter(index.get(key, [])), None)
+
+
+async def write_status(body: Any, previous: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Write the operator-owned status if it changed, remember it, and announce condition transitions.
+
+    Call with the object's lock held (Runtime.locks[uid]).
+    """
+    if not status_changed(previous, status):
+        return False
+    rt = runtime()
+    await rt.kube.merge_patch(dict(body), {"status": status}, subresource="status")
+    inc("kubetune_status_writes_total", body["kind"])
+    rt.written[body["metadata"]["uid"]] = {**previous, **status}
+    announce(body, previous.get("conditions"), status["conditions"])
+    return True

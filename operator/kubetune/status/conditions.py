@@ -52,3 +52,9 @@ def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] 
 def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
     cond = find(conditions, type_)
     return bool(cond and cond.get("status") == "True")
+
+
+def status_changed(previous: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether writing `new` would change anything in `previous` (keys absent from `new` are left alone)."""
+    previous = previous or {}
+    return any(previous.get(key) != value for key, value in new.items())

@@ -211,9 +211,3 @@ def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime 
         if isinstance(report.get("evaluation"), dict):
             status["evaluation"] = report["evaluation"]
     return status
-
-
-def status_changed(previous: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """Whether writing `new` would change anything in `previous` (keys absent from `new` are left alone)."""
-    previous = previous or {}
-    return any(previous.get(key) != value for key, value in new.items())
