@@ -133,10 +133,13 @@ def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any
     table = Table(title=f"kubetune local run: {elapsed:.0f} s")
     table.add_column("model")
     table.add_column(f"answer to {question!r}")
-    table.add_row(f"{name} (base model)", ask(port, name, question))
+    answers = {name: ask(port, name, question)}
     for adapter in (md.get("status") or {}).get("adapters") or []:
-        table.add_row(f"{adapter['name']} (adapter)", ask(port, adapter["name"], question))
+        answers[adapter["name"]] = ask(port, adapter["name"], question)
+    for model, answer in answers.items():
+        table.add_row(f"{model} ({'base model' if model == name else 'adapter'})", answer)
     console.print(table)
+    summary: dict[str, Any] = {"question": question, "answers": answers, "seconds": round(elapsed), "finetunejobs": {}}
     for ftj_name, ftj in results.items():
         status = ftj.get("status") or {}
         if ftj.get("kind") != "FineTuneJob":
@@ -147,12 +150,15 @@ def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any
         adapter = status.get("adapter") or {}
         console.print(f"FineTuneJob {ftj_name}: eval loss {before} -> {after}; adapter {adapter.get('uri')} "
                       f"(manifest sha256 {str(adapter.get('manifestSha256'))[:12]}...)")
+        summary["finetunejobs"][ftj_name] = {"evalLossBefore": before, "evalLossAfter": after, "adapter": adapter}
         uri = adapter.get("uri", "")
         if uri.startswith("file://"):
             curve = Path(uri[len("file://"):]) / "loss_curve.png"
             if curve.exists():
                 console.print(f"loss curve: {curve}")
     console.print(f"OpenAI endpoint (while running): http://127.0.0.1:{port}/v1")
+    (lr.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"summary: {lr.workdir / 'summary.json'}")
 
 
 def quickstart(workdir: Path, timeout: float) -> int:
