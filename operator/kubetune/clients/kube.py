@@ -8,6 +8,7 @@ event loop never blocks.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 from typing import Any
@@ -19,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger(__name__)
 
 TIMEOUT = (5, 15)  # connect, read seconds
+WORKERS = 32  # concurrent API calls (threads); the connection pool is sized to match
 RETRIES = 3
 TRANSIENT = {0, 429, 500, 502, 503, 504}  # 0: no HTTP answer at all
 
@@ -62,6 +64,7 @@ def load_config() -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = WORKERS
     return kubernetes.client.ApiClient(configuration)
 
 
@@ -70,6 +73,7 @@ class Kube:
 
     def __init__(self, api: kubernetes.client.ApiClient | None = None):
         self._api = api
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="kube-api")
 
     @property
     def api(self) -> kubernetes.client.ApiClient:
@@ -97,7 +101,8 @@ class Kube:
                       query: list[tuple[str, str]] | None = None) -> Any:
         for attempt in range(RETRIES):
             try:
-                return await asyncio.to_thread(self._call, method, path, body, content_type, query)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._pool, self._call, method, path, body, content_type, query)
             except KubeError as exc:
                 if exc.status in TRANSIENT and attempt + 1 < RETRIES:
                     await asyncio.sleep(0.2 * 2**attempt)
