@@ -9,23 +9,26 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART_CRDS = REPO_ROOT / "charts" / "kubetune" / "files" / "crds"
 
 
 def _crds(args: argparse.Namespace) -> int:
     from .api.crd import all_crds, render
 
-    out = Path(args.out)
+    # crds/ and the chart's verbatim copies (charts/kubetune/files/crds) are written together.
+    outs = [Path(args.out)] + ([CHART_CRDS] if Path(args.out) == REPO_ROOT / "crds" and CHART_CRDS.parent.exists() else [])
     drift = []
     for filename, crd in all_crds().items():
         text = render(crd)
-        path = out / filename
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                drift.append(str(path))
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path}")
+        for out in outs:
+            path = out / filename
+            if args.check:
+                if not path.exists() or path.read_text() != text:
+                    drift.append(str(path))
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                print(f"wrote {path}")
     if drift:
         print("CRDs differ from the models (run `kubetune crds`): " + ", ".join(drift), file=sys.stderr)
         return 1

@@ -133,6 +133,25 @@ class ObjectStorage(KubeModel):
     )
 
 
+class ComputeResources(KubeModel):
+    """Compute per pod: GPUs as limits, CPU and memory as equal requests and limits."""
+
+    gpus: int = Field(default=1, description="GPUs per pod (0 runs on CPU: only sensible for tiny models).", ge=0, le=16)
+    gpu_resource_name: str | None = Field(
+        default=None,
+        description="Extended resource name of the GPU, e.g. nvidia.com/gpu or amd.com/gpu. Empty: the platform default.",
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. 8 or 7500m.")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit, e.g. 64Gi.")
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: int | str | None, info) -> int | str | None:
+        return check_quantity(value, info.field_name)
+
+
 class Toleration(KubeModel):
     """A core/v1 Toleration."""
 

@@ -61,3 +61,8 @@ ENV_VLLM_API_KEY = "VLLM_API_KEY"  # read by vLLM itself and by the sidecar
 ENV_PVC_ROOT = "KUBETUNE_PVC_ROOT"  # where pvc://claim/... is mounted: <root>/<claim>
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 ENV_NAMESPACE = "KUBETUNE_NAMESPACE"  # the pod's namespace (downward API); else the service account's
+
+# Overrides the termination-log path outside a pod (`kubetune local`, tests); in a pod it is TERMINATION_LOG.
+ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
+# Base URL of the Kubernetes API for the trainer's progress reports outside a pod (`kubetune local`, tests).
+ENV_API_URL = "KUBETUNE_API_URL"

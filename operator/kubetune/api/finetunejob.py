@@ -15,14 +15,13 @@ from .common import (
     STORAGE_URI,
     URI_SCHEMES_HELP,
     BaseModelSource,
+    ComputeResources,
     Condition,
     KubeModel,
     ObjectStorage,
-    Quantity,
     Scheduling,
     SecretKeyRef,
     _check_uri_path,
-    check_quantity,
     decimal,
 )
 
@@ -212,24 +211,10 @@ class Output(KubeModel):
         return _check_uri_path(value)
 
 
-class Resources(KubeModel):
+class Resources(ComputeResources):
     """Compute per training node."""
 
-    gpus: int = Field(default=1, description="GPUs per node (0 runs on CPU: only sensible for tiny models).", ge=0, le=16)
-    gpu_resource_name: str | None = Field(
-        default=None,
-        description="Extended resource name of the GPU, e.g. nvidia.com/gpu or amd.com/gpu. Empty: the platform default.",
-        max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$",
-    )
-    cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. 8 or 7500m.")
-    memory: Quantity | None = Field(default=None, description="Memory request and limit, e.g. 64Gi.")
     nodes: int = Field(default=1, description="Training nodes (data-parallel). More than one needs gpus > 0.", ge=1, le=64)
-
-    @field_validator("cpu", "memory")
-    @classmethod
-    def _quantity(cls, value: int | str | None, info) -> int | str | None:
-        return check_quantity(value, info.field_name)
 
 
 class FineTuneJobSpec(KubeModel):

@@ -12,14 +12,13 @@ from .common import (
     DNS_LABEL,
     STORAGE_URI,
     BaseModelSource,
+    ComputeResources,
     Condition,
     KubeModel,
     ObjectStorage,
-    Quantity,
     Scheduling,
     SecretKeyRef,
     _check_uri_path,
-    check_quantity,
     decimal,
 )
 
@@ -121,23 +120,6 @@ class VLLMOptions(KubeModel):
         return self
 
 
-class ServingResources(KubeModel):
-    """Compute per replica."""
-
-    gpus: int = Field(default=1, description="GPUs per replica.", ge=0, le=16)
-    gpu_resource_name: str | None = Field(
-        default=None, description="Extended resource name of the GPU. Empty: the platform default.", max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$",
-    )
-    cpu: Quantity | None = Field(default=None, description="CPU request and limit.")
-    memory: Quantity | None = Field(default=None, description="Memory request and limit.")
-
-    @field_validator("cpu", "memory")
-    @classmethod
-    def _quantity(cls, value: int | str | None, info) -> int | str | None:
-        return check_quantity(value, info.field_name)
-
-
 class ServiceOptions(KubeModel):
     """How the OpenAI-compatible endpoint is exposed."""
 
@@ -168,7 +150,7 @@ class ModelDeploymentSpec(KubeModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     replicas: int = Field(default=1, description="Serving pods.", ge=0, le=64)
-    resources: ServingResources = Field(default_factory=ServingResources, description="Compute per replica.")
+    resources: ComputeResources = Field(default_factory=ComputeResources, description="Compute per replica.")
     vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="vLLM engine options.")
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the API key clients must send as a Bearer token."

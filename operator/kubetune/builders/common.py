@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import constants as c
+from ..api.common import ObjectStorage, SecretRef
 
 MAX_NAME = 63  # Job, Service and label values are DNS labels.
 
@@ -140,3 +141,27 @@ def service_account_token_volume() -> dict[str, Any]:
             ]
         },
     }
+
+
+def with_storage_defaults(storage: ObjectStorage, endpoint: str | None, region: str | None, secret: str | None) -> None:
+    """Fill the platform's storage endpoint, region and credentials Secret where the spec left them empty."""
+    if storage.endpoint is None and endpoint:
+        storage.endpoint = endpoint
+    if storage.region is None and region:
+        storage.region = region
+    if storage.credentials_secret_ref is None and secret:
+        storage.credentials_secret_ref = SecretRef(name=secret)
+
+
+def storage_env(storage: ObjectStorage) -> list[dict[str, Any]]:
+    """S3 connection env for a container; credentials only as secretKeyRefs."""
+    env: list[dict[str, Any]] = []
+    if storage.endpoint:
+        env.append({"name": c.ENV_S3_ENDPOINT, "value": storage.endpoint})
+    if storage.region:
+        env.append({"name": c.ENV_S3_REGION, "value": storage.region})
+    if storage.credentials_secret_ref:
+        secret = storage.credentials_secret_ref.name
+        env.append(secret_env(c.ENV_AWS_ACCESS_KEY_ID, secret, c.SECRET_KEY_ACCESS_KEY_ID))
+        env.append(secret_env(c.ENV_AWS_SECRET_ACCESS_KEY, secret, c.SECRET_KEY_SECRET_ACCESS_KEY))
+    return env

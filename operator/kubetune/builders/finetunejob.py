@@ -12,7 +12,6 @@ from typing import Any
 
 from ..api import constants as c
 from ..api import exit_codes
-from ..api.common import SecretRef
 from ..api.finetunejob import FineTuneJobSpec
 from ..api.trainer_config import TrainerConfig, trainer_config
 from ..api.validation import SpecError
@@ -29,6 +28,8 @@ from .common import (
     secret_env,
     service_account_token_volume,
     short_hash,
+    storage_env,
+    with_storage_defaults,
 )
 
 SPEC_HASH_ANNOTATION = "kubetune.io/spec-hash"
@@ -64,12 +65,7 @@ def resolve_spec(spec: FineTuneJobSpec, settings: OperatorSettings) -> FineTuneJ
         if not settings.default_output_uri:
             raise SpecError(["spec.output.uri: required field is missing (this platform sets no default output)"])
         data.output.uri = settings.default_output_uri
-    if data.storage.endpoint is None and settings.s3_endpoint:
-        data.storage.endpoint = settings.s3_endpoint
-    if data.storage.region is None and settings.s3_region:
-        data.storage.region = settings.s3_region
-    if data.storage.credentials_secret_ref is None and settings.storage_secret:
-        data.storage.credentials_secret_ref = SecretRef(name=settings.storage_secret)
+    with_storage_defaults(data.storage, settings.s3_endpoint, settings.s3_region, settings.storage_secret)
     if data.resources.gpu_resource_name is None:
         data.resources.gpu_resource_name = settings.gpu_resource_name
     if data.scheduling.queue_name is None and settings.default_queue:
@@ -164,14 +160,7 @@ def _env(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec) -> list
         {"name": "TRITON_CACHE_DIR", "value": f"{WORK_DIR}/triton"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if resolved.storage.endpoint:
-        env.append({"name": c.ENV_S3_ENDPOINT, "value": resolved.storage.endpoint})
-    if resolved.storage.region:
-        env.append({"name": c.ENV_S3_REGION, "value": resolved.storage.region})
-    if resolved.storage.credentials_secret_ref:
-        secret = resolved.storage.credentials_secret_ref.name
-        env.append(secret_env(c.ENV_AWS_ACCESS_KEY_ID, secret, c.SECRET_KEY_ACCESS_KEY_ID))
-        env.append(secret_env(c.ENV_AWS_SECRET_ACCESS_KEY, secret, c.SECRET_KEY_SECRET_ACCESS_KEY))
+    env += storage_env(resolved.storage)
     if resolved.hub_token_secret_ref:
         ref = resolved.hub_token_secret_ref
         env.append(secret_env(c.ENV_HF_TOKEN, ref.name, ref.key))

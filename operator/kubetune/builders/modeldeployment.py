@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import constants as c
-from ..api.common import SecretRef
 from ..api.modeldeployment import ModelDeploymentSpec
 from ..config import OperatorSettings
 from .common import (
@@ -28,6 +27,8 @@ from .common import (
     secret_env,
     service_account_token_volume,
     short_hash,
+    storage_env,
+    with_storage_defaults,
 )
 
 TEMPLATE_HASH_ANNOTATION = "kubetune.io/template-hash"
@@ -73,12 +74,7 @@ def endpoint(parent: Parent, spec: ModelDeploymentSpec) -> str:
 def resolve_spec(spec: ModelDeploymentSpec, settings: OperatorSettings) -> ModelDeploymentSpec:
     """A copy with the platform defaults filled in."""
     data = spec.model_copy(deep=True)
-    if data.storage.endpoint is None and settings.s3_endpoint:
-        data.storage.endpoint = settings.s3_endpoint
-    if data.storage.region is None and settings.s3_region:
-        data.storage.region = settings.s3_region
-    if data.storage.credentials_secret_ref is None and settings.storage_secret:
-        data.storage.credentials_secret_ref = SecretRef(name=settings.storage_secret)
+    with_storage_defaults(data.storage, settings.s3_endpoint, settings.s3_region, settings.storage_secret)
     if data.resources.gpu_resource_name is None:
         data.resources.gpu_resource_name = settings.gpu_resource_name
     if data.image is None:
@@ -124,19 +120,6 @@ def build_service(parent: Parent, names: ServingNames, spec: ModelDeploymentSpec
                      "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}]}}
 
 
-def _storage_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = []
-    if spec.storage.endpoint:
-        env.append({"name": c.ENV_S3_ENDPOINT, "value": spec.storage.endpoint})
-    if spec.storage.region:
-        env.append({"name": c.ENV_S3_REGION, "value": spec.storage.region})
-    if spec.storage.credentials_secret_ref:
-        secret = spec.storage.credentials_secret_ref.name
-        env.append(secret_env(c.ENV_AWS_ACCESS_KEY_ID, secret, c.SECRET_KEY_ACCESS_KEY_ID))
-        env.append(secret_env(c.ENV_AWS_SECRET_ACCESS_KEY, secret, c.SECRET_KEY_SECRET_ACCESS_KEY))
-    return env
-
-
 def _api_key_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     ref = spec.api_key_secret_ref
     return [secret_env("VLLM_API_KEY", ref.name, ref.key)] if ref else []
@@ -163,7 +146,7 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
                 {"name": "KUBETUNE_VLLM_OPTIONS", "value": json.dumps(spec.vllm.to_dict(), sort_keys=True)},
                 {"name": "KUBETUNE_SERVED_MODEL_NAME", "value": parent.name},
                 {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
-                *_api_key_env(spec), *hub, *_storage_env(spec)],
+                *_api_key_env(spec), *hub, *storage_env(spec.storage)],
         "ports": [{"name": "http", "containerPort": VLLM_PORT}],
         "resources": resources(spec.resources.cpu, spec.resources.memory, spec.resources.gpus,
                                spec.resources.gpu_resource_name or settings.gpu_resource_name),
@@ -184,7 +167,7 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kubetune_serving.sync"],
         "args": sync_args,
-        "env": [*common_env, *_api_key_env(spec), *_storage_env(spec)],
+        "env": [*common_env, *_api_key_env(spec), *storage_env(spec.storage)],
         "ports": [{"name": "sync", "containerPort": SYNC_PORT}],
         # Not Ready until vLLM is up and every desired adapter is restored: a new or restarted pod
         # receives no traffic before it serves the whole set.
