@@ -1,0 +1,207 @@
+"""Dataset record formats: detection, per-record checks and normalisation. Pure functions.
+
+Each checker takes one record (a dict) and returns (normalised record or None, problems). A problem
+names the field like a JSON path: `messages[2].role must be one of system,user,assistant (got 'bot')`.
+
+Normalised forms (what TRL consumes):
+- chatml, alpaca, sharegpt -> {"messages": [{"role", "content"}, ...]}
+- preference               -> {"prompt", "chosen", "rejected"} as strings, or as message lists
+- text                     -> {"text": str}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FORMATS = ("chatml", "alpaca", "sharegpt", "preference", "text")
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+METHOD_FORMATS = {"sft": ("chatml", "alpaca", "sharegpt", "text"), "dpo": ("preference",), "cpt": ("text",)}
+SIGNATURES = {
+    "chatml": "messages",
+    "alpaca": "instruction/input/output",
+    "sharegpt": "conversations",
+    "preference": "prompt/chosen/rejected",
+    "text": "text",
+}
+CHAT_FORMATS = ("chatml", "alpaca", "sharegpt")
+
+Result = tuple[dict[str, Any] | None, list[str]]
+
+
+def detect(record: Any) -> str | None:
+    """The format a record looks like (by its keys), or None."""
+    if not isinstance(record, dict):
+        return None
+    keys = set(record)
+    if "messages" in keys:
+        return "chatml"
+    if "conversations" in keys:
+        return "sharegpt"
+    if keys & {"chosen", "rejected"}:
+        return "preference"
+    if "instruction" in keys or ("output" in keys and "input" in keys):
+        return "alpaca"
+    if "text" in keys:
+        return "text"
+    return None
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _string(record: dict, field: str, *, required: bool = True, allow_empty: bool = False) -> tuple[str | None, list[str]]:
+    if field not in record or record[field] is None:
+        return None, ([f'missing field "{field}"'] if required else [])
+    value = record[field]
+    if not isinstance(value, str):
+        return None, [f"{field} must be a string (got {_type_name(value)})"]
+    if not allow_empty and not value.strip():
+        return None, [f"{field} must not be empty"]
+    return value, []
+
+
+def check_messages(value: Any, field: str, *, role_key: str = "role", content_key: str = "content",
+                   roles: dict[str, str] | None = None, need_assistant: bool = True) -> tuple[list | None, list[str]]:
+    """A list of chat messages -> [{"role", "content"}] with roles system/user/assistant."""
+    roles = roles or {r: r for r in ROLES}
+    allowed = ",".join(dict.fromkeys(roles))
+    if not isinstance(value, list):
+        return None, [f"{field} must be a list of messages (got {_type_name(value)})"]
+    if not value:
+        return None, [f"{field} must not be empty"]
+    problems: list[str] = []
+    out = []
+    for i, message in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(message, dict):
+            problems.append(f"{where} must be an object with {role_key} and {content_key} (got {_type_name(message)})")
+            continue
+        role = message.get(role_key)
+        content = message.get(content_key)
+        if role is None:
+            problems.append(f"{where}.{role_key} is missing")
+        elif role not in roles:
+            problems.append(f"{where}.{role_key} must be one of {allowed} (got {_show(role)})")
+        elif roles[role] == "system" and i != 0:
+            problems.append(f"{where}.{role_key}: a system message is only allowed first")
+        if content is None:
+            problems.append(f"{where}.{content_key} is missing")
+        elif not isinstance(content, str):
+            problems.append(f"{where}.{content_key} must be a string (got {_type_name(content)})")
+        elif not content.strip() and roles.get(role) != "system":
+            problems.append(f"{where}.{content_key} must not be empty")
+        if not problems:
+            out.append({"role": roles[role], "content": content})
+    if not problems and need_assistant and not any(m["role"] == "assistant" for m in out):
+        problems.append(f"{field} has no assistant message (nothing to learn from)")
+    return (None, problems) if problems else (out, [])
+
+
+def check_chatml(record: dict) -> Result:
+    if "messages" not in record:
+        return None, ['missing field "messages"']
+    messages, problems = check_messages(record["messages"], "messages")
+    return ({"messages": messages} if messages else None), problems
+
+
+def check_sharegpt(record: dict) -> Result:
+    if "conversations" not in record:
+        return None, ['missing field "conversations"']
+    messages, problems = check_messages(record["conversations"], "conversations", role_key="from",
+                                        content_key="value", roles=SHAREGPT_ROLES)
+    return ({"messages": messages} if messages else None), problems
+
+
+def check_alpaca(record: dict) -> Result:
+    instruction, p1 = _string(record, "instruction")
+    extra, p2 = _string(record, "input", required=False, allow_empty=True)
+    output, p3 = _string(record, "output")
+    system, p4 = _string(record, "system", required=False, allow_empty=True)
+    problems = p1 + p2 + p3 + p4
+    if problems:
+        return None, problems
+    user = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return {"messages": messages}, []
+
+
+def _side(record: dict, field: str, conversational: bool) -> tuple[Any, list[str]]:
+    if field not in record or record[field] is None:
+        return None, [f'missing field "{field}"']
+    value = record[field]
+    if isinstance(value, str):
+        if not value.strip():
+            return None, [f"{field} must not be empty"]
+        return ([{"role": "assistant", "content": value}] if conversational else value), []
+    if isinstance(value, list):
+        messages, problems = check_messages(value, field, need_assistant=False)
+        if messages and any(m["role"] != "assistant" for m in messages):
+            problems = [f"{field} must hold only assistant messages (the prompt holds the rest)"]
+        return (messages if not problems else None), problems
+    return None, [f"{field} must be a string or a list of messages (got {_type_name(value)})"]
+
+
+def check_preference(record: dict) -> Result:
+    """prompt (string or messages) + chosen + rejected. Lists anywhere make the record conversational."""
+    prompt = record.get("prompt")
+    conversational = any(isinstance(record.get(k), list) for k in ("prompt", "chosen", "rejected"))
+    problems: list[str] = []
+    if prompt is None:
+        problems.append('missing field "prompt"')
+    elif isinstance(prompt, str):
+        if not prompt.strip():
+            problems.append("prompt must not be empty")
+        elif conversational:
+            prompt = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, list):
+        prompt, more = check_messages(prompt, "prompt", need_assistant=False)
+        problems += more
+        if prompt and prompt[-1]["role"] == "assistant":
+            problems.append("prompt must end with a user message")
+    else:
+        problems.append(f"prompt must be a string or a list of messages (got {_type_name(prompt)})")
+    chosen, p1 = _side(record, "chosen", conversational)
+    rejected, p2 = _side(record, "rejected", conversational)
+    problems += p1 + p2
+    if problems:
+        return None, problems
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, []
+
+
+def check_text(record: dict) -> Result:
+    text, problems = _string(record, "text")
+    return ({"text": text} if text is not None else None), problems
+
+
+CHECKERS = {
+    "chatml": check_chatml,
+    "alpaca": check_alpaca,
+    "sharegpt": check_sharegpt,
+    "preference": check_preference,
+    "text": check_text,
+}
+
+
+def check_record(fmt: str, record: Any) -> Result:
+    """Validate and normalise one record of format fmt."""
+    if not isinstance(record, dict):
+        return None, [f"must be a JSON object (got {_type_name(record)})"]
+    return CHECKERS[fmt](record)
+
+
+def as_conversational(record: dict) -> dict:
+    """A string-form preference record in message-list form (to mix with conversational ones)."""
+    if isinstance(record["prompt"], list):
+        return record
+    return {"prompt": [{"role": "user", "content": record["prompt"]}],
+            "chosen": [{"role": "assistant", "content": record["chosen"]}],
+            "rejected": [{"role": "assistant", "content": record["rejected"]}]}

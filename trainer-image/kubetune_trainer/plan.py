@@ -1,0 +1,158 @@
+"""spec -> TRL/PEFT configs: one pure function, `plan_training`. Every automatic default lives here.
+
+Automatic defaults (docs/trainer.md lists them too):
+- learning rate: 2e-4 LoRA/QLoRA/DoRA, 2e-5 full; DPO 5e-5 with adapters, 5e-6 full
+- batch size: 8 with adapters, 4 for full fine-tuning
+- LoRA alpha: 2 x rank; target modules ["all-linear"] -> every linear layer except the output head
+- packing: on for SFT and CPT (best-fit decreasing; CPT splits long documents instead of truncating)
+- assistant-only loss: on for chat data when the chat template marks assistant turns
+- precision: bf16 on GPUs that support it, else fp32; gradient checkpointing on GPU only
+- QLoRA: 4-bit NF4 with double quantisation, compute dtype = training precision
+- evaluation and checkpoint every checkpointing.intervalSteps; logging every <= 10 steps
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from kubetune.api.finetunejob import FineTuneJobSpec
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the mapping needs beyond the spec, found by the caller (device, data, template)."""
+
+    output_dir: str
+    train_examples: int
+    device: Literal["cpu", "cuda"] = "cpu"
+    bf16: bool = False
+    chat: bool = False  # the records are conversational (messages)
+    assistant_masks: bool = False  # the chat template marks assistant turns with {% generation %}
+    has_eval: bool = True
+
+
+@dataclass
+class TrainingPlan:
+    trainer: Literal["sft", "dpo"]
+    # keyword arguments of trl.SFTConfig / trl.DPOConfig: a dict, because those constructors probe the
+    # hardware (bf16 on a CPU raises); `trl_args(plan)` builds the object on the machine that trains.
+    args: dict[str, Any]
+    peft: Any  # peft.LoraConfig | None (full fine-tune)
+    quantization: Any  # transformers.BitsAndBytesConfig | None
+    model_kwargs: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)  # effective settings, camelCase, for people
+
+
+def default_learning_rate(method: str, adapter: str) -> str:
+    if method == "dpo":
+        return "5e-6" if adapter == "full" else "5e-5"
+    return "2e-5" if adapter == "full" else "2e-4"
+
+
+def default_batch_size(adapter: str) -> int:
+    return 4 if adapter == "full" else 8
+
+
+def logging_steps(spec: FineTuneJobSpec, train_examples: int) -> int:
+    """About 50 log points per run, at most every 10 steps."""
+    hp = spec.hyperparameters
+    per_step = (hp.batch_size or default_batch_size(spec.adapter.type)) * hp.gradient_accumulation_steps
+    steps = hp.max_steps or math.ceil(max(train_examples, 1) / per_step) * hp.epochs
+    return max(1, min(10, steps // 50))
+
+
+def plan_training(spec: FineTuneJobSpec, facts: Facts) -> TrainingPlan:
+    """The TRL trainer config, PEFT config, quantization config and model kwargs for a spec."""
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+
+    hp, adapter, method = spec.hyperparameters, spec.adapter, spec.method.type
+    gpu = facts.device == "cuda"
+    lr = hp.learning_rate or default_learning_rate(method, adapter.type)
+    batch = hp.batch_size or default_batch_size(adapter.type)
+    interval = spec.checkpointing.interval_steps
+    dtype = torch.bfloat16 if facts.bf16 else torch.float32
+    common: dict[str, Any] = dict(
+        output_dir=facts.output_dir,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps or -1,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=float(Decimal(lr)),
+        lr_scheduler_type=hp.lr_scheduler,
+        warmup_steps=float(Decimal(hp.warmup_ratio)),
+        max_length=hp.max_length,
+        logging_steps=logging_steps(spec, facts.train_examples),
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=interval,
+        save_total_limit=1,  # local copy only: object storage keeps checkpointing.keep
+        eval_strategy="steps" if facts.has_eval else "no",
+        eval_steps=interval if facts.has_eval else None,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not gpu,
+        bf16=facts.bf16,
+        activation_checkpointing=gpu,
+        activation_checkpointing_kwargs={"use_reentrant": False} if gpu else None,
+        dataloader_pin_memory=gpu,
+    )
+    summary: dict[str, Any] = {
+        "learningRate": lr, "batchSize": batch, "gradientAccumulationSteps": hp.gradient_accumulation_steps,
+        "epochs": hp.epochs, "maxSteps": hp.max_steps, "lrScheduler": hp.lr_scheduler,
+        "warmupRatio": hp.warmup_ratio, "maxLength": hp.max_length, "seed": hp.seed,
+        "precision": "bf16" if facts.bf16 else "fp32", "gradientCheckpointing": gpu,
+    }
+    if method == "dpo":
+        dpo = spec.method.dpo
+        beta, loss_type = (dpo.beta, dpo.loss_type) if dpo else ("0.1", "sigmoid")
+        args = {**common, "beta": float(Decimal(beta)), "loss_type": [loss_type], "padding_free": False}
+        summary |= {"trainer": "dpo", "beta": beta, "lossType": loss_type}
+    else:
+        packing = hp.packing if hp.packing is not None else True
+        assistant_only = method == "sft" and facts.chat and facts.assistant_masks
+        strategy = "bfd_split" if method == "cpt" else "bfd"
+        args = {**common, "packing": packing, "packing_strategy": strategy, "eval_packing": packing,
+                "assistant_only_loss": assistant_only, "dataset_text_field": "text"}
+        summary |= {"trainer": "sft", "packing": packing, "packingStrategy": strategy if packing else None,
+                    "assistantOnlyLoss": assistant_only}
+    peft_config = None
+    if adapter.type != "full":
+        targets = adapter.target_modules
+        peft_config = LoraConfig(
+            r=adapter.rank,
+            lora_alpha=adapter.alpha or 2 * adapter.rank,
+            lora_dropout=float(Decimal(adapter.dropout)),
+            target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+            bias="none",
+            task_type="CAUSAL_LM",
+            use_dora=adapter.type == "dora",
+        )
+        summary["lora"] = {"rank": adapter.rank, "alpha": adapter.alpha or 2 * adapter.rank,
+                           "dropout": adapter.dropout, "targetModules": list(targets), "dora": adapter.type == "dora"}
+    quantization = None
+    model_kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.base_model.trust_remote_code}
+    if adapter.type == "qlora":
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        model_kwargs["quantization_config"] = quantization
+        if gpu:
+            model_kwargs["device_map"] = {"": 0}
+        summary["quantization"] = "4-bit NF4, double quantization"
+    return TrainingPlan(trainer="dpo" if method == "dpo" else "sft", args=args, peft=peft_config,
+                        quantization=quantization, model_kwargs=model_kwargs, summary=summary)
+
+
+def trl_args(plan: TrainingPlan):
+    """The trl.SFTConfig or trl.DPOConfig of a plan (validated by TRL against this machine)."""
+    from trl import DPOConfig, SFTConfig
+
+    return (DPOConfig if plan.trainer == "dpo" else SFTConfig)(**plan.args)

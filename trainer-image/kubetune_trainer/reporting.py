@@ -1,0 +1,221 @@
+"""Live progress: one Tracker (the numbers), one Reporter (where they go), per docs/progress-contract.md.
+
+mode kubernetes: HTTP PATCH (application/merge-patch+json) of the FineTuneJob's status subresource
+with the pod's ServiceAccount token, from a background thread (the training loop never waits on the
+API server); a failed report is logged and dropped. mode file: one JSON line per report.
+The body holds only `progress`, `checkpoints` and `evaluation`, built from the API models.
+
+Test/ops overrides: KUBETUNE_API_URL (base URL, e.g. http://127.0.0.1:8080), KUBETUNE_API_TOKEN_FILE,
+KUBETUNE_API_CA_FILE. Default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import ssl
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.constants import ENV_API_URL
+from kubetune.api.finetunejob import CheckpointInfo, EvalFigures, Evaluation, Progress
+from kubetune.api.trainer_config import ProgressReporting
+
+log = logging.getLogger(__name__)
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+ENV_API_TOKEN_FILE = "KUBETUNE_API_TOKEN_FILE"
+ENV_API_CA_FILE = "KUBETUNE_API_CA_FILE"
+PATCH_TIMEOUT_SECONDS = 5
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+@dataclass
+class Tracker:
+    """The latest numbers of this run, fed by the training callback; read by reporters and /metrics."""
+
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    trained_tokens: int | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: int | None = None
+    phase: str = "starting"
+    checkpoints: list[tuple[int, str]] = field(default_factory=list)
+    baseline: dict[str, float | None] | None = None
+    final: dict[str, float | None] | None = None
+    _session: tuple[float, int, int] | None = None  # (time, step, tokens) when this process began training
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def begin(self, step: int, total_steps: int, tokens: int) -> None:
+        with self.lock:
+            self.step, self.total_steps, self.trained_tokens = step, total_steps, tokens
+            self._session = (time.monotonic(), step, tokens)
+            self.phase = "training"
+
+    def update(self, step: int, epoch: float | None, tokens: int | None) -> None:
+        with self.lock:
+            self.step, self.epoch = step, _finite(epoch)
+            if tokens is not None:
+                self.trained_tokens = int(tokens)
+            if self._session is None:
+                return
+            started, first_step, first_tokens = self._session
+            elapsed = time.monotonic() - started
+            done = step - first_step
+            if elapsed > 0 and done > 0:
+                if self.trained_tokens is not None:
+                    self.tokens_per_second = round((self.trained_tokens - first_tokens) / elapsed, 1)
+                if self.total_steps:
+                    self.eta_seconds = max(0, int(elapsed / done * (self.total_steps - step)))
+
+    def progress(self) -> Progress:
+        with self.lock:
+            percent = int(100 * self.step / self.total_steps) if self.total_steps else 0
+            return Progress(step=self.step, total_steps=self.total_steps, epoch=self.epoch, percent=min(100, percent),
+                            eta_seconds=self.eta_seconds, loss=self.loss, eval_loss=self.eval_loss,
+                            tokens_per_second=self.tokens_per_second, trained_tokens=self.trained_tokens,
+                            update_time=datetime.now(timezone.utc).replace(microsecond=0))
+
+    def status_body(self) -> dict[str, Any]:
+        """The merge-patch body: {"status": {"progress", "checkpoints"?, "evaluation"?}} in camelCase."""
+        status: dict[str, Any] = {"progress": self.progress().to_dict()}
+        with self.lock:
+            if self.checkpoints:
+                status["checkpoints"] = [CheckpointInfo(step=s, uri=u).to_dict() for s, u in self.checkpoints]
+            evaluation = {k: EvalFigures(eval_loss=v.get("evalLoss"), perplexity=v.get("perplexity"))
+                          for k, v in (("baseline", self.baseline), ("final", self.final)) if v}
+        if evaluation:
+            status["evaluation"] = Evaluation(**evaluation).to_dict()
+        return {"status": status}
+
+
+class KubeSender:
+    """PATCHes the status subresource from a daemon thread; only the newest pending body is sent."""
+
+    def __init__(self, status_path: str):
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        base = os.environ.get(ENV_API_URL) or (f"https://{f'[{host}]' if host and ':' in host else host}:{port}" if host else None)
+        self.url = base.rstrip("/") + status_path if base else None
+        self.token_file = Path(os.environ.get(ENV_API_TOKEN_FILE) or f"{SA_DIR}/token")
+        self.ca_file = Path(os.environ.get(ENV_API_CA_FILE) or f"{SA_DIR}/ca.crt")
+        self.failures = 0
+        self._pending: dict | None = None
+        self._busy = False
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="kubetune-progress", daemon=True)
+        if self.url:
+            self._thread.start()
+        else:
+            log.warning("progress: no Kubernetes API (KUBERNETES_SERVICE_HOST unset): progress is only logged")
+
+    def submit(self, body: dict) -> None:
+        if not self.url:
+            return
+        with self._cond:
+            self._pending = body
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                body, self._pending, self._busy = self._pending, None, True
+            try:
+                self.send(body)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def send(self, body: dict) -> bool:
+        headers = {"Content-Type": "application/merge-patch+json", "Accept": "application/json"}
+        try:
+            if self.token_file.is_file():  # re-read every time: projected tokens rotate
+                headers["Authorization"] = "Bearer " + self.token_file.read_text().strip()
+            context = None
+            if self.url.startswith("https://"):
+                context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file.is_file() else None)
+            request = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="PATCH", headers=headers)
+            with urllib.request.urlopen(request, timeout=PATCH_TIMEOUT_SECONDS, context=context) as response:  # noqa: S310
+                response.read()
+            return True
+        except Exception as exc:  # noqa: BLE001 - a failed report never fails training
+            self.failures += 1
+            if self.failures == 1 or self.failures % 20 == 0:
+                log.warning("progress: PATCH %s failed (%d so far): %s", self.url, self.failures,
+                            getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__)
+            return False
+
+    def close(self, timeout: float = PATCH_TIMEOUT_SECONDS + 1) -> None:
+        """Send what is pending (bounded by timeout), then stop the thread."""
+        if not self.url:
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._pending is not None or self._busy) and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class Reporter:
+    """Throttles reports to progress.intervalSeconds (forced ones always go) and logs a line each."""
+
+    def __init__(self, settings: ProgressReporting, tracker: Tracker):
+        self.settings = settings
+        self.tracker = tracker
+        self.interval = settings.interval_seconds
+        self._last = -math.inf
+        self.sender = None
+        if settings.mode == "kubernetes":
+            if settings.status_path:
+                self.sender = KubeSender(settings.status_path)
+            else:
+                log.warning("progress: mode kubernetes without progress.statusPath: progress is only logged")
+        self.file = Path(settings.file) if settings.mode == "file" and settings.file else None
+
+    def report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        body = self.tracker.status_body()
+        p = body["status"]["progress"]
+        log.info("progress: step %s/%s (%s%%) loss %s eval_loss %s tokens/s %s eta %ss", p.get("step"),
+                 p.get("totalSteps", "?"), p.get("percent"), _fmt(p.get("loss")), _fmt(p.get("evalLoss")),
+                 p.get("tokensPerSecond", "-"), p.get("etaSeconds", "-"))
+        if self.sender is not None:
+            self.sender.submit(body)
+        elif self.file is not None:
+            try:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                with self.file.open("a") as handle:
+                    handle.write(json.dumps(body, sort_keys=True) + "\n")
+            except OSError as exc:
+                log.warning("progress: cannot append to %s: %s", self.file, exc)
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else "-"

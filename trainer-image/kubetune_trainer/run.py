@@ -1,0 +1,237 @@
+"""The whole job, in order: fetch -> validate -> plan -> baseline eval -> train (resume, checkpoints)
+-> final eval -> publish. Returns the termination report; raises UserError/TransientError/Preempted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.trainer_config import TrainerConfig
+
+from . import data
+from .callbacks import KubetuneCallback
+from .checkpoints import Checkpoints, fingerprint
+from .collate import RowPackedCollator, needs_row_packing
+from .errors import Preempted, StopFlag, UserError
+from .fetch import fetch_dataset, fetch_model
+from .metrics import MetricsServer
+from .plan import Facts, TrainingPlan, plan_training, trl_args
+from .publish import Result, hub_reference, publish
+from .reporting import Reporter, Tracker
+from .storage import open_store
+
+log = logging.getLogger(__name__)
+
+
+def _figures(metrics: dict[str, Any], method: str) -> dict[str, float | None]:
+    """evalLoss and perplexity (exp of the token loss; not defined for the DPO preference loss)."""
+    loss = metrics.get("eval_loss")
+    if loss is None or not math.isfinite(loss):
+        return {"evalLoss": None, "perplexity": None}
+    perplexity = math.exp(loss) if method != "dpo" and loss < 700 else None
+    return {"evalLoss": round(float(loss), 6), "perplexity": round(perplexity, 4) if perplexity is not None else None}
+
+
+def _device() -> tuple[str, bool]:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", bool(torch.cuda.is_bf16_supported())
+    return "cpu", False
+
+
+def _assistant_masks(tokenizer) -> bool:
+    """Whether assistant-only loss is possible: {% generation %} markers, or a TRL training template."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if not template:
+        return False
+    if has_generation_markers(template):
+        return True
+    try:
+        return get_training_chat_template(tokenizer) is not None
+    except Exception:  # noqa: BLE001 - an unsupported template just means: loss on the whole sequence
+        return False
+
+
+def load_data(config: TrainerConfig, work_dir: Path) -> tuple[data.Loaded, list[dict], list[dict]]:
+    spec = config.spec
+    files = fetch_dataset(spec.dataset.train, work_dir / "data" / "train")
+    train = data.load(files, fmt=spec.dataset.format, method=spec.method.type)
+    if spec.dataset.validation:
+        vfiles = fetch_dataset(spec.dataset.validation, work_dir / "data" / "validation")
+        held = data.load(vfiles, fmt=train.format, method=spec.method.type, role="validation", min_examples=1)
+        records = held.records
+        if held.conversational != train.conversational and train.format == "preference":
+            from .formats import as_conversational
+
+            train.records, records = [as_conversational(r) for r in train.records], [as_conversational(r) for r in records]
+        return train, train.records, records
+    fraction = float(Decimal(spec.dataset.validation_split)) if spec.dataset.validation_split else data.DEFAULT_VALIDATION_SPLIT
+    train_records, eval_records = data.split(train.records, fraction, spec.hyperparameters.seed)
+    return train, train_records, eval_records
+
+
+def load_model(model_dir: Path, plan: TrainingPlan, uri: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, **plan.model_kwargs)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise UserError(f"cannot load base model {uri}: {exc}") from None
+
+
+def load_tokenizer(model_dir: Path, config: TrainerConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=config.spec.base_model.trust_remote_code)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise UserError(f"cannot load the tokenizer of {config.spec.base_model.uri}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_trainer(plan: TrainingPlan, model, tokenizer, train_records: list[dict], eval_records: list[dict]):
+    from trl import DPOTrainer, SFTTrainer
+
+    cls = DPOTrainer if plan.trainer == "dpo" else SFTTrainer
+    try:
+        trainer = cls(model=model, args=trl_args(plan), train_dataset=data.to_dataset(train_records),
+                      eval_dataset=data.to_dataset(eval_records), processing_class=tokenizer, peft_config=plan.peft)
+    except ValueError as exc:  # TRL rejects data/template combinations with ValueError
+        raise UserError(f"the trainer rejected the data or settings: {exc}") from None
+    if getattr(trainer, "padding_free", False) and needs_row_packing(trainer.model):
+        log.info("packing: %s attention has no varlen kernel: packed rows stay rows",
+                 trainer.model.config._attn_implementation)
+        trainer.data_collator = RowPackedCollator(tokenizer.pad_token_id)
+    return trainer
+
+
+def _save_result(trainer, tokenizer, config: TrainerConfig, plan: TrainingPlan, model_dir: Path, work_dir: Path):
+    """Save the adapter (or full model) + tokenizer; optionally a merged model. -> (dir, merged, targets)."""
+    spec = config.spec
+    out = work_dir / "result"
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    for junk in ("training_args.bin", "README.md"):  # a pickle, and PEFT's placeholder card (ours is at the root)
+        (out / junk).unlink(missing_ok=True)
+    targets = None
+    if plan.peft is not None:
+        import json
+
+        adapter_config = json.loads((out / "adapter_config.json").read_text())
+        adapter_config["base_model_name_or_path"] = hub_reference(spec.base_model.uri)
+        adapter_config["revision"] = spec.base_model.revision
+        (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
+        resolved = trainer.model.peft_config["default"].target_modules
+        # "all-linear" resolves to full module paths: publish the distinct leaf names (q_proj, ...)
+        targets = sorted({name.rsplit(".", 1)[-1] for name in resolved}) if not isinstance(resolved, str) else [resolved]
+    merged = None
+    if spec.output.merged_model and plan.peft is not None:
+        merged = work_dir / "merged"
+        _merge(model_dir, out, merged, plan, tokenizer)
+    elif spec.output.merged_model:
+        log.info("publish: output.mergedModel ignored for adapter type full (the result is a full model)")
+    return out, merged, targets
+
+
+def _merge(model_dir: Path, adapter_dir: Path, dest: Path, plan: TrainingPlan, tokenizer) -> None:
+    """Base model in full precision (never 4-bit) + adapter, merged and saved."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {k: v for k, v in plan.model_kwargs.items() if k not in ("quantization_config", "device_map")}
+    base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(dest))
+    tokenizer.save_pretrained(str(dest))
+
+
+def run(config: TrainerConfig, work_dir: Path, stop: StopFlag) -> dict[str, Any]:
+    spec = config.spec
+    if spec.resources.nodes > 1:
+        raise UserError("resources.nodes > 1: multi-node training is not supported by this trainer image yet; set nodes: 1")
+    tracker = Tracker()
+    reporter = Reporter(config.progress, tracker)
+    metrics = MetricsServer(tracker, {"namespace": config.job.namespace, "finetunejob": config.job.name})
+    metrics.start()
+    try:
+        return _run(config, work_dir, stop, tracker, reporter)
+    finally:
+        reporter.close()
+        metrics.stop()
+
+
+def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker, reporter: Reporter) -> dict[str, Any]:
+    spec = config.spec
+    out = open_store(config.output_prefix)
+    checkpoints = Checkpoints(out, spec.checkpointing.keep, fingerprint(spec))
+    checkpoints.discard_foreign()
+    tracker.checkpoints = checkpoints.listing()
+
+    train, train_records, eval_records = load_data(config, work_dir)
+    log.info("data: %s format, %d train / %d eval examples from %s", train.format, len(train_records),
+             len(eval_records), ", ".join(train.files))
+    model_dir = fetch_model(spec.base_model.uri, spec.base_model.revision, work_dir)
+    tokenizer = load_tokenizer(model_dir, config)
+    if train.conversational and not tokenizer.chat_template:
+        raise UserError(f"the tokenizer of {spec.base_model.uri} has no chat template, so it cannot train on "
+                        f"{train.format} (chat) data: use an instruct/chat model, or text data")
+    device, bf16 = _device()
+    facts = Facts(output_dir=str(work_dir / "trainer"), train_examples=len(train_records), device=device, bf16=bf16,
+                  chat=train.conversational, assistant_masks=_assistant_masks(tokenizer), has_eval=bool(eval_records))
+    plan = plan_training(spec, facts)
+    log.info("plan: %s", plan.summary)
+    model = load_model(model_dir, plan, spec.base_model.uri)
+    trainer = build_trainer(plan, model, tokenizer, train_records, eval_records)
+
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    evaluation: dict[str, dict[str, float | None]] = {}
+    restored = checkpoints.restore_newest(Path(plan.args["output_dir"]))
+    if restored is not None:
+        step, path, state = restored
+        log.info("resume: from checkpoint step %d (%s)", step, checkpoints.store.uri_of(f"{step:08d}"))
+        evaluation["baseline"] = state.get("baseline") or {}
+    else:
+        path = None
+        tracker.phase = "baseline evaluation"
+        evaluation["baseline"] = _figures(trainer.evaluate(), spec.method.type) if eval_records else {}
+    tracker.baseline = evaluation["baseline"]
+    callback = KubetuneCallback(tracker, reporter, checkpoints, stop, {"baseline": evaluation["baseline"]})
+    callback.last_saved_step = restored[0] if restored else None
+    trainer.add_callback(callback)
+    reporter.report(force=True)
+
+    trainer.train(resume_from_checkpoint=str(path) if path else None)
+    if stop.requested:
+        saved = callback.last_saved_step
+        where = (f"the checkpoint of step {saved} is in {checkpoints.store.uri}; the next pod resumes from it"
+                 if saved is not None else "no step was trained, so there was nothing to checkpoint")
+        raise Preempted(f"Stopped by SIGTERM at step {trainer.state.global_step}; {where}.")
+
+    tracker.phase = "final evaluation"
+    evaluation["final"] = _figures(trainer.evaluate(), spec.method.type) if eval_records else {}
+    tracker.final = evaluation["final"]
+    if evaluation["final"].get("evalLoss") is not None:
+        tracker.eval_loss = evaluation["final"]["evalLoss"]
+    tracker.phase = "publishing"
+    result_dir, merged, targets = _save_result(trainer, tokenizer, config, plan, model_dir, work_dir)
+    summary = {**plan.summary, "format": train.format, "trainExamples": len(train_records),
+               "evalExamples": len(eval_records), "steps": trainer.state.global_step,
+               "trainedTokens": trainer.state.num_input_tokens_seen}
+    result = Result(model_dir=result_dir, merged_dir=merged, target_modules=targets,
+                    log_history=list(trainer.state.log_history), evaluation=evaluation, summary=summary)
+    report = publish(config, result, out, work_dir)
+    tracker.phase = "done"
+    reporter.report(force=True)
+    return report
