@@ -175,6 +175,8 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     checkpoints = Checkpoints(out, spec.checkpointing.keep, fingerprint(spec))
     checkpoints.discard_foreign()
     tracker.checkpoints = checkpoints.listing()
+    tracker.step = tracker.checkpoints[-1][0] if tracker.checkpoints else 0  # a resume does not go back to 0
+    reporter.report(force=True)  # at start: the pod is up (fetching and loading can take minutes)
 
     train, train_records, eval_records = load_data(config, work_dir)
     log.info("data: %s format, %d train / %d eval examples from %s", train.format, len(train_records),
