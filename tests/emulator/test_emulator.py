@@ -498,7 +498,7 @@ def test_cli_serves_until_sigterm(tmp_path: Any) -> None:
         assert process.wait(timeout=10) == 0
 
 
-def test_kopf_operator_handles_the_lifecycle(emulator: Emulator, crd: dict[str, Any]) -> None:
+def test_kopf_operator_handles_the_lifecycle(emulator: Emulator, crd: dict[str, Any], request: pytest.FixtureRequest) -> None:
     import kopf
     from kopf.testing import KopfRunner
 
@@ -527,6 +527,9 @@ def test_kopf_operator_handles_the_lifecycle(emulator: Emulator, crd: dict[str, 
 
     settings = kopf.OperatorSettings()
     settings.posting.enabled = False
+    # KopfRunner makes its registry the process-wide default; give kubetune's back afterwards.
+    previous_registry = kopf.get_default_registry()
+    request.addfinalizer(lambda: kopf.set_default_registry(previous_registry))
     with KopfRunner(["run", "--standalone", "--namespace", "default"], registry=registry, settings=settings,
                     timeout=10) as runner:
         wait_for(lambda: any(r.verb == "watch" and r.resource == "widgets.example.com" for r in emulator.requests))
