@@ -83,7 +83,8 @@ def _describe_failure(pod: dict[str, Any] | None) -> tuple[str, str]:
         return Reason.BACKOFF_LIMIT_EXCEEDED, "The training pod failed and no pod is left to inspect."
     term = _terminated(pod) or {}
     name = pod["metadata"]["name"]
-    said = termination_report(pod).get("message") or termination_report(pod).get("error") or ""
+    report = termination_report(pod)
+    said = report.get("message") or report.get("error") or ""
     code = term.get("exitCode")
     if term.get("reason") == "OOMKilled" or (pod.get("status") or {}).get("reason") == "OOMKilled":
         return Reason.OOM_KILLED, f"Pod {name} was OOMKilled. {OOM_HINT}"
@@ -96,12 +97,12 @@ def _describe_failure(pod: dict[str, Any] | None) -> tuple[str, str]:
     return Reason.BACKOFF_LIMIT_EXCEEDED, f"Pod {name} failed ({pod_reason}, exit code {code}).{detail}"
 
 
-def _stuck(pods: list[dict[str, Any]], image: str | None) -> tuple[str, str] | None:
+def _stuck(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     """An active pod that cannot start: image pull failure or unschedulable."""
     for pod in _by_age(pods):
         waiting = (_trainer_status(pod).get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in IMAGE_PULL_REASONS:
-            img = next((ctr.get("image") for ctr in pod["spec"].get("containers", []) if ctr.get("name") == TRAINER_CONTAINER), image)
+            img = next((ctr.get("image") for ctr in pod["spec"].get("containers", []) if ctr.get("name") == TRAINER_CONTAINER), "?")
             return Reason.IMAGE_PULL_FAILED, (f"Cannot pull trainer image {img}: {waiting.get('reason')}: {waiting.get('message', '')}"
                                                " Check spec.image and the image pull secret.").strip()
         for cond in (pod.get("status") or {}).get("conditions") or []:
@@ -159,7 +160,7 @@ def _verdict(obs: Observed) -> Verdict:
             msg = f"{msg} ({job_reason})"
         return v((FALSE, Reason.SUSPENDED, msg), (UNKNOWN, Reason.SUSPENDED, msg), no_failure, (TRUE, Reason.SUSPENDED, msg))
     active = [p for p in obs.pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
-    stuck = _stuck(active, None)
+    stuck = _stuck(active)
     if stuck:
         return v((FALSE, *stuck), (UNKNOWN, *stuck), no_failure, not_suspended)
     pod = _running_pod(obs.pods)
