@@ -92,7 +92,7 @@ def test_unexpected_exception_is_an_internal_error(tmp_path, trainer_env, monkey
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(run_module, "load_data", boom)
+    monkeypatch.setattr(run_module, "load_records", boom)
     config = _config(tmp_path, write_jsonl(tmp_path / "t.jsonl", chat_records(20)))
     assert execute(config, work_dir=tmp_path / "w") == exit_codes.INTERNAL_ERROR == 203
     assert trainer_env.read_text() == "Internal error: RuntimeError: boom"
@@ -111,8 +111,11 @@ def test_unreachable_storage_is_internal_and_never_leaks_secrets(tmp_path, train
     assert SECRET not in text and SECRET not in caplog.text
 
 
-def test_multi_node_is_refused(tmp_path, trainer_env):
+def test_multi_node_outside_the_indexed_job_names_the_missing_variables(tmp_path, trainer_env, monkeypatch):
+    for name in ("KUBETUNE_NODE_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
     config = _config(tmp_path, write_jsonl(tmp_path / "t.jsonl", chat_records(20)),
                      spec={"resources": {"gpus": 1, "nodes": 2}})
     assert execute(config, work_dir=tmp_path / "w") == exit_codes.USER_ERROR
-    assert "multi-node training is not supported" in trainer_env.read_text()
+    assert trainer_env.read_text().startswith(
+        "resources.nodes is 2 but KUBETUNE_NODE_RANK and MASTER_ADDR are not set: multi-node runs need the Indexed Job")

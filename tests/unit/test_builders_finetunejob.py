@@ -94,6 +94,8 @@ def test_job_whole_object():
                         "env": [
                             {"name": "KUBETUNE_CONFIG", "value": "/etc/kubetune/config.json"},
                             {"name": "KUBETUNE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "KUBETUNE_WORK_DIR", "value": "/work/run"},
+                            {"name": "KUBETUNE_STOP_GRACE_SECONDS", "value": "105"},
                             {"name": "HOME", "value": "/work/home"},
                             {"name": "HF_HOME", "value": "/work/hf"},
                             {"name": "TRITON_CACHE_DIR", "value": "/work/triton"},
@@ -177,8 +179,14 @@ def test_multi_node_job_is_indexed_with_rendezvous_service():
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == job["spec"]["parallelism"] == 4
     assert job["spec"]["template"]["spec"]["subdomain"] == "support-bot-nodes"
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    # the trainer's launcher reads these (kubetune_trainer.distributed.topology): pod 0 hosts the rendezvous
     assert env["MASTER_ADDR"]["value"] == "support-bot-train-0.support-bot-nodes"
+    assert env["MASTER_PORT"]["value"] == "29500"
     assert env["KUBETUNE_NNODES"]["value"] == "4"
+    assert env["KUBETUNE_NODE_RANK"]["valueFrom"] == {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert service["spec"]["ports"] == [{"name": "rendezvous", "port": 29500, "targetPort": 29500}]
+    assert {"name": "rendezvous", "containerPort": 29500} in job["spec"]["template"]["spec"]["containers"][0]["ports"]
 
 
 def test_cpu_only_job_requests_no_gpu_and_platform_without_output_is_rejected():

@@ -2,12 +2,14 @@
 
 SIGTERM sets `StopFlag.requested`; at the end of the current optimizer step the callback asks the
 Trainer to save a checkpoint (uploaded by on_save) and stop. Outside the training loop the signal
-handler raises Preempted at once (there is no new state worth saving).
+handler raises Preempted at once (there is no new state worth saving). In a distributed run the ranks
+agree on the flag at every step end (`agree`, a collective), so all of them stop at the same step.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,9 @@ log = logging.getLogger(__name__)
 
 class KubetuneCallback(TrainerCallback):
     def __init__(self, tracker: Tracker, reporter: Reporter, checkpoints: Checkpoints | None, stop: StopFlag,
-                 state_for_checkpoint: dict[str, Any]):
+                 state_for_checkpoint: dict[str, Any], agree: Callable[[bool], bool] | None = None):
         self.tracker = tracker
+        self.agree = agree or (lambda flag: flag)
         self.reporter = reporter
         self.checkpoints = checkpoints
         self.stop = stop
@@ -35,12 +38,12 @@ class KubetuneCallback(TrainerCallback):
         self.stop.in_training = True
         self.tracker.begin(state.global_step, state.max_steps, state.num_input_tokens_seen or 0)
         self.reporter.report(force=True)
-        if self.stop.requested:  # SIGTERM arrived while the trainer was setting up
+        if self.agree(self.stop.requested):  # SIGTERM arrived while the trainer was setting up
             self._request_stop(state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.tracker.update(state.global_step, state.epoch, state.num_input_tokens_seen)
-        if self.stop.requested:
+        if self.agree(self.stop.requested):
             self._request_stop(state, control)
         elif not control.should_log:  # a step that logs reports from on_log, with its loss
             self.reporter.report()

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from kubetune.api.constants import ENV_TERMINATION_LOG, TERMINATION_LOG
@@ -50,6 +51,8 @@ class StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.in_training = False
+        # set while a distributed launcher runs: the signal goes on to the training processes
+        self.forward: Callable[[int], None] | None = None
 
     @property
     def requested(self) -> bool:

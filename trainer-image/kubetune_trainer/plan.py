@@ -32,6 +32,7 @@ class Facts:
     chat: bool = False  # the records are conversational (messages)
     assistant_masks: bool = False  # the chat template marks assistant turns with {% generation %}
     has_eval: bool = True
+    local_rank: int = 0  # this process's GPU on the pod in a distributed run
 
 
 @dataclass
@@ -145,7 +146,7 @@ def plan_training(spec: FineTuneJobSpec, facts: Facts) -> TrainingPlan:
                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
         model_kwargs["quantization_config"] = quantization
         if gpu:
-            model_kwargs["device_map"] = {"": 0}
+            model_kwargs["device_map"] = {"": facts.local_rank}  # one process per GPU: never spread a 4-bit model
         summary["quantization"] = "4-bit NF4, double quantization"
     return TrainingPlan(trainer="dpo" if method == "dpo" else "sft", args=args, peft=peft_config,
                         quantization=quantization, model_kwargs=model_kwargs, summary=summary)

@@ -4,19 +4,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.trainer_config import TrainerConfig
+from kubetune.api.trainer_config import ProgressReporting, TrainerConfig
 
-from . import data
+from . import data, distributed
 from .callbacks import KubetuneCallback
 from .checkpoints import Checkpoints, fingerprint
 from .collate import RowPackedCollator, needs_row_packing
-from .errors import Preempted, StopFlag, UserError
+from .distributed import SINGLE, Rank, Topology
+from .errors import Preempted, StopFlag, TransientError, UserError
 from .fetch import fetch_dataset, fetch_model
 from .metrics import MetricsServer
 from .plan import Facts, TrainingPlan, plan_training, trl_args
@@ -59,13 +62,31 @@ def _assistant_masks(tokenizer) -> bool:
         return False
 
 
-def load_data(config: TrainerConfig, work_dir: Path) -> tuple[data.Loaded, list[dict], list[dict]]:
+@dataclass
+class Inputs:
+    """What is on local disk before training: fetched once per pod, shared by the pod's processes."""
+
+    train_files: list[str]
+    validation_files: list[str] | None
+    model_dir: str
+    checkpoint: dict[str, Any] | None = None  # {"step", "path", "state"} of the restored checkpoint
+
+    def save(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Inputs:
+        return cls(**json.loads(path.read_text()))
+
+
+def load_records(config: TrainerConfig, inputs: Inputs) -> tuple[data.Loaded, list[dict], list[dict]]:
+    """Parse and validate the dataset files; split off the held-out set."""
     spec = config.spec
-    files = fetch_dataset(spec.dataset.train, work_dir / "data" / "train")
-    train = data.load(files, fmt=spec.dataset.format, method=spec.method.type)
-    if spec.dataset.validation:
-        vfiles = fetch_dataset(spec.dataset.validation, work_dir / "data" / "validation")
-        held = data.load(vfiles, fmt=train.format, method=spec.method.type, role="validation", min_examples=1)
+    train = data.load([Path(f) for f in inputs.train_files], fmt=spec.dataset.format, method=spec.method.type)
+    if inputs.validation_files is not None:
+        held = data.load([Path(f) for f in inputs.validation_files], fmt=train.format, method=spec.method.type,
+                         role="validation", min_examples=1)
         records = held.records
         if held.conversational != train.conversational and train.format == "preference":
             from .formats import as_conversational
@@ -75,6 +96,27 @@ def load_data(config: TrainerConfig, work_dir: Path) -> tuple[data.Loaded, list[
     fraction = float(Decimal(spec.dataset.validation_split)) if spec.dataset.validation_split else data.DEFAULT_VALIDATION_SPLIT
     train_records, eval_records = data.split(train.records, fraction, spec.hyperparameters.seed)
     return train, train_records, eval_records
+
+
+def fetch_inputs(config: TrainerConfig, work_dir: Path, checkpoints: Checkpoints):
+    """Dataset (validated before the model is downloaded), base model, newest checkpoint of this spec.
+    -> (Inputs, the parsed records of load_records)."""
+    spec = config.spec
+    train_files = fetch_dataset(spec.dataset.train, work_dir / "data" / "train")
+    validation_files = (fetch_dataset(spec.dataset.validation, work_dir / "data" / "validation")
+                        if spec.dataset.validation else None)
+    inputs = Inputs(train_files=[str(f) for f in train_files], model_dir="",
+                    validation_files=[str(f) for f in validation_files] if validation_files is not None else None)
+    loaded = load_records(config, inputs)
+    train, train_records, eval_records = loaded
+    log.info("data: %s format, %d train / %d eval examples from %s", train.format, len(train_records),
+             len(eval_records), ", ".join(train.files))
+    inputs.model_dir = str(fetch_model(spec.base_model.uri, spec.base_model.revision, work_dir))
+    restored = checkpoints.restore_newest(work_dir / "trainer")
+    if restored is not None:
+        step, path, state = restored
+        inputs.checkpoint = {"step": step, "path": str(path), "state": state}
+    return inputs, loaded
 
 
 def load_model(model_dir: Path, plan: TrainingPlan, uri: str):
@@ -154,41 +196,82 @@ def _merge(model_dir: Path, adapter_dir: Path, dest: Path, plan: TrainingPlan, t
     tokenizer.save_pretrained(str(dest))
 
 
-def run(config: TrainerConfig, work_dir: Path, stop: StopFlag) -> dict[str, Any]:
-    spec = config.spec
-    if spec.resources.nodes > 1:
-        raise UserError("resources.nodes > 1: multi-node training is not supported by this trainer image yet; set nodes: 1")
+def _start(config: TrainerConfig, tracker: Tracker, reporter: Reporter, *, discard_foreign: bool) -> Checkpoints:
+    """Open the job's checkpoints and report that the pod is up (fetching and loading can take minutes)."""
+    checkpoints = Checkpoints(open_store(config.output_prefix), config.spec.checkpointing.keep, fingerprint(config.spec))
+    if discard_foreign:
+        checkpoints.discard_foreign()
+    tracker.checkpoints = checkpoints.listing()
+    tracker.step = tracker.checkpoints[-1][0] if tracker.checkpoints else 0  # a resume does not go back to 0
+    reporter.report(force=True)
+    return checkpoints
+
+
+def run(config: TrainerConfig, work_dir: Path, stop: StopFlag, rank: Rank = SINGLE,
+        inputs: Inputs | None = None) -> dict[str, Any]:
+    """One training process: the whole job (single process), or one rank of a distributed run whose
+    inputs the pod's launcher fetched. Rank 0 alone reports, serves metrics, checkpoints and publishes."""
     tracker = Tracker()
-    reporter = Reporter(config.progress, tracker)
+    reporter = Reporter(config.progress if rank.is_main else ProgressReporting(mode="none"), tracker)
     metrics = MetricsServer(tracker, {"namespace": config.job.namespace, "finetunejob": config.job.name})
-    metrics.start()
+    if rank.is_main:
+        metrics.start()
     try:
-        return _run(config, work_dir, stop, tracker, reporter)
+        return _run(config, work_dir, stop, tracker, reporter, rank, inputs)
     finally:
         reporter.close()
         metrics.stop()
+        distributed.close()
 
 
-def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker, reporter: Reporter) -> dict[str, Any]:
+def launch(config: TrainerConfig, config_path: Path, work_dir: Path, stop: StopFlag, topo: Topology) -> tuple[int, Any]:
+    """The pod's main process of a distributed run: fetch once, run the ranks, one outcome.
+    -> (exit code, termination message)."""
+    tracker = Tracker()
+    main_pod = topo.node_rank == 0
+    reporter = Reporter(config.progress if main_pod else ProgressReporting(mode="none"), tracker)
+    try:
+        checkpoints = _start(config, tracker, reporter, discard_foreign=main_pod)
+        inputs, _ = fetch_inputs(config, work_dir, checkpoints)
+    finally:
+        reporter.close()
+    launcher = distributed.Launcher(topo, config_path, work_dir, inputs.save(work_dir / "inputs.json"))
+    stop.forward = launcher.stop
+    if stop.requested:
+        raise Preempted("Stopped by SIGTERM before training started.")
+    try:
+        return launcher.run()
+    finally:
+        stop.forward = None
+
+
+def _rank_zero_failure(shared: dict[str, str]) -> BaseException:
+    """The error another rank raises when rank 0 could not publish (same exit-code class)."""
+    message = f"rank 0 could not publish: {shared['message']}"
+    if shared["error"] in ("UserError", "DataError"):
+        return UserError(shared["message"])
+    if shared["error"] == "Preempted":
+        return Preempted(shared["message"])
+    return TransientError(message)
+
+
+def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker, reporter: Reporter, rank: Rank,
+         inputs: Inputs | None) -> dict[str, Any]:
     spec = config.spec
-    out = open_store(config.output_prefix)
-    checkpoints = Checkpoints(out, spec.checkpointing.keep, fingerprint(spec))
-    checkpoints.discard_foreign()
-    tracker.checkpoints = checkpoints.listing()
-    tracker.step = tracker.checkpoints[-1][0] if tracker.checkpoints else 0  # a resume does not go back to 0
-    reporter.report(force=True)  # at start: the pod is up (fetching and loading can take minutes)
-
-    train, train_records, eval_records = load_data(config, work_dir)
-    log.info("data: %s format, %d train / %d eval examples from %s", train.format, len(train_records),
-             len(eval_records), ", ".join(train.files))
-    model_dir = fetch_model(spec.base_model.uri, spec.base_model.revision, work_dir)
+    checkpoints = _start(config, tracker, reporter, discard_foreign=inputs is None)
+    if inputs is None:
+        inputs, (train, train_records, eval_records) = fetch_inputs(config, work_dir, checkpoints)
+    else:
+        train, train_records, eval_records = load_records(config, inputs)
+    model_dir = Path(inputs.model_dir)
     tokenizer = load_tokenizer(model_dir, config)
     if train.conversational and not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {spec.base_model.uri} has no chat template, so it cannot train on "
                         f"{train.format} (chat) data: use an instruct/chat model, or text data")
     device, bf16 = _device()
     facts = Facts(output_dir=str(work_dir / "trainer"), train_examples=len(train_records), device=device, bf16=bf16,
-                  chat=train.conversational, assistant_masks=_assistant_masks(tokenizer), has_eval=bool(eval_records))
+                  chat=train.conversational, assistant_masks=_assistant_masks(tokenizer), has_eval=bool(eval_records),
+                  local_rank=rank.local_rank)
     plan = plan_training(spec, facts)
     log.info("plan: %s", plan.summary)
     model = load_model(model_dir, plan, spec.base_model.uri)
@@ -199,23 +282,27 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     evaluation: dict[str, dict[str, float | None]] = {}
-    restored = checkpoints.restore_newest(Path(plan.args["output_dir"]))
+    restored = inputs.checkpoint
+    if rank.distributed:
+        distributed.check_same_checkpoint(restored["step"] if restored else None)
     if restored is not None:
-        step, path, state = restored
+        step, path = restored["step"], restored["path"]
         log.info("resume: from checkpoint step %d (%s)", step, checkpoints.store.uri_of(f"{step:08d}"))
-        evaluation["baseline"] = state.get("baseline") or {}
+        evaluation["baseline"] = restored["state"].get("baseline") or {}
     else:
         path = None
         tracker.phase = "baseline evaluation"
         evaluation["baseline"] = _figures(trainer.evaluate(), spec.method.type) if eval_records else {}
     tracker.baseline = evaluation["baseline"]
-    callback = KubetuneCallback(tracker, reporter, checkpoints, stop, {"baseline": evaluation["baseline"]})
-    callback.last_saved_step = restored[0] if restored else None
+    callback = KubetuneCallback(tracker, reporter, checkpoints if rank.is_main else None, stop,
+                                {"baseline": evaluation["baseline"]}, agree=distributed.agree if rank.distributed else None)
+    callback.last_saved_step = restored["step"] if restored else None
     trainer.add_callback(callback)
     reporter.report(force=True)
 
     trainer.train(resume_from_checkpoint=str(path) if path else None)
-    if stop.requested:
+    if callback.stopped_at is not None or (stop.requested and not rank.distributed):
+        distributed.barrier()  # rank 0 has uploaded the checkpoint before any rank exits (torchrun kills the rest)
         saved = callback.last_saved_step
         where = (f"the checkpoint of step {saved} is in {checkpoints.store.uri}; the next pod resumes from it"
                  if saved is not None else "no step was trained, so there was nothing to checkpoint")
@@ -227,13 +314,27 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     if evaluation["final"].get("evalLoss") is not None:
         tracker.eval_loss = evaluation["final"]["evalLoss"]
     tracker.phase = "publishing"
-    result_dir, merged, targets = _save_result(trainer, tokenizer, config, plan, model_dir, work_dir)
     summary = {**plan.summary, "format": train.format, "trainExamples": len(train_records),
                "evalExamples": len(eval_records), "steps": trainer.state.global_step,
-               "trainedTokens": trainer.state.num_input_tokens_seen}
-    result = Result(model_dir=result_dir, merged_dir=merged, target_modules=targets,
-                    log_history=list(trainer.state.log_history), evaluation=evaluation, summary=summary)
-    report = publish(config, result, out, work_dir)
+               "trainedTokens": trainer.state.num_input_tokens_seen, "processes": rank.world_size}
+    failure: BaseException | None = None
+    report: dict[str, Any] | None = None
+    if rank.is_main:
+        try:
+            result_dir, merged, targets = _save_result(trainer, tokenizer, config, plan, model_dir, work_dir)
+            result = Result(model_dir=result_dir, merged_dir=merged, target_modules=targets,
+                            log_history=list(trainer.state.log_history), evaluation=evaluation, summary=summary)
+            report = publish(config, result, open_store(config.output_prefix), work_dir)
+        except BaseException as exc:  # noqa: BLE001 - every rank must learn the outcome before anyone exits
+            failure = exc
+    if rank.distributed:
+        shared = distributed.broadcast_from_main(
+            {"report": report} if failure is None else {"error": type(failure).__name__, "message": str(failure)})
+        if failure is None and "error" in shared:
+            raise _rank_zero_failure(shared)
+        report = shared.get("report", report)
+    if failure is not None:
+        raise failure
     tracker.phase = "done"
     reporter.report(force=True)
     return report

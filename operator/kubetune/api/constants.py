@@ -38,6 +38,12 @@ ENV_S3_REGION = "AWS_DEFAULT_REGION"
 ENV_HF_TOKEN = "HF_TOKEN"
 ENV_CONFIG_PATH = "KUBETUNE_CONFIG"
 ENV_POD_NAME = "KUBETUNE_POD_NAME"
+ENV_WORK_DIR = "KUBETUNE_WORK_DIR"  # the pod's scratch folder (an emptyDir): data, model, checkpoints
+# Distributed runs (one process per GPU; resources.nodes > 1: one pod per node of an Indexed Job).
+ENV_NNODES = "KUBETUNE_NNODES"
+ENV_NODE_RANK = "KUBETUNE_NODE_RANK"
+ENV_STOP_GRACE = "KUBETUNE_STOP_GRACE_SECONDS"  # how long the ranks get to checkpoint after SIGTERM
+RENDEZVOUS_PORT = 29500
 
 # Keys expected inside the storage credentials Secret.
 SECRET_KEY_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"

@@ -146,15 +146,18 @@ def build_headless_service(parent: Parent, names: TrainerNames) -> dict[str, Any
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": {c.LABEL_FINETUNEJOB: label_value(parent.name), c.LABEL_COMPONENT: c.COMPONENT_TRAINER},
-            "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500}],
+            "ports": [{"name": "rendezvous", "port": c.RENDEZVOUS_PORT, "targetPort": c.RENDEZVOUS_PORT}],
         },
     }
 
 
-def _env(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec) -> list[dict[str, Any]]:
+def _env(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": c.ENV_CONFIG_PATH, "value": c.TRAINER_CONFIG_PATH},
         {"name": c.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": c.ENV_WORK_DIR, "value": f"{WORK_DIR}/run"},
+        # the ranks of a distributed run checkpoint within the pod's grace period, with time left to report
+        {"name": c.ENV_STOP_GRACE, "value": str(max(10, settings.termination_grace_seconds - 15))},
         {"name": "HOME", "value": f"{WORK_DIR}/home"},
         {"name": "HF_HOME", "value": f"{WORK_DIR}/hf"},
         {"name": "TRITON_CACHE_DIR", "value": f"{WORK_DIR}/triton"},
@@ -166,11 +169,11 @@ def _env(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec) -> list
         env.append(secret_env(c.ENV_HF_TOKEN, ref.name, ref.key))
     if resolved.resources.nodes > 1:
         env += [
-            {"name": "KUBETUNE_NNODES", "value": str(resolved.resources.nodes)},
-            {"name": "KUBETUNE_NODE_RANK", "valueFrom": {"fieldRef": {
+            {"name": c.ENV_NNODES, "value": str(resolved.resources.nodes)},
+            {"name": c.ENV_NODE_RANK, "valueFrom": {"fieldRef": {
                 "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
             {"name": "MASTER_ADDR", "value": f"{names.job}-0.{names.headless_service}"},
-            {"name": "MASTER_PORT", "value": "29500"},
+            {"name": "MASTER_PORT", "value": str(c.RENDEZVOUS_PORT)},
         ]
     return env
 
@@ -184,8 +187,9 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
         "image": resolved.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": ["--config", c.TRAINER_CONFIG_PATH],
-        "env": _env(parent, names, resolved),
-        "ports": [{"name": "metrics", "containerPort": c.TRAINER_METRICS_PORT}],
+        "env": _env(parent, names, resolved, settings),
+        "ports": [{"name": "metrics", "containerPort": c.TRAINER_METRICS_PORT}]
+        + ([{"name": "rendezvous", "containerPort": c.RENDEZVOUS_PORT}] if nodes > 1 else []),
         "resources": resources(resolved.resources.cpu, resolved.resources.memory, resolved.resources.gpus, gpu_resource),
         "securityContext": container_security_context(),
         "terminationMessagePath": c.TERMINATION_LOG,
