@@ -216,3 +216,21 @@ def test_delete_cleans_up_serving_children(cluster, operator):
     cluster.custom.delete_namespaced_custom_object("kubetune.io", "v1alpha1", "default", MD_PLURAL, "chat")
     wait_for(lambda: cluster.list("/apis/apps/v1/namespaces/default/deployments") == [], what="Deployment collected")
     wait_for(lambda: all(s["metadata"]["name"] != "chat" for s in cluster.list("/api/v1/namespaces/default/services")))
+
+
+def test_service_type_and_port_changes_reach_the_service_without_touching_the_pods(cluster, operator):
+    md(cluster, "chat", {"baseModel": BASE})
+    wait_for(lambda: cluster.raw("GET", "/apis/apps/v1/namespaces/default/deployments/chat-vllm"))
+    service = cluster.raw("GET", "/api/v1/namespaces/default/services/chat")
+    assert (service["spec"]["type"], service["spec"]["ports"][0]["port"]) == ("ClusterIP", 8000)
+    template_hash = cluster.raw("GET", "/apis/apps/v1/namespaces/default/deployments/chat-vllm")["spec"]["template"][
+        "metadata"]["annotations"]["kubetune.io/template-hash"]
+    cluster.custom.patch_namespaced_custom_object("kubetune.io", "v1alpha1", "default", MD_PLURAL, "chat",
+                                                  {"spec": {"service": {"type": "LoadBalancer", "port": 443}}})
+    service = wait_for(lambda: (s := cluster.raw("GET", "/api/v1/namespaces/default/services/chat"))["spec"]["type"]
+                       == "LoadBalancer" and s, what="Service follows spec.service")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 443, "targetPort": "http", "protocol": "TCP"}]
+    wait_for(lambda: (get_md(cluster, "chat").get("status") or {}).get("endpoint") == "http://chat.default.svc:443/v1",
+             what="endpoint in status")
+    dep = cluster.raw("GET", "/apis/apps/v1/namespaces/default/deployments/chat-vllm")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["kubetune.io/template-hash"] == template_hash

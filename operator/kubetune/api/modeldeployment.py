@@ -128,7 +128,7 @@ class ServiceOptions(KubeModel):
 
 
 class ModelDeploymentSpec(KubeModel):
-    """Desired serving deployment. Changing adapters never restarts pods; changing anything else rolls them."""
+    """Desired serving deployment. Changing adapters or the service never restarts pods; changing anything else rolls them."""
 
     model_config = KubeModel.model_config | {
         "json_schema_extra": {

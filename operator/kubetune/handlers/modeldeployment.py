@@ -21,7 +21,9 @@ from ..builders.modeldeployment import (
     DESIRED_KEY,
     SYNC_CONTAINER,
     TEMPLATE_HASH_ANNOTATION,
+    ServingNames,
     build_children,
+    build_service,
     desired_set,
     endpoint,
     resolve_spec,
@@ -105,6 +107,27 @@ async def apply_children(body: Any, spec: ModelDeploymentSpec, finetunejobs: kop
         await rt.kube.merge_patch(deployment, {"spec": {"replicas": spec.replicas, "template": deployment["spec"]["template"]}})
 
 
+def service_drift(live: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that brings the live Service to spec.service (type, port), or None. Pure."""
+    live_spec, want = live.get("spec") or {}, wanted["spec"]
+    live_ports = [(p.get("name"), p.get("port"), p.get("targetPort")) for p in live_spec.get("ports") or []]
+    want_ports = [(p["name"], p["port"], p["targetPort"]) for p in want["ports"]]
+    if live_spec.get("type", "ClusterIP") == want["type"] and live_ports == want_ports:
+        return None
+    # the port list is replaced whole: a nodePort of the old type goes (the API server allocates a new one)
+    return {"spec": {"type": want["type"], "ports": want["ports"]}}
+
+
+async def sync_service(service: dict[str, Any]) -> None:
+    """Apply spec.service changes to the endpoint Service (run on spec changes only: one GET)."""
+    rt = runtime()
+    meta = service["metadata"]
+    live = await rt.kube.get("v1", "Service", meta["namespace"], meta["name"])
+    patch = service_drift(live, service) if live is not None else None
+    if patch is not None:
+        await rt.kube.merge_patch(service, patch)
+
+
 async def refresh_status(body: Any, finetunejobs: kopf.Index, serving_configmaps: kopf.Index, serving_deployments: kopf.Index,
                          serving_pods: kopf.Index, validation_error: str | None = None) -> None:
     rt = runtime()
@@ -136,7 +159,7 @@ async def refresh_status(body: Any, finetunejobs: kopf.Index, serving_configmaps
 @kopf.on.create(*MD)
 @kopf.on.update(*MD, field="spec")
 async def reconcile_modeldeployment(body: Any, spec: Any, finetunejobs: kopf.Index, serving_configmaps: kopf.Index,
-                                    serving_deployments: kopf.Index, serving_pods: kopf.Index, **_: Any) -> None:
+                                    serving_deployments: kopf.Index, serving_pods: kopf.Index, **kwargs: Any) -> None:
     rt = runtime()
     inc("kubetune_reconciles_total", "ModelDeployment")
     indexes = (finetunejobs, serving_configmaps, serving_deployments, serving_pods)
@@ -147,6 +170,8 @@ async def reconcile_modeldeployment(body: Any, spec: Any, finetunejobs: kopf.Ind
         await refresh_status(body, *indexes, validation_error=str(exc))
         raise kopf.PermanentError(f"invalid spec: {exc}") from None
     await apply_children(body, resolved_spec, finetunejobs, serving_configmaps, serving_deployments)
+    if kwargs.get("reason") == "update":
+        await sync_service(build_service(Parent.of(dict(body)), ServingNames.of(body["metadata"]["name"]), resolved_spec))
     await refresh_status(body, *indexes)
 
 
