@@ -102,6 +102,13 @@ def test_success_needs_every_rank_and_speaks_with_the_lowest_rank():
     assert code == exit_codes.INTERNAL_ERROR
     assert message.startswith("Internal error: training rank(s) 1 exited without a report")
     assert "torchrun exited 1" in message and message.endswith("Last output: Killed")
+    # a silent rank is the first cause; its peers' errors come after it
+    code, message = combine({0: _o(203, "Internal error: RuntimeError: Connection closed by peer"), 1: None},
+                            signalled=False, launcher_rc=1)
+    assert code == exit_codes.INTERNAL_ERROR
+    assert message == ("Internal error: training rank(s) 1 exited without a report (killed, out of host memory, or a "
+                       "crash in native code); torchrun exited 1. Then rank 0: Internal error: RuntimeError: Connection "
+                       "closed by peer")
 
 
 def test_a_user_error_wins_over_the_errors_it_causes_on_other_ranks():
@@ -212,6 +219,41 @@ def test_sigterm_stops_every_rank_at_one_checkpoint_and_the_rerun_resumes(tmp_pa
     assert manifest_problems(root) == []
     history = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history if "loss" in h][-1] == 40
+
+
+def _rank_pid(termination: Path, rank: int) -> int | None:
+    """The pid of one training rank of this test's run (found by its environment)."""
+    wanted = {b"KUBETUNE_DISTRIBUTED_WORKER=1", f"RANK={rank}".encode(), f"KUBETUNE_TERMINATION_LOG={termination}".encode()}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and wanted <= set((proc / "environ").read_bytes().split(b"\0")):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_fails_the_pod_as_an_internal_error_naming_it(tmp_path, tiny_model_dir, trainer_env):
+    """SIGKILL of one rank (what the kernel's OOM killer does) stands in for a crashed GPU process."""
+    train = write_jsonl(tmp_path / "train.jsonl", chat_records(64))
+    progress = tmp_path / "progress.jsonl"
+    config = make_config(tmp_path / "config.json", job="crash", model=f"file://{tiny_model_dir}",
+                         train=f"file://{train}", output=f"file://{tmp_path}/out", progress_file=progress,
+                         hyperparameters={"maxSteps": 100000}, spec={"checkpointing": {"intervalSteps": 1000000}})
+    log = tmp_path / "trainer.log"
+    process = _start(config, log, _env(trainer_env, **{ENV_PROCESSES_PER_NODE: "2"}))
+    deadline = time.monotonic() + START_TIMEOUT
+    while not any(p["progress"]["step"] >= 2 for p in progress_lines(progress)):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.05)
+    pid = _rank_pid(trainer_env, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert _finish(process, log, 120) == exit_codes.INTERNAL_ERROR, log.read_text()[-4000:]
+    assert trainer_env.read_text().startswith(
+        "Internal error: training rank(s) 1 exited without a report (killed, out of host memory, or a crash in native code)")
+    assert not (tmp_path / "out/team-a/crash/manifest.json").exists()
 
 
 def _free_port() -> int:

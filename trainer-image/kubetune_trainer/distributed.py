@@ -220,23 +220,29 @@ def combine(outcomes: Mapping[int, dict[str, Any] | None], *, signalled: bool, l
     if outcomes and all(o is not None and o["code"] == exit_codes.SUCCESS for o in outcomes.values()):
         return exit_codes.SUCCESS, outcomes[min(outcomes)]["message"]
     failed = {r: o for r, o in outcomes.items() if o is not None and o["code"] != exit_codes.SUCCESS}
-    if signalled and not any(o["code"] == exit_codes.USER_ERROR for o in failed.values()):
+    users = sorted(r for r, o in failed.items() if o["code"] == exit_codes.USER_ERROR)
+    if users:  # the same on every rank, and retrying cannot help
+        return exit_codes.USER_ERROR, _text(failed[users[0]]["message"])
+    if signalled:
         stopped = [o for _, o in sorted(failed.items()) if o["code"] == exit_codes.PREEMPTED]
-        message = stopped[0]["message"] if stopped else "Stopped by SIGTERM before the training processes reported."
-        return exit_codes.PREEMPTED, message
-    if failed:
-        rank, outcome = min(failed.items(), key=lambda item: (_PRIORITY.get(item[1]["code"], 3), item[0]))
-        code = outcome["code"] if outcome["code"] in _PRIORITY else exit_codes.INTERNAL_ERROR
-        message = outcome["message"] if isinstance(outcome["message"], str) else json.dumps(outcome["message"])
-        if code == exit_codes.INTERNAL_ERROR and len(outcomes) > 1:
-            message = f"rank {rank}: {message}"
-        return code, message
+        return exit_codes.PREEMPTED, (_text(stopped[0]["message"]) if stopped
+                                      else "Stopped by SIGTERM before the training processes reported.")
     silent = sorted(r for r, o in outcomes.items() if o is None)
-    tail = " ".join(log_tail.split())[-1500:]
-    return exit_codes.INTERNAL_ERROR, (
-        f"Internal error: training rank(s) {', '.join(map(str, silent)) or '?'} exited without a report "
-        f"(killed, out of host memory, or a crash in native code); torchrun exited {launcher_rc}."
-        + (f" Last output: {tail}" if tail else ""))
+    if silent:  # the first cause: the others' errors are usually their peers going away
+        others = "; ".join(f"rank {r}: {_text(o['message'])}" for r, o in sorted(failed.items())[:2])
+        tail = " ".join(log_tail.split())[-1200:]
+        return exit_codes.INTERNAL_ERROR, (
+            f"Internal error: training rank(s) {', '.join(map(str, silent))} exited without a report (killed, out of "
+            f"host memory, or a crash in native code); torchrun exited {launcher_rc}."
+            + (f" Then {others}" if others else "") + (f" Last output: {tail}" if tail else ""))
+    rank, outcome = min(failed.items(), key=lambda item: (_PRIORITY.get(item[1]["code"], 3), item[0]))
+    code = outcome["code"] if outcome["code"] in _PRIORITY else exit_codes.INTERNAL_ERROR
+    message = _text(outcome["message"])
+    return code, (f"rank {rank}: {message}" if code == exit_codes.INTERNAL_ERROR and len(outcomes) > 1 else message)
+
+
+def _text(message: str | dict) -> str:
+    return message if isinstance(message, str) else json.dumps(message)
 
 
 class Launcher:

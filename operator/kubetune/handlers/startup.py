@@ -23,4 +23,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    settings.queueing.worker_limit = 64
+    # One asyncio worker per object with pending events, unlimited: a worker lingers for kopf's idle
+    # timeout (5 s) after its last event, so a cap of N made the (N+1)th new object wait seconds for
+    # its Job (bench/operator_scale.py burst: p50 6.9 s with a cap of 64, 1.3 s without). API
+    # concurrency stays bounded by the client's thread pool (clients/kube.py WORKERS).
+    settings.queueing.worker_limit = None
