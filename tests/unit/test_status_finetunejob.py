@@ -139,3 +139,20 @@ def test_success_without_a_usable_report_sets_no_adapter(message):
     status = derive_status(Observed(1, job([("Complete", "")]), [pod("p1", "Succeeded", state=terminated(0, message, "Completed"))]), None, T0)
     assert conds(status)["Succeeded"][0] == "True"
     assert "adapter" not in status
+
+
+def test_between_pods_status_says_what_happened_not_waiting_to_start():
+    """The trainer exited but the Job controller has not reacted yet: never 'waiting for the pod to start'."""
+    done_pod = pod("p1", "Succeeded", state=terminated(0, "{}", "Completed"))
+    finishing = derive_status(Observed(1, job(active=0), [done_pod]), None, T0)
+    assert conds(finishing)["Running"] == ("False", "Finishing", "The trainer on pod p1 finished; waiting for the Job to complete.")
+    assert conds(finishing)["Succeeded"][:2] == ("Unknown", "Finishing")
+    assert conds(finishing)["Failed"][:2] == ("False", "NoFailure")
+    crashed = pod("p1", "Failed", state=terminated(203, "Internal error (retried): cannot list s3://out/ns/ftj/checkpoints"))
+    retrying = derive_status(Observed(1, job(active=0, failed=1), [crashed]), None, T0)
+    reason, message = conds(retrying)["Running"][1:]
+    assert reason == "Restarting"
+    assert message.startswith("Attempt 1 failed (InternalError): ")
+    assert "cannot list s3://out/ns/ftj/checkpoints" in message
+    assert message.endswith("Waiting for the Job to start the next pod (spec.backoffLimit 3).")
+    assert conds(retrying)["Failed"][:2] == ("False", "NoFailure")

@@ -38,6 +38,7 @@ class Reason:
     PENDING = "Pending"
     TRAINING = "Training"
     RESTARTING = "Restarting"
+    FINISHING = "Finishing"
     COMPLETED = "Completed"
     NOT_COMPLETED = "NotCompleted"
     NO_FAILURE = "NoFailure"

@@ -172,6 +172,17 @@ def _verdict(obs: Observed) -> Verdict:
             return v((TRUE, Reason.RESTARTING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
         msg = f"Training on pod {pod['metadata']['name']}."
         return v((TRUE, Reason.TRAINING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
+    if not active:  # between pods: the last one ended, the Job controller has not acted on it yet
+        done = [p for p in _by_age(obs.pods) if (_terminated(p) or {}).get("exitCode") == 0]
+        if done:
+            msg = f"The trainer on pod {done[-1]['metadata']['name']} finished; waiting for the Job to complete."
+            return v((FALSE, Reason.FINISHING, msg), (UNKNOWN, Reason.FINISHING, msg), no_failure, not_suspended)
+        earlier = _failed_pods(obs.pods)
+        if earlier:
+            prev_reason, prev_msg = _describe_failure(earlier[-1])
+            msg = (f"Attempt {len(earlier)} failed ({prev_reason}): {prev_msg} Waiting for the Job to start the next pod "
+                   f"(spec.backoffLimit {job['spec'].get('backoffLimit', 0)}).")
+            return v((FALSE, Reason.RESTARTING, msg), (UNKNOWN, Reason.RESTARTING, msg), no_failure, not_suspended)
     msg = "Waiting for the training pod to start."
     if active:
         waiting = (_trainer_status(active[-1]).get("state") or {}).get("waiting") or {}
