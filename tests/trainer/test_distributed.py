@@ -153,6 +153,23 @@ def _finish(process: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT
         pytest.fail("trainer did not finish:\n" + log.read_text()[-4000:])
 
 
+def _two_rank_config(tmp_path: Path, tiny_model_dir: Path, job: str, max_steps: int) -> tuple[Path, Path]:
+    """A job that never checkpoints on its own (only SIGTERM makes one). -> (config, progress file)."""
+    train = write_jsonl(tmp_path / "train.jsonl", chat_records(64))
+    progress = tmp_path / "progress.jsonl"
+    config = make_config(tmp_path / "config.json", job=job, model=f"file://{tiny_model_dir}", train=f"file://{train}",
+                         output=f"file://{tmp_path}/out", progress_file=progress,
+                         hyperparameters={"maxSteps": max_steps}, spec={"checkpointing": {"intervalSteps": 1000000}})
+    return config, progress
+
+
+def _wait_for_step(process: subprocess.Popen, progress: Path, log: Path, step: int) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not any(p["progress"]["step"] >= step for p in progress_lines(progress)):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.05)
+
+
 def _answer(model_dir: Path, adapter: Path, question: str) -> str:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -189,19 +206,12 @@ def test_two_processes_train_one_adapter_together(tmp_path, tiny_model_dir, trai
 
 @pytest.mark.slow
 def test_sigterm_stops_every_rank_at_one_checkpoint_and_the_rerun_resumes(tmp_path, tiny_model_dir, trainer_env):
-    train = write_jsonl(tmp_path / "train.jsonl", chat_records(64))
-    progress = tmp_path / "progress.jsonl"
-    config = make_config(tmp_path / "config.json", job="evicted", model=f"file://{tiny_model_dir}",
-                         train=f"file://{train}", output=f"file://{tmp_path}/out", progress_file=progress,
-                         hyperparameters={"maxSteps": 40}, spec={"checkpointing": {"intervalSteps": 1000000}})
+    config, progress = _two_rank_config(tmp_path, tiny_model_dir, "evicted", 40)
     root = tmp_path / "out/team-a/evicted"
     env = _env(trainer_env, **{ENV_PROCESSES_PER_NODE: "2"})
     log = tmp_path / "first.log"
     process = _start(config, log, env)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not any(p["progress"]["step"] >= 3 for p in progress_lines(progress)):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
-        time.sleep(0.05)
+    _wait_for_step(process, progress, log, 3)
     process.send_signal(signal.SIGTERM)
     assert _finish(process, log, 120) == exit_codes.PREEMPTED, log.read_text()[-4000:]
     markers = list((root / "checkpoints").glob("*/COMPLETE"))
@@ -236,17 +246,10 @@ def _rank_pid(termination: Path, rank: int) -> int | None:
 @pytest.mark.slow
 def test_a_rank_killed_mid_run_fails_the_pod_as_an_internal_error_naming_it(tmp_path, tiny_model_dir, trainer_env):
     """SIGKILL of one rank (what the kernel's OOM killer does) stands in for a crashed GPU process."""
-    train = write_jsonl(tmp_path / "train.jsonl", chat_records(64))
-    progress = tmp_path / "progress.jsonl"
-    config = make_config(tmp_path / "config.json", job="crash", model=f"file://{tiny_model_dir}",
-                         train=f"file://{train}", output=f"file://{tmp_path}/out", progress_file=progress,
-                         hyperparameters={"maxSteps": 100000}, spec={"checkpointing": {"intervalSteps": 1000000}})
+    config, progress = _two_rank_config(tmp_path, tiny_model_dir, "crash", 100000)
     log = tmp_path / "trainer.log"
     process = _start(config, log, _env(trainer_env, **{ENV_PROCESSES_PER_NODE: "2"}))
-    deadline = time.monotonic() + START_TIMEOUT
-    while not any(p["progress"]["step"] >= 2 for p in progress_lines(progress)):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
-        time.sleep(0.05)
+    _wait_for_step(process, progress, log, 2)
     pid = _rank_pid(trainer_env, 1)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
