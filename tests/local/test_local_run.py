@@ -52,6 +52,8 @@ def test_local_run_trains_publishes_and_serves(tiny_model_dir, tmp_path):
         assert uri == f"file://{tmp_path / 'work' / 'storage' / 'default' / 'tiny'}"
         assert (Path(uri[len("file://"):]) / "manifest.json").exists()
         assert condition(obj, "Succeeded")["message"] == f"Training finished; adapter published to {uri}."
+        # the pod's scratch folder (KUBETUNE_WORK_DIR=/work/run in the Job) lands in the pod's folder here
+        assert list((tmp_path / "work").rglob("run/result/adapter_config.json"))
         if serving_python is None:
             pytest.skip("no .venv-serving: run serving-image/setup-venv.sh for the serving half")
 

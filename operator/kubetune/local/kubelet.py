@@ -170,7 +170,7 @@ class LocalKubelet:
                 (mount / key).write_text(value)
             env[c.ENV_CONFIG_PATH] = str(mount / c.TRAINER_CONFIG_KEY)
         # Writable paths the image would provide as emptyDirs, and the API the pod would reach.
-        for key in ("HOME", "HF_HOME", "TRITON_CACHE_DIR"):
+        for key in ("HOME", "HF_HOME", "TRITON_CACHE_DIR", c.ENV_WORK_DIR):
             if key in env:
                 env[key] = str(poddir / Path(env[key]).name)
         # The API the pod would reach in-cluster: the sidecar reads a kubeconfig, the trainer a base URL.
