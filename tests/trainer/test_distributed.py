@@ -201,6 +201,8 @@ def test_two_processes_train_one_adapter_together(tmp_path, tiny_model_dir, trai
     steps = [p["progress"]["step"] for p in progress_lines(progress) if p["progress"].get("totalSteps")]
     assert steps == sorted(steps) and steps[-1] == 30  # one reporter (rank 0): progress never goes back
     assert text.count("+ manifest.json (sha256") == 1  # rank 0 alone publishes
+    newest = sorted((root / "checkpoints").glob("*/COMPLETE"))[-1].parent
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {f.name for f in newest.iterdir()}  # every rank's RNG state
     assert _answer(tiny_model_dir, root / "adapter", FACTS[0][0]) == FACTS[0][1]
 
 
@@ -305,3 +307,20 @@ def test_bad_data_fails_in_the_launcher_before_any_training_process_starts(tmp_p
     assert execute(config, work_dir=tmp_path / "work") == exit_codes.USER_ERROR
     assert "train.jsonl:5: messages[0].role must be one of system,user,assistant (got 'robot')" in trainer_env.read_text()
     assert not (tmp_path / "work/ranks").exists()  # torchrun never started
+
+
+def test_ranks_share_the_containers_cpu_limit(tmp_path):
+    from kubetune_trainer.distributed import Launcher, available_cpus
+
+    limit = tmp_path / "cpu.max"
+    limit.write_text("800000 100000\n")  # resources.cpu: 8
+    assert available_cpus(limit) == 8
+    limit.write_text("max 100000\n")
+    assert available_cpus(limit) == len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path / "missing") == len(os.sched_getaffinity(0))
+    launcher = Launcher(Topology(nnodes=1, nproc_per_node=2), Path("c.json"), tmp_path, tmp_path / "inputs.json", env={})
+    env = launcher.child_env()
+    assert env["OMP_NUM_THREADS"] == str(max(1, available_cpus() // 2))
+    assert env["KUBETUNE_DISTRIBUTED_WORKER"] == "1" and env["KUBETUNE_WORK_DIR"] == str(tmp_path)
+    assert Launcher(Topology(nnodes=1, nproc_per_node=2), Path("c.json"), tmp_path, tmp_path / "i.json",
+                    env={"OMP_NUM_THREADS": "3"}).child_env()["OMP_NUM_THREADS"] == "3"

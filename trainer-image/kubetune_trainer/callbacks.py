@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 
 class KubetuneCallback(TrainerCallback):
     def __init__(self, tracker: Tracker, reporter: Reporter, checkpoints: Checkpoints | None, stop: StopFlag,
-                 state_for_checkpoint: dict[str, Any], agree: Callable[[bool], bool] | None = None):
+                 state_for_checkpoint: dict[str, Any], agree: Callable[[bool], bool] | None = None,
+                 barrier: Callable[[], None] | None = None):
         self.tracker = tracker
         self.agree = agree or (lambda flag: flag)
+        self.barrier = barrier or (lambda: None)
         self.reporter = reporter
         self.checkpoints = checkpoints
         self.stop = stop
@@ -76,6 +78,7 @@ class KubetuneCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         step = state.global_step
         local = Path(args.output_dir) / f"checkpoint-{step}"
+        self.barrier()  # every rank has written its own RNG state into the folder before rank 0 uploads it
         if self.checkpoints is not None and local.is_dir():
             uri = self.checkpoints.save(step, local, self.extra_state)
             log.info("checkpoint: step %d saved to %s", step, uri)

@@ -266,8 +266,8 @@ class Launcher:
 
     def child_env(self) -> dict[str, str]:
         env = {**self.env, ENV_WORKER: "1", ENV_INPUTS: str(self.inputs_file), ENV_WORK_DIR: str(self.work_dir)}
-        if "OMP_NUM_THREADS" not in env:  # CPU ranks share the pod's cores instead of each taking all of them
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.topo.nproc_per_node))
+        if "OMP_NUM_THREADS" not in env:  # the ranks share the pod's CPUs instead of each taking the node's
+            env["OMP_NUM_THREADS"] = str(max(1, available_cpus() // self.topo.nproc_per_node))
         return env
 
     def stop(self, signum: int) -> None:
@@ -311,6 +311,20 @@ class Launcher:
         pump.join(timeout=10)
         outcomes = {rank: _read_report(rank_report_path(self.work_dir, rank)) for rank in self.ranks()}
         return combine(outcomes, signalled=self.signalled, launcher_rc=rc, log_tail="".join(self.tail))
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this container may use: its CPU limit (cgroup v2 quota), else its affinity, else the host's."""
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            return max(1, int(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _read_report(path: Path) -> dict[str, Any] | None:

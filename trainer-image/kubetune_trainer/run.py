@@ -295,7 +295,8 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
         evaluation["baseline"] = _figures(trainer.evaluate(), spec.method.type) if eval_records else {}
     tracker.baseline = evaluation["baseline"]
     callback = KubetuneCallback(tracker, reporter, checkpoints if rank.is_main else None, stop,
-                                {"baseline": evaluation["baseline"]}, agree=distributed.agree if rank.distributed else None)
+                                {"baseline": evaluation["baseline"]}, agree=distributed.agree if rank.distributed else None,
+                                barrier=distributed.barrier if rank.distributed else None)
     callback.last_saved_step = restored["step"] if restored else None
     trainer.add_callback(callback)
     reporter.report(force=True)
