@@ -80,6 +80,11 @@ FTJ_CASES = {
     "succeeded": (derived(Observed(1, job([("Complete", "")], succeeded=1), [pod({"terminated": {"exitCode": 0, "message": REPORT}}, "Succeeded")],
                                    output_prefix="s3://models/adapters/team-a/support-bot")),
                   1, "Healthy", "Training finished; adapter published to s3://models/adapters/team-a/support-bot."),
+    "trainer done, Job not yet Complete": (derived(Observed(1, job(), [pod({"terminated": {"exitCode": 0, "message": REPORT}}, "Succeeded")])),
+                                           1, "Progressing", "Finishing: The trainer on pod support-bot-train-p1 finished"),
+    "attempt failed, retry pod not yet created": (
+        derived(Observed(1, job(failed=1), [pod({"terminated": {"exitCode": 203, "message": "Internal error: boom"}}, "Failed")])),
+        1, "Progressing", "Restarting: Attempt 1 failed (InternalError)"),
     "out of memory": (derived(Observed(1, job([("Failed", "PodFailurePolicy")], failed=1),
                                        [pod({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}, "Failed")])),
                       1, "Degraded", "Pod support-bot-train-p1 was OOMKilled. The trainer ran out of memory. Try adapter.type qlora"),
