@@ -156,3 +156,12 @@ def test_between_pods_status_says_what_happened_not_waiting_to_start():
     assert "cannot list s3://out/ns/ftj/checkpoints" in message
     assert message.endswith("Waiting for the Job to start the next pod (spec.backoffLimit 3).")
     assert conds(retrying)["Failed"][:2] == ("False", "NoFailure")
+
+
+def test_multi_node_run_says_how_many_of_its_pods_train():
+    indexed = job(active=2)
+    indexed["spec"]["completions"] = 3
+    pods = [pod("ftj-train-0-a"), pod("ftj-train-1-b"),
+            pod("ftj-train-2-c", "Pending", state={"waiting": {"reason": "ContainerCreating"}})]
+    status = derive_status(Observed(1, indexed, pods), None, T0)
+    assert conds(status)["Running"] == ("True", "Training", "Training on 2 of 3 pods: ftj-train-0-a, ftj-train-1-b.")

@@ -42,7 +42,7 @@ def finetunejobs(body: Any, namespace: str, name: str, **_: Any) -> dict[Any, An
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER)
 def trainer_jobs(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, "suspend", "backoffLimit", "activeDeadlineSeconds")}
+    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, "suspend", "backoffLimit", "activeDeadlineSeconds", "completions")}
 
 
 @kopf.index("", "v1", "pods", labels=TRAINER)

@@ -170,7 +170,13 @@ def _verdict(obs: Observed) -> Verdict:
             prev_reason, prev_msg = _describe_failure(earlier[-1])
             msg = f"Training on pod {pod['metadata']['name']}, resumed after attempt {len(earlier)} failed ({prev_reason}): {prev_msg}"
             return v((TRUE, Reason.RESTARTING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
-        msg = f"Training on pod {pod['metadata']['name']}."
+        running = sorted(p["metadata"]["name"] for p in obs.pods if "running" in (_trainer_status(p).get("state") or {})
+                         and not p["metadata"].get("deletionTimestamp"))
+        nodes = int(obs.job["spec"].get("completions") or 1) if obs.job else 1
+        if nodes > 1:  # a multi-node run: say how many of its pods train
+            msg = f"Training on {len(running)} of {nodes} pods: {', '.join(running)}."
+        else:
+            msg = f"Training on pod {pod['metadata']['name']}."
         return v((TRUE, Reason.TRAINING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
     if not active:  # between pods: the last one ended, the Job controller has not acted on it yet
         done = [p for p in _by_age(obs.pods) if (_terminated(p) or {}).get("exitCode") == 0]
