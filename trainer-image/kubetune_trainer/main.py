@@ -28,6 +28,7 @@ from .errors import Preempted, StopFlag, TransientError, UserError, write_termin
 
 log = logging.getLogger("kubetune_trainer")
 
+
 def load_config(path: Path) -> TrainerConfig:
     try:
         raw = json.loads(path.read_text())
@@ -92,8 +93,11 @@ def _outcome(job) -> tuple[int, str | dict]:
     """Run the job; map every way it can end to (exit code, termination message)."""
     try:
         code, report = job()
+        text = json.dumps(report) if isinstance(report, dict) else report
         if code == exit_codes.SUCCESS:
-            log.info("done: %s", json.dumps(report) if isinstance(report, dict) else report)
+            log.info("done: %s", text)
+        else:  # the ranks of a distributed run ended this way (their own lines are above)
+            log.error("exit %d: %s", code, text)
         return code, report
     except Preempted as exc:
         log.warning("%s", exc)
