@@ -76,3 +76,27 @@ def test_local_run_trains_publishes_and_serves(tiny_model_dir, tmp_path):
 
         assert ANSWER in ask("kubey")
         assert "Kubey" not in ask("tiny-chat")
+
+
+@pytest.mark.slow
+def test_local_multi_node_run_trains_on_every_index_and_succeeds_once_all_have(tiny_model_dir, tmp_path):
+    """resources.nodes: 2 through the real operator: its Indexed Job's two pods run as two trainer
+    processes (the local kubelet gives each its completion index and points MASTER_ADDR at this
+    machine); GPUs are the faked part: each pod trains on CPU with gloo."""
+    ftj, _ = _manifests(tmp_path, tiny_model_dir)
+    ftj["spec"]["resources"] = {"gpus": 1, "nodes": 2}
+    ftj["spec"]["hyperparameters"]["maxSteps"] = 20
+    messages: list[str] = []
+    with LocalRun(workdir=tmp_path / "work") as lr:
+        lr.apply(ftj)
+        outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome,
+                          lambda obj: messages.append((condition(obj, "Running") or {}).get("message", "")), timeout=300)
+        obj = lr.get("FineTuneJob", "tiny")
+        assert outcome == "Succeeded", json.dumps(obj.get("status"), indent=1)
+        pods = sorted(p["metadata"]["name"] for p in lr.emu.list("", "v1", "pods", "default"))
+        assert pods == ["tiny-train-0-0", "tiny-train-1-0"]
+        uri = obj["status"]["adapter"]["uri"]
+        root = Path(uri[len("file://"):])
+        assert json.loads((root / "training_config.json").read_text())["effective"]["processes"] == 2
+        assert obj["status"]["progress"]["step"] == 20
+    assert "Training on 2 of 2 pods: tiny-train-0-0, tiny-train-1-0." in messages

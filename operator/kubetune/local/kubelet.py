@@ -5,7 +5,9 @@ It reads the Job the operator built, creates its Pod, resolves the container's e
 secretKeyRefs, fieldRefs) and config volume from the emulator, runs the container's args with the
 trainer's Python entrypoint, and writes Pod and Job status the way kubelet and the Job controller
 would: Running, then terminated with the exit code and termination message; podFailurePolicy
-(user-error exit code fails the Job), backoffLimit, suspend (SIGTERM, then Suspended).
+(user-error exit code fails the Job), backoffLimit, suspend (SIGTERM, then Suspended). An Indexed
+Job (a multi-node run) gets one process per index with its completion index, and pod 0's DNS name
+in MASTER_ADDR becomes 127.0.0.1 on a free port; the Job completes when every index succeeded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import base64
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +32,7 @@ from .serving import LocalServing
 
 log = logging.getLogger("kubetune.local")
 MAX_TERMINATION_MESSAGE = 4096
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def _now() -> str:
@@ -53,7 +57,7 @@ class LocalKubelet:
         self.python = python
         self.extra_env = extra_env or {}
         self.poll_seconds = poll_seconds
-        self.runs: dict[tuple[str, str], _Run] = {}  # (namespace, job) -> running pod
+        self.runs: dict[tuple[str, str], list[_Run]] = {}  # (namespace, job) -> its running pods (one per index)
         self.serving = LocalServing(emu, workdir, serving_python, self.resolve_env, spawn, _terminate) if serving_python else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="local-kubelet", daemon=True)
@@ -65,8 +69,9 @@ class LocalKubelet:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        for run in list(self.runs.values()):
-            _terminate(run.proc)
+        for runs in list(self.runs.values()):
+            for run in runs:
+                _terminate(run.proc)
         if self.serving is not None:
             self.serving.stop()
 
@@ -99,48 +104,62 @@ class LocalKubelet:
         status = job.get("status") or {}
         if any(cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed") for cond in status.get("conditions") or []):
             return
-        run = self.runs.get((ns, name))
-        if run is not None:
-            if job["spec"].get("suspend") and not run.suspended:
-                run.suspended = True
-                run.proc.send_signal(signal.SIGTERM)  # the trainer checkpoints and exits
-            if run.proc.poll() is not None:
-                self._finish(job, run)
+        runs = self.runs.get((ns, name))
+        if runs:
+            for run in runs:
+                if job["spec"].get("suspend") and not run.suspended:
+                    run.suspended = True
+                    run.proc.send_signal(signal.SIGTERM)  # the trainer checkpoints and exits
+            if all(run.proc.poll() is not None for run in runs):
+                self._finish(job, runs)
             return
         if job["spec"].get("suspend"):
             if not any(cond.get("type") == "Suspended" and cond.get("status") == "True" for cond in status.get("conditions") or []):
                 self._job_status(ns, name, {"active": 0, "conditions": [_cond("Suspended", "JobSuspended", "Job suspended")]})
             return
-        self._start_pod(job)
+        self._start_pods(job)
 
-    def _start_pod(self, job: dict[str, Any]) -> None:
+    def _start_pods(self, job: dict[str, Any]) -> None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         attempt = int((job.get("status") or {}).get("failed") or 0) + len(self._ignored(ns, name))
-        pod_name = f"{name}-{attempt}"
+        indexed = job["spec"].get("completionMode") == "Indexed"
+        port = _free_port() if indexed else None
+        self.runs[(ns, name)] = [self._start_pod(job, f"{name}-{index}-{attempt}" if indexed else f"{name}-{attempt}",
+                                                 index if indexed else None, port)
+                                 for index in range(int(job["spec"].get("completions") or 1) if indexed else 1)]
+        self._job_status(ns, name, {"active": len(self.runs[(ns, name)]),
+                                    "startTime": (job.get("status") or {}).get("startTime") or _now()})
+
+    def _start_pod(self, job: dict[str, Any], pod_name: str, index: int | None, port: int | None) -> _Run:
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         template = job["spec"]["template"]
         container = next(ctr for ctr in template["spec"]["containers"] if ctr["name"] == c.TRAINER_CONTAINER)
         poddir = self.workdir / ns / pod_name
         poddir.mkdir(parents=True, exist_ok=True)
+        annotations = {INDEX_ANNOTATION: str(index)} if index is not None else {}
         self.emu.create({"apiVersion": "v1", "kind": "Pod",
                          "metadata": {"name": pod_name, "namespace": ns, "labels": {**template["metadata"]["labels"], "job-name": name},
+                                      "annotations": annotations,
                                       "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
                                                            "uid": job["metadata"]["uid"], "controller": True}]},
                          "spec": template["spec"]})
-        env = self.resolve_env(ns, pod_name, container, poddir, template["spec"].get("volumes", []))
+        env = self.resolve_env(ns, pod_name, container, poddir, template["spec"].get("volumes", []), annotations)
+        if port is not None:  # pod 0's name in the job's headless Service, here: this machine
+            env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(port)
         termination_log = poddir / "termination-log"
         termination_log.write_text("")
         args = [self.python, "-m", "kubetune_trainer", *container.get("args", [])]
         args = [env[c.ENV_CONFIG_PATH] if a == c.TRAINER_CONFIG_PATH else a for a in args]
         proc = spawn(args, {**env, "KUBETUNE_TERMINATION_LOG": str(termination_log)}, poddir, "trainer")
         log.info("started pod %s/%s (pid %s)", ns, pod_name, proc.pid)
-        self.runs[(ns, name)] = _Run(pod_name, proc, termination_log)
         self._pod_status(ns, pod_name, {"phase": "Running", "startTime": _now(), "containerStatuses": [
             {"name": c.TRAINER_CONTAINER, "ready": True, "restartCount": 0, "image": container["image"],
              "state": {"running": {"startedAt": _now()}}}]})
-        self._job_status(ns, name, {"active": 1, "startTime": (job.get("status") or {}).get("startTime") or _now()})
+        return _Run(pod_name, proc, termination_log)
 
     def resolve_env(self, ns: str, pod: str, container: dict[str, Any], poddir: Path,
-                    volumes: list[dict[str, Any]] = ()) -> dict[str, str]:  # type: ignore[assignment]
+                    volumes: list[dict[str, Any]] = (),  # type: ignore[assignment]
+                    annotations: dict[str, str] | None = None) -> dict[str, str]:
         """The container's environment as kubelet would build it, with in-pod paths moved under `poddir`."""
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")}
         for item in container.get("env", []):
@@ -158,7 +177,9 @@ class LocalKubelet:
                 else:
                     env[item["name"]] = base64.b64decode(data).decode()
             elif "fieldRef" in source:
-                env[item["name"]] = {"metadata.name": pod, "metadata.namespace": ns}.get(source["fieldRef"]["fieldPath"], "")
+                fields = {"metadata.name": pod, "metadata.namespace": ns,
+                          **{f"metadata.annotations['{k}']": v for k, v in (annotations or {}).items()}}
+                env[item["name"]] = fields.get(source["fieldRef"]["fieldPath"], "")
         # The config volume: the ConfigMap's keys become files, as kubelet mounts them.
         for volume in volumes:
             if "configMap" not in volume or volume["name"] != "config":
@@ -185,36 +206,41 @@ class LocalKubelet:
                 if (p["metadata"].get("labels") or {}).get("job-name") == job
                 and any(cond.get("type") == "DisruptionTarget" for cond in (p.get("status") or {}).get("conditions") or [])]
 
-    def _finish(self, job: dict[str, Any], run: _Run) -> None:
+    def _finish(self, job: dict[str, Any], runs: list[_Run]) -> None:
+        """Every pod of the attempt has exited: pod statuses, then the Job's verdict."""
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        code = run.proc.returncode
-        code = 128 - code if code < 0 else code  # killed by a signal, like a container runtime reports it
-        message = run.termination_log.read_text(errors="replace")[:MAX_TERMINATION_MESSAGE]
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
-                      "finishedAt": _now()}
-        pod_status: dict[str, Any] = {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [
-            {"name": c.TRAINER_CONTAINER, "ready": False, "restartCount": 0, "state": {"terminated": terminated}}]}
-        if run.suspended:
-            pod_status["conditions"] = [_cond("DisruptionTarget", "DeletionByTaintManager", "suspended")]
-        self._pod_status(ns, run.pod, pod_status)
+        codes = []
+        for run in runs:
+            code = run.proc.returncode
+            code = 128 - code if code < 0 else code  # killed by a signal, like a container runtime reports it
+            codes.append(code)
+            message = run.termination_log.read_text(errors="replace")[:MAX_TERMINATION_MESSAGE]
+            terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
+                          "finishedAt": _now()}
+            pod_status: dict[str, Any] = {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [
+                {"name": c.TRAINER_CONTAINER, "ready": False, "restartCount": 0, "state": {"terminated": terminated}}]}
+            if run.suspended:
+                pod_status["conditions"] = [_cond("DisruptionTarget", "DeletionByTaintManager", "suspended")]
+            self._pod_status(ns, run.pod, pod_status)
         del self.runs[(ns, name)]
         status = job.get("status") or {}
-        failed = int(status.get("failed") or 0)
-        if code == 0:
-            self._job_status(ns, name, {"active": 0, "succeeded": 1, "completionTime": _now(),
+        failed = int(status.get("failed") or 0) + sum(1 for code in codes if code != 0)
+        user_error = next((run.pod for run, code in zip(runs, codes) if code == exit_codes.USER_ERROR), None)
+        if all(code == 0 for code in codes):
+            self._job_status(ns, name, {"active": 0, "succeeded": len(codes), "completionTime": _now(),
                                         "conditions": [_cond("SuccessCriteriaMet", "CompletionsReached", ""),
                                                        _cond("Complete", "CompletionsReached", "")]})
-        elif run.suspended:
+        elif any(run.suspended for run in runs):
             self._job_status(ns, name, {"active": 0, "conditions": [_cond("Suspended", "JobSuspended", "Job suspended")]})
-        elif code == exit_codes.USER_ERROR:
-            self._job_status(ns, name, {"active": 0, "failed": failed + 1, "conditions": [_cond(
-                "Failed", "PodFailurePolicy", f"Container trainer for pod {ns}/{run.pod} failed with exit code {code} "
-                "matching FailJob rule at index 0")]})
-        elif failed + 1 > int(job["spec"].get("backoffLimit", 6)):
-            self._job_status(ns, name, {"active": 0, "failed": failed + 1, "conditions": [_cond(
+        elif user_error is not None:
+            self._job_status(ns, name, {"active": 0, "failed": failed, "conditions": [_cond(
+                "Failed", "PodFailurePolicy", f"Container trainer for pod {ns}/{user_error} failed with exit code "
+                f"{exit_codes.USER_ERROR} matching FailJob rule at index 0")]})
+        elif failed > int(job["spec"].get("backoffLimit", 6)):
+            self._job_status(ns, name, {"active": 0, "failed": failed, "conditions": [_cond(
                 "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]})
         else:
-            self._job_status(ns, name, {"active": 0, "failed": failed + 1})
+            self._job_status(ns, name, {"active": 0, "failed": failed})
 
     def _pod_status(self, ns: str, pod: str, status: dict[str, Any]) -> None:
         self.emu.patch("", "v1", "pods", ns, pod, {"status": status}, subresource="status")
@@ -227,6 +253,12 @@ def spawn(argv: list[str], env: dict[str, str], cwd: Path, logname: str) -> subp
     """One container as a process in its own session (so its whole process group can be stopped)."""
     with open(cwd / f"{logname}.log", "ab") as logfile:
         return subprocess.Popen(argv, env=env, stdout=logfile, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _cond(type_: str, reason: str, message: str) -> dict[str, Any]:
