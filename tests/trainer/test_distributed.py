@@ -69,7 +69,7 @@ def test_multi_node_topology_comes_from_the_indexed_job_env():
     cmd = torchrun_command(topo, Path("/etc/kubetune/config.json"), 120)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=4", "--max-restarts=0", "--shutdown-timeout=120",
                        "--nnodes=3", "--node-rank=2", "--master-addr=ftj-a-trainer-0.ftj-a-nodes", "--master-port=29500",
-                       "-m", "kubetune_trainer", "--config", "/etc/kubetune/config.json"]
+                       "--rdzv-conf=timeout=1800", "-m", "kubetune_trainer", "--config", "/etc/kubetune/config.json"]
     single = torchrun_command(Topology(nnodes=1, nproc_per_node=2), Path("c.json"), 30)
     assert "--standalone" in single and not any(a.startswith("--master-addr") for a in single)
 

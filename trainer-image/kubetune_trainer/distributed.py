@@ -48,6 +48,7 @@ ENV_WORKER = "KUBETUNE_DISTRIBUTED_WORKER"  # set by the launcher for the proces
 ENV_INPUTS = "KUBETUNE_INPUTS"  # the launcher's fetched inputs (JSON file) for the workers
 DEFAULT_MASTER_PORT = RENDEZVOUS_PORT
 DEFAULT_STOP_GRACE = 300
+RENDEZVOUS_TIMEOUT = 1800  # seconds the pods of a multi-node run wait for each other
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,10 @@ def torchrun_command(topo: Topology, config_path: Path, stop_grace: int) -> list
     if topo.nnodes == 1:
         cmd.append("--standalone")  # a free local port, no rendezvous host
     else:
+        # pods start minutes apart (scheduling, image pulls, each fetches the model): wait up to 30 min
+        # for the others instead of torchrun's 10, before the attempt fails
         cmd += [f"--nnodes={topo.nnodes}", f"--node-rank={topo.node_rank}", f"--master-addr={topo.master_addr}",
-                f"--master-port={topo.master_port}"]
+                f"--master-port={topo.master_port}", f"--rdzv-conf=timeout={RENDEZVOUS_TIMEOUT}"]
     return cmd + ["-m", "kubetune_trainer", "--config", str(config_path)]
 
 
