@@ -10,6 +10,7 @@ import json
 import time
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from .harness import Cluster, job_condition, running, terminated, wait_for
 
@@ -117,13 +118,22 @@ def test_stuck_pods_are_reported(cluster, operator, pod_status, reason, text):
     # Each passes the CRD's OpenAPI schema (so the API server stores it) but not the operator's checks.
     ({**SPEC, "hyperparameters": {"learningRate": "5"}}, "spec.hyperparameters.learningRate: must be in (0, 1], got 5"),
     ({**SPEC, "dataset": {"train": "s3://data/x.jsonl", "validationSplit": "0.7"}}, "spec.dataset.validationSplit: must be between 0 and 0.5"),
-    # CEL rules: a real API server rejects these; the emulator does not run CEL, the operator still catches them.
+    # A CEL rule: the API server (and the emulator) rejects it at apply; stored anyway below, as an API
+    # server without CEL support would, to show that the operator still catches it.
     ({**SPEC, "resources": {"nodes": 2, "gpus": 0}}, "resources.nodes > 1 needs resources.gpus > 0"),
     ({**SPEC, "dataset": {"train": "s3://data/../secrets.jsonl"}}, "spec.dataset.train: must not contain '..' path segments"),
 ])
 def test_invalid_spec_fails_once_without_job(cluster, operator, emulator, spec, field):
-    """The emulator does not enforce the CRD schema, so the operator's own validation is what is tested."""
-    cluster.create_ftj("bad", spec)
+    """What the API server stores but the operator's own validation rejects: Failed, once, no Job."""
+    try:
+        cluster.create_ftj("bad", spec)
+    except ApiException as exc:  # the CEL rule at apply, with the rule's message at its field
+        assert exc.status == 422 and field in exc.body
+        emulator.check_schemas = False  # an API server that does not run CEL
+        try:
+            cluster.create_ftj("bad", spec)
+        finally:
+            emulator.check_schemas = True
     failed = cluster.wait_condition("bad", "Failed", "True", "ValidationFailed")
     assert field in failed["message"]
     events = wait_for(lambda: [e for e in cluster.events("bad") if e["reason"] == "ValidationFailed"])

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -544,3 +545,29 @@ def test_kopf_operator_handles_the_lifecycle(emulator: Emulator, crd: dict[str, 
     assert runner.exit_code == 0
     assert handled == ["create", "delete w1"]
     assert emulator.internal_errors == []
+
+
+@pytest.mark.parametrize(("kind", "spec", "field", "message"), [
+    ("finetunejobs", {"baseModel": {"uri": "hf://org/m"}, "dataset": {"train": "s3://d/t.jsonl"},
+                      "resources": {"nodes": 2, "gpus": 0}},
+     "spec", 'Invalid value: "object": resources.nodes > 1 needs resources.gpus > 0'),
+    ("finetunejobs", {"baseModel": {"uri": "hf://org/m"},
+                      "dataset": {"train": "s3://d/t.jsonl", "validation": "s3://d/v.jsonl", "validationSplit": "0.1"}},
+     "spec.dataset", 'Invalid value: "object": '),
+    ("modeldeployments", {"baseModel": {"uri": "hf://org/m"},
+                          "adapters": [{"name": "a", "uri": "s3://b/a", "fineTuneJobRef": {"name": "j"}}]},
+     "spec.adapters[0]", 'Invalid value: "object": '),
+])
+def test_crd_cel_rules_reject_like_the_api_server(emulator: Emulator, kind, spec, field, message) -> None:
+    """The kubetune CRDs' x-kubernetes-validations run in the emulator (cel-python), with the rule's
+    message at the field of the rule, as `kubectl apply` shows it from a real API server."""
+    for crd in ("kubetune.io_finetunejobs.yaml", "kubetune.io_modeldeployments.yaml"):
+        emulator.apply_file(Path(__file__).resolve().parents[2] / "crds" / crd)
+    body = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob" if kind == "finetunejobs" else "ModelDeployment",
+            "metadata": {"name": "x"}, "spec": spec}
+    status, error = emulator.http("POST", f"/apis/kubetune.io/v1alpha1/namespaces/default/{kind}", body)
+    assert status == 422, error
+    assert [(c["field"], c["message"].startswith(message)) for c in error["details"]["causes"]] == [(field, True)], error
+    good = {**spec, "resources": {"nodes": 2, "gpus": 8}} if "resources" in spec else None
+    if good is not None:
+        assert emulator.http("POST", f"/apis/kubetune.io/v1alpha1/namespaces/default/{kind}", {**body, "spec": good})[0] == 201

@@ -1,9 +1,12 @@
 """
 Structural-schema handling of custom resources, as the API server does it on every write:
-pruning of unknown fields, defaulting, then OpenAPI v3 validation (422 with field paths).
+pruning of unknown fields, defaulting, then OpenAPI v3 validation and CEL rules
+(``x-kubernetes-validations``, with ``self``) -- 422 with field paths.
 
-Not done: CEL rules (``x-kubernetes-validations``), ``format`` checks, ratcheting, and pruning
-inside ``metadata``. Validation needs ``jsonschema``; without it, only pruning and defaulting run.
+CEL violations an update leaves as they were are tolerated (ratcheting, as in Kubernetes 1.30+).
+Not done: transition rules (``oldSelf``), CEL cost limits, ``format`` checks, ratcheting of the OpenAPI checks, and pruning
+inside ``metadata``. Validation needs ``jsonschema`` and CEL needs ``cel-python`` (dev
+dependencies); without them, only pruning and defaulting run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ try:
     import jsonschema
 except ImportError:  # pragma: no cover - jsonschema is a dev dependency
     jsonschema = None  # type: ignore[assignment]
+try:
+    import celpy
+except ImportError:  # pragma: no cover - cel-python is a dev dependency
+    celpy = None  # type: ignore[assignment]
 
 _ROOT_FIELDS = ("apiVersion", "kind", "metadata")
 
@@ -93,7 +100,7 @@ def _field_path(error: Any) -> str:
     return path
 
 
-def validate(rtype: ResourceType, obj: Mapping[str, Any]) -> None:
+def validate(rtype: ResourceType, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
     if jsonschema is None or not rtype.schema:
         return
     schema = _to_jsonschema(rtype.schema)
@@ -107,6 +114,11 @@ def validate(rtype: ResourceType, obj: Mapping[str, Any]) -> None:
         else:
             shown = json.dumps(error.instance)[:80]
             causes.append({"field": path or "<root>", "message": f"Invalid value: {shown}: {error.message}"})
+    if not causes:
+        causes = cel_violations(rtype.schema, body)
+        if causes and old is not None:  # ratcheting: what was already there (e.g. a status write) is tolerated
+            before = cel_violations(rtype.schema, {key: value for key, value in old.items() if key != "metadata"})
+            causes = [cause for cause in causes if cause not in before]
     if causes:
         name = (obj.get("metadata") or {}).get("name")
         texts = [f"{cause['field']}: {cause['message']}" for cause in causes]
@@ -114,10 +126,52 @@ def validate(rtype: ResourceType, obj: Mapping[str, Any]) -> None:
         raise errors.invalid_for(rtype, name, detail, causes=causes)
 
 
-def conform(rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
-    """Prune, default and validate a custom resource about to be stored; returns the stored form."""
+_PROGRAMS: dict[str, Any] = {}
+
+
+def _program(rule: str) -> Any:
+    if rule not in _PROGRAMS:
+        env = celpy.Environment()
+        _PROGRAMS[rule] = env.program(env.compile(rule))
+    return _PROGRAMS[rule]
+
+
+def cel_violations(schema: Mapping[str, Any], value: Any, path: str = "") -> list[dict[str, str]]:
+    """The x-kubernetes-validations rules that `value` breaks, at every level of the schema
+    (evaluated with `self` bound to the value at that level, like the API server; transition rules
+    with `oldSelf` are skipped)."""
+    if celpy is None or not isinstance(schema, Mapping):
+        return []
+    causes = []
+    for rule in schema.get("x-kubernetes-validations") or []:
+        if "oldSelf" in rule["rule"]:
+            continue
+        try:
+            ok = bool(_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)}))
+            why = rule.get("message") or f"failed rule: {rule['rule']}"
+        except Exception as exc:  # noqa: BLE001 - an evaluation error rejects, as the API server does
+            ok, why = False, f"failed rule: {rule['rule']}: evaluation error: {exc}"
+        if not ok:
+            shown = "object" if isinstance(value, dict) else ("array" if isinstance(value, list) else json.dumps(value))
+            causes.append({"field": path or "<root>", "message": f'Invalid value: "{shown}": {why}'})
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            child = properties.get(key, extra if isinstance(extra, Mapping) else None)
+            if child is not None:
+                causes += cel_violations(child, item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for index, item in enumerate(value):
+            causes += cel_violations(schema["items"], item, f"{path}[{index}]")
+    return causes
+
+
+def conform(rtype: ResourceType, obj: dict[str, Any], old: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Prune, default and validate a custom resource about to be stored (`old`: the stored one, on
+    updates); returns the stored form."""
     if not rtype.schema:
         return obj
     result = apply_defaults(prune(obj, rtype.schema, root=True), rtype.schema)
-    validate(rtype, result)
+    validate(rtype, result, old)
     return result

@@ -252,7 +252,7 @@ class Store:
                                          "metadata.finalizers: Forbidden: no new finalizers can be added "
                                          "if the object is being deleted")
         if self.check_schemas:
-            new = schemas.conform(rtype, new)
+            new = schemas.conform(rtype, new, old)
         validate_object(rtype, new)
         lifecycle.on_update(self, rtype, old, new)
         if _same(old, new):
