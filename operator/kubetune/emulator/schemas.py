@@ -4,9 +4,9 @@ pruning of unknown fields, defaulting, then OpenAPI v3 validation and CEL rules
 (``x-kubernetes-validations``, with ``self``) -- 422 with field paths.
 
 CEL violations an update leaves as they were are tolerated (ratcheting, as in Kubernetes 1.30+).
-Not done: transition rules (``oldSelf``), CEL cost limits, ``format`` checks, ratcheting of the OpenAPI checks, and pruning
-inside ``metadata``. Validation needs ``jsonschema`` and CEL needs ``cel-python`` (dev
-dependencies); without them, only pruning and defaulting run.
+Not done: transition rules (``oldSelf``), CEL cost limits, ``format`` checks, ratcheting of the
+OpenAPI checks, and pruning inside ``metadata``. Validation needs ``jsonschema`` and CEL needs
+``cel-python`` (dev dependencies); without them, only pruning and defaulting run.
 """
 
 from __future__ import annotations
