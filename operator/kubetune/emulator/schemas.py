@@ -3,7 +3,7 @@ Structural-schema handling of custom resources, as the API server does it on eve
 pruning of unknown fields, defaulting, then OpenAPI v3 validation and CEL rules
 (``x-kubernetes-validations``, with ``self``) -- 422 with field paths.
 
-CEL violations an update leaves as they were are tolerated (ratcheting, as in Kubernetes 1.30+).
+CEL rules are not re-checked on values an update leaves as they were (ratcheting, as in Kubernetes 1.30+).
 Not done: transition rules (``oldSelf``), CEL cost limits, ``format`` checks, ratcheting of the
 OpenAPI checks, and pruning inside ``metadata``. Validation needs ``jsonschema`` and CEL needs
 ``cel-python`` (dev dependencies); without them, only pruning and defaulting run.
@@ -115,10 +115,8 @@ def validate(rtype: ResourceType, obj: Mapping[str, Any], old: Mapping[str, Any]
             shown = json.dumps(error.instance)[:80]
             causes.append({"field": path or "<root>", "message": f"Invalid value: {shown}: {error.message}"})
     if not causes:
-        causes = cel_violations(rtype.schema, body)
-        if causes and old is not None:  # ratcheting: what was already there (e.g. a status write) is tolerated
-            before = cel_violations(rtype.schema, {key: value for key, value in old.items() if key != "metadata"})
-            causes = [cause for cause in causes if cause not in before]
+        previous = {key: value for key, value in old.items() if key != "metadata"} if old is not None else _ABSENT
+        causes = cel_violations(rtype.schema, body, old=previous)
     if causes:
         name = (obj.get("metadata") or {}).get("name")
         texts = [f"{cause['field']}: {cause['message']}" for cause in causes]
@@ -136,11 +134,15 @@ def _program(rule: str) -> Any:
     return _PROGRAMS[rule]
 
 
-def cel_violations(schema: Mapping[str, Any], value: Any, path: str = "") -> list[dict[str, str]]:
+_ABSENT = object()
+
+
+def cel_violations(schema: Mapping[str, Any], value: Any, path: str = "", old: Any = _ABSENT) -> list[dict[str, str]]:
     """The x-kubernetes-validations rules that `value` breaks, at every level of the schema
     (evaluated with `self` bound to the value at that level, like the API server; transition rules
-    with `oldSelf` are skipped)."""
-    if celpy is None or not isinstance(schema, Mapping):
+    with `oldSelf` are skipped). Ratcheting: a value equal to `old` (the stored one at that level, on
+    updates) is not re-checked, so e.g. a status write never fails on the spec."""
+    if celpy is None or not isinstance(schema, Mapping) or value == old:
         return []
     causes = []
     for rule in schema.get("x-kubernetes-validations") or []:
@@ -157,10 +159,11 @@ def cel_violations(schema: Mapping[str, Any], value: Any, path: str = "") -> lis
     if isinstance(value, dict):
         properties = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
+        before = old if isinstance(old, dict) else {}
         for key, item in value.items():
             child = properties.get(key, extra if isinstance(extra, Mapping) else None)
             if child is not None:
-                causes += cel_violations(child, item, f"{path}.{key}" if path else key)
+                causes += cel_violations(child, item, f"{path}.{key}" if path else key, before.get(key, _ABSENT))
     elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
         for index, item in enumerate(value):
             causes += cel_violations(schema["items"], item, f"{path}[{index}]")
@@ -173,5 +176,7 @@ def conform(rtype: ResourceType, obj: dict[str, Any], old: Mapping[str, Any] | N
     if not rtype.schema:
         return obj
     result = apply_defaults(prune(obj, rtype.schema, root=True), rtype.schema)
+    if old is not None:  # compared with what a read of the stored object returns: defaults included
+        old = apply_defaults(prune(copy.deepcopy(dict(old)), rtype.schema, root=True), rtype.schema)
     validate(rtype, result, old)
     return result
