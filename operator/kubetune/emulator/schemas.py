@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,8 @@ try:
     import celpy
 except ImportError:  # pragma: no cover - cel-python is a dev dependency
     celpy = None  # type: ignore[assignment]
+else:  # its DEBUG lines dump whole activations on every evaluation: slow, and they flood captured logs
+    logging.getLogger("celpy").setLevel(logging.WARNING)
 
 _ROOT_FIELDS = ("apiVersion", "kind", "metadata")
 
