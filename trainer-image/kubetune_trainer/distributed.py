@@ -68,8 +68,10 @@ class Topology:
         return self.world_size > 1
 
 
-def _int_env(env: Mapping[str, str], name: str, low: int, high: int) -> int:
+def _int_env(env: Mapping[str, str], name: str, low: int, high: int, default: int | None = None) -> int:
     raw = env.get(name, "")
+    if not raw and default is not None:
+        return default
     try:
         value = int(raw)
     except ValueError:
@@ -101,7 +103,7 @@ def topology(spec: FineTuneJobSpec, env: Mapping[str, str], visible_gpus: int) -
         raise UserError(f"resources.nodes is {nodes} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
                         "not set: multi-node runs need the "
                         "Indexed Job the kubetune operator creates (or these variables set by hand)")
-    port = _int_env(env, "MASTER_PORT", 1, 65535) if env.get("MASTER_PORT") else DEFAULT_MASTER_PORT
+    port = _int_env(env, "MASTER_PORT", 1, 65535, DEFAULT_MASTER_PORT)
     return Topology(nnodes=nodes, nproc_per_node=nproc, node_rank=_int_env(env, ENV_NODE_RANK, 0, nodes - 1),
                     master_addr=env["MASTER_ADDR"], master_port=port)
 
@@ -298,7 +300,7 @@ class Launcher:
         for rank in self.ranks():
             rank_report_path(self.work_dir, rank).unlink(missing_ok=True)
         rank_report_path(self.work_dir, 0).parent.mkdir(parents=True, exist_ok=True)
-        grace = _int_env(self.env, ENV_STOP_GRACE, 1, 86400) if self.env.get(ENV_STOP_GRACE) else DEFAULT_STOP_GRACE
+        grace = _int_env(self.env, ENV_STOP_GRACE, 1, 86400, DEFAULT_STOP_GRACE)
         cmd = torchrun_command(self.topo, self.config_path, grace)
         log.info("distributed: node %d of %d, %d process(es) per node, world size %d%s", self.topo.node_rank,
                  self.topo.nnodes, self.topo.nproc_per_node, self.topo.world_size,

@@ -25,7 +25,7 @@ from .metrics import MetricsServer
 from .plan import Facts, TrainingPlan, plan_training, trl_args
 from .publish import Result, hub_reference, publish
 from .reporting import Reporter, Tracker
-from .storage import open_store
+from .storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,9 @@ def _merge(model_dir: Path, adapter_dir: Path, dest: Path, plan: TrainingPlan, t
     tokenizer.save_pretrained(str(dest))
 
 
-def _start(config: TrainerConfig, tracker: Tracker, reporter: Reporter, *, discard_foreign: bool) -> Checkpoints:
-    """Open the job's checkpoints and report that the pod is up (fetching and loading can take minutes)."""
-    checkpoints = Checkpoints(open_store(config.output_prefix), config.spec.checkpointing.keep, fingerprint(config.spec))
+def _start(config: TrainerConfig, out: Store, tracker: Tracker, reporter: Reporter, *, discard_foreign: bool) -> Checkpoints:
+    """Open the job's checkpoints under `out` and report that the pod is up (fetching and loading can take minutes)."""
+    checkpoints = Checkpoints(out, config.spec.checkpointing.keep, fingerprint(config.spec))
     if discard_foreign:
         checkpoints.discard_foreign()
     tracker.checkpoints = checkpoints.listing()
@@ -231,7 +231,7 @@ def launch(config: TrainerConfig, config_path: Path, work_dir: Path, stop: StopF
     main_pod = topo.node_rank == 0
     reporter = Reporter(config.progress if main_pod else ProgressReporting(mode="none"), tracker)
     try:
-        checkpoints = _start(config, tracker, reporter, discard_foreign=main_pod)
+        checkpoints = _start(config, open_store(config.output_prefix), tracker, reporter, discard_foreign=main_pod)
         inputs, _ = fetch_inputs(config, work_dir, checkpoints)
     finally:
         reporter.close()
@@ -258,7 +258,8 @@ def _rank_zero_failure(shared: dict[str, str]) -> BaseException:
 def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker, reporter: Reporter, rank: Rank,
          inputs: Inputs | None) -> dict[str, Any]:
     spec = config.spec
-    checkpoints = _start(config, tracker, reporter, discard_foreign=inputs is None)
+    out = open_store(config.output_prefix)
+    checkpoints = _start(config, out, tracker, reporter, discard_foreign=inputs is None)
     if inputs is None:
         inputs, (train, train_records, eval_records) = fetch_inputs(config, work_dir, checkpoints)
     else:
@@ -325,7 +326,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
             result_dir, merged, targets = _save_result(trainer, tokenizer, config, plan, model_dir, work_dir)
             result = Result(model_dir=result_dir, merged_dir=merged, target_modules=targets,
                             log_history=list(trainer.state.log_history), evaluation=evaluation, summary=summary)
-            report = publish(config, result, open_store(config.output_prefix), work_dir)
+            report = publish(config, result, out, work_dir)
         except BaseException as exc:  # noqa: BLE001 - every rank must learn the outcome before anyone exits
             failure = exc
     if rank.distributed:

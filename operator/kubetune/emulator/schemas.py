@@ -103,11 +103,15 @@ def _field_path(error: Any) -> str:
     return path
 
 
+def _without_metadata(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in obj.items() if key != "metadata"}
+
+
 def validate(rtype: ResourceType, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
     if jsonschema is None or not rtype.schema:
         return
     schema = _to_jsonschema(rtype.schema)
-    body = {key: value for key, value in obj.items() if key != "metadata"}
+    body = _without_metadata(obj)
     causes = []
     for error in sorted(jsonschema.Draft4Validator(schema).iter_errors(body), key=lambda e: list(e.absolute_path)):
         path = _field_path(error)
@@ -118,8 +122,7 @@ def validate(rtype: ResourceType, obj: Mapping[str, Any], old: Mapping[str, Any]
             shown = json.dumps(error.instance)[:80]
             causes.append({"field": path or "<root>", "message": f"Invalid value: {shown}: {error.message}"})
     if not causes:
-        previous = {key: value for key, value in old.items() if key != "metadata"} if old is not None else _ABSENT
-        causes = cel_violations(rtype.schema, body, old=previous)
+        causes = cel_violations(rtype.schema, body, old=_without_metadata(old) if old is not None else _ABSENT)
     if causes:
         name = (obj.get("metadata") or {}).get("name")
         texts = [f"{cause['field']}: {cause['message']}" for cause in causes]
@@ -173,13 +176,18 @@ def cel_violations(schema: Mapping[str, Any], value: Any, path: str = "", old: A
     return causes
 
 
+def _structural(rtype: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Pruned and defaulted. `obj` itself is not modified: prune builds new containers for every
+    schema-described object, the only places apply_defaults writes to."""
+    return apply_defaults(prune(obj, rtype.schema, root=True), rtype.schema)
+
+
 def conform(rtype: ResourceType, obj: dict[str, Any], old: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Prune, default and validate a custom resource about to be stored (`old`: the stored one, on
     updates); returns the stored form."""
     if not rtype.schema:
         return obj
-    result = apply_defaults(prune(obj, rtype.schema, root=True), rtype.schema)
-    if old is not None:  # compared with what a read of the stored object returns: defaults included
-        old = apply_defaults(prune(copy.deepcopy(dict(old)), rtype.schema, root=True), rtype.schema)
-    validate(rtype, result, old)
+    result = _structural(rtype, obj)
+    # CEL ratchets against what a read of the stored object returns: defaults included
+    validate(rtype, result, _structural(rtype, old) if old is not None else None)
     return result

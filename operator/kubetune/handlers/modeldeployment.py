@@ -21,9 +21,7 @@ from ..builders.modeldeployment import (
     DESIRED_KEY,
     SYNC_CONTAINER,
     TEMPLATE_HASH_ANNOTATION,
-    ServingNames,
     build_children,
-    build_service,
     desired_set,
     endpoint,
     resolve_spec,
@@ -87,7 +85,7 @@ def _plan(body: Any, spec: ModelDeploymentSpec, finetunejobs: kopf.Index, servin
 
 
 async def apply_children(body: Any, spec: ModelDeploymentSpec, finetunejobs: kopf.Index, serving_configmaps: kopf.Index,
-                         serving_deployments: kopf.Index) -> None:
+                         serving_deployments: kopf.Index, *, spec_changed: bool = False) -> None:
     rt = runtime()
     _, desired = _plan(body, spec, finetunejobs, serving_configmaps)
     *prerequisites, deployment = build_children(dict(body), spec, rt.settings, desired)
@@ -97,6 +95,8 @@ async def apply_children(body: Any, spec: ModelDeploymentSpec, finetunejobs: kop
         await asyncio.gather(*(rt.kube.ensure(child) for child in prerequisites))
     elif live_cm["data"] != config_map["data"]:
         await rt.kube.merge_patch(config_map, {"data": config_map["data"]})
+    if spec_changed:  # spec.service may have changed: one GET of the endpoint Service
+        await sync_service(next(child for child in prerequisites if child["kind"] == "Service"))
     live = first(serving_deployments, _key(body))
     if live is None:
         await rt.kube.ensure(deployment)
@@ -119,7 +119,7 @@ def service_drift(live: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any
 
 
 async def sync_service(service: dict[str, Any]) -> None:
-    """Apply spec.service changes to the endpoint Service (run on spec changes only: one GET)."""
+    """Apply spec.service changes to the endpoint Service."""
     rt = runtime()
     meta = service["metadata"]
     live = await rt.kube.get("v1", "Service", meta["namespace"], meta["name"])
@@ -169,9 +169,8 @@ async def reconcile_modeldeployment(body: Any, spec: Any, finetunejobs: kopf.Ind
         inc("kubetune_validation_failures_total", "ModelDeployment")
         await refresh_status(body, *indexes, validation_error=str(exc))
         raise kopf.PermanentError(f"invalid spec: {exc}") from None
-    await apply_children(body, resolved_spec, finetunejobs, serving_configmaps, serving_deployments)
-    if kwargs.get("reason") == "update":
-        await sync_service(build_service(Parent.of(dict(body)), ServingNames.of(body["metadata"]["name"]), resolved_spec))
+    await apply_children(body, resolved_spec, finetunejobs, serving_configmaps, serving_deployments,
+                         spec_changed=kwargs.get("reason") == "update")
     await refresh_status(body, *indexes)
 
 

@@ -112,11 +112,10 @@ def _stuck(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
-def _running_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    for pod in reversed(_by_age(pods)):
-        if "running" in (_trainer_status(pod).get("state") or {}) and not pod["metadata"].get("deletionTimestamp"):
-            return pod
-    return None
+def _running_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pods whose trainer runs and that are not being deleted, oldest first."""
+    return [pod for pod in _by_age(pods)
+            if "running" in (_trainer_status(pod).get("state") or {}) and not pod["metadata"].get("deletionTimestamp")]
 
 
 def _verdict(obs: Observed) -> Verdict:
@@ -163,18 +162,17 @@ def _verdict(obs: Observed) -> Verdict:
     stuck = _stuck(active)
     if stuck:
         return v((FALSE, *stuck), (UNKNOWN, *stuck), no_failure, not_suspended)
-    pod = _running_pod(obs.pods)
-    if pod:
+    running = _running_pods(obs.pods)
+    if running:
+        pod = running[-1]
         earlier = _failed_pods(obs.pods)
         if earlier:
             prev_reason, prev_msg = _describe_failure(earlier[-1])
             msg = f"Training on pod {pod['metadata']['name']}, resumed after attempt {len(earlier)} failed ({prev_reason}): {prev_msg}"
             return v((TRUE, Reason.RESTARTING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
-        running = sorted(p["metadata"]["name"] for p in obs.pods if "running" in (_trainer_status(p).get("state") or {})
-                         and not p["metadata"].get("deletionTimestamp"))
-        nodes = int(obs.job["spec"].get("completions") or 1) if obs.job else 1
+        nodes = int(job["spec"].get("completions") or 1)
         if nodes > 1:  # a multi-node run: say how many of its pods train
-            msg = f"Training on {len(running)} of {nodes} pods: {', '.join(running)}."
+            msg = f"Training on {len(running)} of {nodes} pods: {', '.join(sorted(p['metadata']['name'] for p in running))}."
         else:
             msg = f"Training on pod {pod['metadata']['name']}."
         return v((TRUE, Reason.TRAINING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
