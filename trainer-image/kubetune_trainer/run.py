@@ -123,9 +123,26 @@ def load_model(model_dir: Path, plan: TrainingPlan, uri: str):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, **plan.model_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **plan.model_kwargs)
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise UserError(f"cannot load base model {uri}: {exc}") from None
+    if plan.quantization is not None:
+        keep_4bit_layers_trainable(model)
+    return model
+
+
+def keep_4bit_layers_trainable(model) -> None:
+    """bitsandbytes 0.50 repacks a Linear4bit's weights into an inference-only bf16 layout the first
+    time the layer runs in eval mode without grad on a CPU with AVX512-BF16 (the baseline evaluation
+    does exactly that), and never unpacks them: the next training step then fails in matmul_4bit
+    ("a view of a leaf Variable that requires grad is being used in an in-place operation"). Switch the
+    repacking off, so training keeps the autograd path and both evaluations use the same kernels on
+    every CPU. GPUs never take that path."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_tokenizer(model_dir: Path, config: TrainerConfig):
