@@ -163,3 +163,28 @@ def test_dora_sharegpt(tmp_path, tiny_model_dir):
     assert adapter_config["use_dora"] is True
     model, tokenizer = _peft(tiny_model_dir, root / "adapter")
     assert [greedy_answer(model, tokenizer, q) for q, _ in FACTS] == [a for _, a in FACTS]
+
+
+def test_4bit_layers_stay_trainable_after_an_evaluation(tiny_model_dir):
+    """The baseline evaluation runs the 4-bit model in eval mode without grad; training must still get
+    gradients afterwards. On CPUs with AVX512-BF16, bitsandbytes would repack the weights into an
+    inference-only layout there (see run.keep_4bit_layers_trainable); elsewhere the flag check guards."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    from kubetune_trainer.run import load_model
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    plan = type("Plan", (), {"model_kwargs": {"quantization_config": quantization}, "quantization": quantization})()
+    model = load_model(tiny_model_dir, plan, "file://tiny")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
