@@ -173,6 +173,14 @@ def test_spec_change_after_start_is_ignored_with_a_warning(cluster, operator):
     assert cluster.job("bot-train")["metadata"]["uid"] == before["metadata"]["uid"]
 
 
+def test_a_dora_job_warns_at_creation_that_vllm_cannot_serve_it(cluster, operator):
+    cluster.create_ftj("bot", {**SPEC, "adapter": {"type": "dora"}})
+    cond = cluster.wait_condition("bot", "Servable", "False", "DoRANotServable")
+    assert "spec.output.mergedModel: true" in cond["message"]
+    event = wait_for(lambda: [e for e in cluster.events("bot") if e["reason"] == "DoRANotServable"])
+    assert event[0]["type"] == "Warning"
+
+
 def test_delete_cleans_up_children(cluster, operator):
     cluster.create_ftj("bot", SPEC)
     _job(cluster)

@@ -165,3 +165,20 @@ def test_multi_node_run_says_how_many_of_its_pods_train():
             pod("ftj-train-2-c", "Pending", state={"waiting": {"reason": "ContainerCreating"}})]
     status = derive_status(Observed(1, indexed, pods), None, T0)
     assert conds(status)["Running"] == ("True", "Training", "Training on 2 of 3 pods: ftj-train-0-a, ftj-train-1-b.")
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_dora_jobs_say_from_the_start_whether_vllm_can_serve_them(merged):
+    """Said on creation (no Job yet), not first when a ModelDeployment rejects the adapter."""
+    status = derive_status(Observed(generation=1, adapter_type="dora", merged_model=merged), None, T0)
+    servable = conds(status)["Servable"]
+    if merged:
+        assert servable[:2] == ("True", "MergedModelServable")
+    else:
+        assert servable[:2] == ("False", "DoRANotServable")
+        assert "vLLM cannot serve" in servable[2] and "spec.output.mergedModel: true" in servable[2]
+
+
+@pytest.mark.parametrize("adapter_type", ["lora", "qlora", "full", None])
+def test_other_jobs_have_no_servable_condition(adapter_type):
+    assert "Servable" not in conds(derive_status(Observed(generation=1, adapter_type=adapter_type), None, T0))

@@ -10,7 +10,8 @@ RUNNING = "Running"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 SUSPENDED = "Suspended"
-FINETUNEJOB_CONDITION_TYPES = (RUNNING, SUCCEEDED, FAILED, SUSPENDED)
+SERVABLE = "Servable"  # only on DoRA jobs: whether vLLM can serve what the job publishes
+FINETUNEJOB_CONDITION_TYPES = (RUNNING, SUCCEEDED, FAILED, SUSPENDED, SERVABLE)
 
 # ModelDeployment condition types.
 READY = "Ready"
@@ -44,3 +45,6 @@ class Reason:
     NO_FAILURE = "NoFailure"
     SUSPENDED = "Suspended"
     NOT_SUSPENDED = "NotSuspended"
+    # Servable (DoRA jobs).
+    DORA_NOT_SERVABLE = "DoRANotServable"
+    MERGED_MODEL_SERVABLE = "MergedModelServable"

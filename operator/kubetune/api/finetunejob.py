@@ -123,7 +123,9 @@ class Adapter(KubeModel):
 
     type: AdapterType = Field(
         default="lora",
-        description="lora; qlora (4-bit NF4 base + LoRA, needs a GPU for speed); dora (weight-decomposed LoRA); "
+        description="lora; qlora (4-bit NF4 base + LoRA, needs a GPU for speed); dora (weight-decomposed LoRA: "
+        "trains, but vLLM cannot serve DoRA adapters, so a ModelDeployment rejects it; set output.mergedModel "
+        "to publish a merged model that serves as a baseModel; the job's Servable condition says so); "
         "full (every weight; publishes a full model, served as a baseModel).",
     )
     rank: int = Field(default=16, description="LoRA rank r.", ge=1, le=256)
@@ -218,7 +220,9 @@ class Resources(ComputeResources):
 
 
 class FineTuneJobSpec(KubeModel):
-    """Desired fine-tune. Changing the spec of a running job restarts its training."""
+    """Desired fine-tune. Once the training Job exists, only `suspend` takes effect: other spec changes are
+    ignored (a SpecChangeIgnored Warning event says so) and training goes on with the original spec;
+    delete and re-create the FineTuneJob to train with a new one."""
 
     model_config = KubeModel.model_config | {
         "json_schema_extra": {
@@ -245,7 +249,10 @@ class FineTuneJobSpec(KubeModel):
     dataset: Dataset = Field(description="Training (and optional evaluation) data.")
     method: Method = Field(default_factory=Method, description="Training method: sft, dpo or cpt.")
     adapter: Adapter = Field(default_factory=Adapter, description="Adapter type and shape.")
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Training settings.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters,
+        description="Training settings. Empty fields get defaults chosen for the method and adapter type (docs/hyperparameters.md).",
+    )
     checkpointing: Checkpointing = Field(default_factory=Checkpointing, description="Checkpoint cadence and retention.")
     output: Output = Field(default_factory=Output, description="Where the result is published.")
     storage: ObjectStorage = Field(default_factory=ObjectStorage, description="Object storage connection for every s3:// URI.")

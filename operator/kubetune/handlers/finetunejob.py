@@ -58,15 +58,17 @@ async def refresh_status(body: Any, trainer_jobs: kopf.Index, trainer_pods: kopf
     key = (meta["namespace"], label_value(meta["name"]))
     async with rt.locks[meta["uid"]]:
         previous = rt.written.get(meta["uid"]) or dict(body.get("status") or {})
-        prefix = None
+        resolved = None
         if validation_error is None:
             try:
                 resolved = resolve_spec(parse(FineTuneJobSpec, dict(body["spec"])), rt.settings)
-                prefix = job_prefix(resolved.output.uri or "", meta["namespace"], meta["name"])
             except SpecError as exc:
                 validation_error = str(exc)
         observed = Observed(generation=meta.get("generation"), job=first(trainer_jobs, key),
-                            pods=list(trainer_pods.get(key, [])), validation_error=validation_error, output_prefix=prefix)
+                            pods=list(trainer_pods.get(key, [])), validation_error=validation_error,
+                            output_prefix=job_prefix(resolved.output.uri or "", meta["namespace"], meta["name"]) if resolved else None,
+                            adapter_type=resolved.adapter.type if resolved else None,
+                            merged_model=resolved.output.merged_model if resolved else False)
         status = derive_status(observed, previous)
         await write_status(body, previous, status)
 

@@ -53,6 +53,7 @@ EVENT_ON = {
     ("Succeeded", "True"): "Normal",
     ("Failed", "True"): "Warning",
     ("Suspended", "True"): "Normal",
+    ("Servable", "False"): "Warning",
     ("Ready", "True"): "Normal",
     ("AdaptersReady", "False"): "Warning",
 }

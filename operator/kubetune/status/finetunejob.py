@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..api import exit_codes
-from ..api.conditions import FAILED, FALSE, RUNNING, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN, Reason
+from ..api.conditions import FAILED, FALSE, RUNNING, SERVABLE, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN, Reason
 from ..api.constants import TRAINER_CONTAINER
 from .conditions import Cond, merge_conditions
 
@@ -26,6 +26,8 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     validation_error: str | None = None
     output_prefix: str | None = None
+    adapter_type: str | None = None  # from the parsed spec (None when it does not parse)
+    merged_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,11 +196,28 @@ def _verdict(obs: Observed) -> Verdict:
     return v((FALSE, Reason.PENDING, msg), (UNKNOWN, Reason.PENDING, msg), no_failure, not_suspended)
 
 
+DORA_NOT_SERVABLE = ("DoRA adapters train, but vLLM cannot serve them: a ModelDeployment will reject this adapter. "
+                     "Set spec.output.mergedModel: true to also publish the base model merged with it, which a "
+                     "ModelDeployment serves as its baseModel.")
+DORA_MERGED = ("vLLM cannot serve the DoRA adapter itself; the merged model this job also publishes "
+               "(spec.output.mergedModel) is served as a ModelDeployment's baseModel.")
+
+
+def _servable(obs: Observed) -> Cond | None:
+    """Said from the moment a DoRA job is created, not first when a ModelDeployment rejects its adapter."""
+    if obs.adapter_type != "dora":
+        return None
+    if obs.merged_model:
+        return Cond(SERVABLE, TRUE, Reason.MERGED_MODEL_SERVABLE, DORA_MERGED)
+    return Cond(SERVABLE, FALSE, Reason.DORA_NOT_SERVABLE, DORA_NOT_SERVABLE)
+
+
 def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime | None = None) -> dict[str, Any]:
     """The operator-owned part of status (the trainer owns progress/evaluation/checkpoints)."""
     previous = previous or {}
     verdict = _verdict(obs)
-    desired = [verdict.running, verdict.succeeded, verdict.failed, verdict.suspended]
+    servable = _servable(obs)
+    desired = [verdict.running, verdict.succeeded, verdict.failed, verdict.suspended, *([servable] if servable else [])]
     status: dict[str, Any] = {
         "observedGeneration": obs.generation,
         "conditions": merge_conditions(previous.get("conditions"), desired, obs.generation, now),
