@@ -28,6 +28,8 @@ class ApiError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
+        if not self.reason:  # e.g. an error the API server did not classify: a bare 500
+            del body["reason"]
         if self.details:
             body["details"] = self.details
         return body

@@ -8,13 +8,19 @@ version of every object, for kmock-style assertions). This subclass replaces kmo
 handling with :class:`~kubetune.emulator.store.Store`. What it emulates:
 
 * discovery (/api, /apis, group-versions) of built-ins and of CRDs as soon as they are created;
-  ``Table`` output for ``kubectl get`` (CRD printer columns); /version, /healthz; no OpenAPI (404);
+  ``Table`` output for ``kubectl get`` (CRD printer columns); /version, /healthz;
+* OpenAPI v3 (/openapi/v3 and one document per group-version: CRD schemas, permissive built-ins),
+  enough for kubectl's default ``--validate=strict`` and ``kubectl explain`` (see openapi.py);
+  no OpenAPI v2 (kubectl falls back to it only where v3 says nothing);
+* ``fieldValidation`` (Strict/Warn/Ignore; absent = Warn) on create, update and patch, with the API
+  server's errors and ``Warning`` headers; unknown metadata fields dropped (see fieldvalidation.py);
 * metadata: uid, resourceVersion (one global counter), generation (spec changes only),
   creationTimestamp, generateName, name/label/annotation/ownerReference validation;
 * 409 AlreadyExists / Conflict (stale resourceVersion on PUT or in a patch), 404 as a Status,
   422 for a failed JSON-patch ``test``, 415 for strategic merge patches of custom resources;
-* JSON, merge, strategic merge (list merge keys; no schema) and server-side apply (a merge) patches;
-* status and scale subresources; CRD schemas: pruning, defaulting, validation (no CEL);
+* JSON, merge, strategic merge (list merge keys; no schema) and server-side apply (a merge that
+  rejects unknown fields) patches;
+* status and scale subresources; CRD schemas: pruning, defaulting, validation and CEL rules;
 * label and field selectors, limit/continue, dryRun; watches from a resourceVersion (410 when
   compacted), sendInitialEvents bookmarks, timeoutSeconds;
 * finalizers and deletionTimestamp; ownerReference garbage collection (background, foreground as
@@ -22,7 +28,7 @@ handling with :class:`~kubetune.emulator.store.Store`. What it emulates:
 
 Not emulated: kubelet and the built-in controllers (tests patch child status themselves),
 protobuf (``kubectl create <kind>``: use ``kubectl apply -f``), RBAC/authentication, admission
-webhooks, managedFields, OpenAPI (so kubectl needs ``--validate=false``).
+webhooks, managedFields, OpenAPI v2 and full schemas of built-in kinds (their unknown fields are kept).
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ import kmock
 import yaml
 from kmock._internal import apps, enums, rendering
 
-from kubetune.emulator import errors, lifecycle, patching, selectors, tables
+from kubetune.emulator import errors, lifecycle, openapi, patching, selectors, tables
+from kubetune.emulator.fieldvalidation import FieldValidation
 from kubetune.emulator.recording import ApiPath, RecordedRequest, RequestLog, is_true, k8s_verb, parse_api_path
 from kubetune.emulator.registry import Registry, ResourceType
 from kubetune.emulator.store import Event, Store
@@ -154,8 +161,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return aiohttp.web.json_response(SERVER_VERSION)
             if route in ("/healthz", "/livez", "/readyz"):
                 return aiohttp.web.Response(text="ok")
+            if route == "/openapi/v3":
+                return aiohttp.web.json_response(openapi.index(self.registry))
+            if route.startswith("/openapi/v3/"):
+                rtypes = openapi.group_versions(self.registry).get(route.removeprefix("/openapi/v3/"))
+                if rtypes:
+                    return aiohttp.web.json_response(openapi.document(rtypes))
             if route == "/":
-                paths = ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version"]
+                paths = ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v3", "/readyz", "/version"]
                 paths += sorted({f"/apis/{r.group}/{r.version}" for r in self.registry if r.group})
                 return aiohttp.web.json_response({"paths": paths})
         raise errors.not_found("", "", None)
@@ -187,7 +200,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return aiohttp.web.json_response(table)
             return self._json(rtype, obj)
         if method == "POST" and name is None:
-            return self._json(rtype, self.store.create(rtype, ns, _decode(body, raw), dry_run=dry_run), 201)
+            validation = FieldValidation.from_query(query, "CreateOptions")
+            obj = self.store.create(rtype, ns, _decode(body, raw), dry_run=dry_run, validation=validation)
+            return self._json(rtype, obj, 201, validation)
         if method == "DELETE" and name is None:
             return self._delete_collection(rtype, ns, query, body, raw)
         if name is None:
@@ -195,17 +210,19 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if path.subresource == "scale" and method in ("PUT", "PATCH"):
             return self._scale(raw, rtype, ns, name, body, dry_run)
         if method == "PUT":
+            validation = FieldValidation.from_query(query, "UpdateOptions")
             obj = self.store.replace(rtype, ns, name, _decode(body, raw), subresource=path.subresource,
-                                     dry_run=dry_run)
-            return self._json(rtype, obj)
+                                     dry_run=dry_run, validation=validation)
+            return self._json(rtype, obj, 200, validation)
         if method == "PATCH":
             content_type = raw.content_type
             if content_type not in patching.PATCH_TYPES or (
                     rtype.from_crd and content_type == patching.STRATEGIC_MERGE_PATCH):
                 raise errors.unsupported_media_type(content_type)  # as for custom resources in a real cluster
+            validation = FieldValidation.from_query(query, "PatchOptions")
             obj, created = self.store.patch(rtype, ns, name, content_type, _decode(body, raw),
-                                            subresource=path.subresource, dry_run=dry_run)
-            return self._json(rtype, obj, 201 if created else 200)
+                                            subresource=path.subresource, dry_run=dry_run, validation=validation)
+            return self._json(rtype, obj, 201 if created else 200, validation)
         if method == "DELETE":
             options = _decode(body, raw) if body else {}
             if "propagationPolicy" in query:
@@ -297,8 +314,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return dict(obj)
         return dict(obj, apiVersion=rtype.group_version)
 
-    def _json(self, rtype: ResourceType, obj: Mapping[str, Any], status: int = 200) -> aiohttp.web.Response:
-        return aiohttp.web.json_response(self._present(rtype, obj), status=status)
+    def _json(self, rtype: ResourceType, obj: Mapping[str, Any], status: int = 200,
+              validation: FieldValidation | None = None) -> aiohttp.web.Response:
+        response = aiohttp.web.json_response(self._present(rtype, obj), status=status)
+        for warning in validation.warning_headers() if validation else []:
+            response.headers.add("Warning", warning)
+        return response
 
     def _mirror(self, rtype: ResourceType, event: Event) -> None:
         """Keep kmock's ``objects`` history in sync, for kmock-style assertions."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kubetune.emulator import errors, lifecycle, schemas
+from kubetune.emulator.fieldvalidation import FieldValidation, drop_unknown_metadata
 from kubetune.emulator.patching import APPLY_PATCH, JSON_PATCH, PatchTestFailed, apply_patch
 from kubetune.emulator.registry import ResourceType, Registry
 from kubetune.emulator.selectors import Matcher
@@ -86,11 +87,14 @@ class Store:
     # Writing ----------------------------------------------------------------------------------
 
     def create(self, rtype: ResourceType, namespace: str | None, body: Any, *, dry_run: bool = False,
-               ) -> dict[str, Any]:
+               validation: FieldValidation | None = None) -> dict[str, Any]:
+        """`validation`: the request's fieldValidation (None: in-process, unknown fields dropped silently)."""
         if not isinstance(body, Mapping):
             raise errors.bad_request("the body of the request must be a JSON object")
+        if validation is not None:
+            validation.check_decoded(rtype, body, schema=self.check_schemas)
         obj = copy.deepcopy(dict(body))
-        meta = obj["metadata"] = dict(obj.get("metadata") or {})
+        meta = obj["metadata"] = drop_unknown_metadata(obj.get("metadata") or {})
         namespace = self._namespace_for(rtype, namespace, meta)
         if not meta.get("name"):
             if not meta.get("generateName"):
@@ -127,11 +131,14 @@ class Store:
         return obj
 
     def replace(self, rtype: ResourceType, namespace: str | None, name: str, body: Any, *,
-                subresource: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+                subresource: str | None = None, dry_run: bool = False,
+                validation: FieldValidation | None = None) -> dict[str, Any]:
         """PUT: a full replacement, conditional on metadata.resourceVersion when given."""
-        old = self.get(rtype, namespace, name)
         if not isinstance(body, Mapping):
             raise errors.bad_request("the body of the request must be a JSON object")
+        if validation is not None:
+            validation.check_decoded(rtype, body, schema=self.check_schemas)
+        old = self.get(rtype, namespace, name)
         body_name = (body.get("metadata") or {}).get("name")
         if body_name and body_name != name:
             raise errors.bad_request(
@@ -139,8 +146,11 @@ class Store:
         return self._update(rtype, old, copy.deepcopy(dict(body)), subresource, dry_run)
 
     def patch(self, rtype: ResourceType, namespace: str | None, name: str, content_type: str, patch: Any, *,
-              subresource: str | None = None, dry_run: bool = False) -> tuple[dict[str, Any], bool]:
+              subresource: str | None = None, dry_run: bool = False,
+              validation: FieldValidation | None = None) -> tuple[dict[str, Any], bool]:
         """PATCH of any flavour. Returns the result and whether it was created (server-side apply)."""
+        if validation is not None and content_type == APPLY_PATCH:
+            validation.check_applied(rtype, patch, namespace, name, schema=self.check_schemas)
         old = self.find(rtype, namespace, name)
         if old is None:
             if content_type == APPLY_PATCH and subresource is None:
@@ -157,6 +167,8 @@ class Store:
             raise errors.bad_request(str(exc))
         if content_type == JSON_PATCH and not isinstance(candidate.get("metadata"), Mapping):
             raise errors.invalid_for(rtype, name, "metadata: Required value")
+        if validation is not None and content_type != APPLY_PATCH:
+            validation.check_patched(rtype, candidate, schema=self.check_schemas)
         candidate = copy.deepcopy(candidate)
         candidate_meta = candidate.get("metadata") or {}
         if candidate_meta.get("name", name) != name:
@@ -229,7 +241,7 @@ class Store:
                 new.pop("status", None)
         else:
             new = candidate
-            new["metadata"] = dict(cmeta)
+            new["metadata"] = drop_unknown_metadata(cmeta)
             if rtype.has_status:
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])
