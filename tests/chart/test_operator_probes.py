@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def test_rendered_operator_serves_its_health_probe(emulator, kubectl, tmp_path):
-    kubectl("apply", "--validate=false", "-f", str(ROOT / "crds"))
+    kubectl("apply", "-f", str(ROOT / "crds"))
     port = free_port()
     deployment = one(objects({"operator": {"healthPort": port}, "watch": {"namespaces": ["default"]},
                               "platform": {"defaultOutputUri": "s3://models/adapters"}}), "Deployment")

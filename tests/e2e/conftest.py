@@ -11,7 +11,7 @@ from .harness import ROOT, SETTINGS_ENV, Cluster, OperatorProcess
 @pytest.fixture
 def cluster(emulator, kubectl) -> Cluster:
     """The emulator with kubetune's CRDs applied by `kubectl apply`, as a user installs them."""
-    kubectl("apply", "--validate=false", "-f", str(ROOT / "crds"))
+    kubectl("apply", "-f", str(ROOT / "crds"))
     return Cluster(emulator.kubeconfig)
 
 

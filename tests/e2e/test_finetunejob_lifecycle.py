@@ -202,6 +202,6 @@ def test_schema_invalid_manifest_is_rejected_at_apply_naming_the_field(cluster, 
     manifest = tmp_path / "bad.yaml"
     manifest.write_text(json.dumps({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
                                     "metadata": {"name": "bad"}, "spec": spec}))
-    result = kubectl("apply", "--validate=false", "-f", str(manifest), check=False)
+    result = kubectl("apply", "-f", str(manifest), check=False)
     assert result.returncode != 0
     assert field in result.stderr

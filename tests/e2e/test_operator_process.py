@@ -27,7 +27,7 @@ def _owned(cluster, name):
 def test_kubectl_apply_example_and_wait(cluster, kubectl, operator_process):
     """Plays the Job controller and kubelet for the pod; everything else is kubectl + the operator process."""
     operator_process.start()
-    out = kubectl("apply", "--validate=false", "-f", str(ROOT / "examples" / "sft-lora.yaml"))
+    out = kubectl("apply", "-f", str(ROOT / "examples" / "sft-lora.yaml"))
     assert "finetunejob.kubetune.io/support-bot created" in out.stdout
     job = wait_for(lambda: cluster.job("support-bot-train"), timeout=20, what="Job from the operator process")
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -41,7 +41,7 @@ def test_kubectl_apply_example_and_wait(cluster, kubectl, operator_process):
     got = json.loads(kubectl("get", "finetunejob", "support-bot", "-o", "json").stdout)
     assert got["status"]["adapter"]["uri"] == "s3://adapters/test/default/support-bot"
     # Re-applying the same manifest changes nothing.
-    out = kubectl("apply", "--validate=false", "-f", str(ROOT / "examples" / "sft-lora.yaml"))
+    out = kubectl("apply", "-f", str(ROOT / "examples" / "sft-lora.yaml"))
     assert "unchanged" in out.stdout or "configured" in out.stdout
     kubectl("delete", "ftj", "support-bot", "--wait=false")
     wait_for(lambda: cluster.jobs() == [], timeout=10, what="children collected")

@@ -427,10 +427,10 @@ def test_kubectl_apply_get_patch_wait_delete(emulator: Emulator, kubectl: Any, t
     crd_file = tmp_path / "crd.json"
     crd_file.write_text(json.dumps(CRD))
     manifest.write_text("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 1}\n")
-    assert "created" in kubectl("apply", "--validate=false", "-f", str(crd_file)).stdout
-    assert kubectl("apply", "--validate=false", "-f", str(manifest)).stdout.strip() == "widget.example.com/w1 created"
+    assert "created" in kubectl("apply", "-f", str(crd_file)).stdout
+    assert kubectl("apply", "-f", str(manifest)).stdout.strip() == "widget.example.com/w1 created"
     manifest.write_text(manifest.read_text().replace("size: 1", "size: 2"))
-    assert kubectl("apply", "--validate=false", "-f", str(manifest)).stdout.strip() == \
+    assert kubectl("apply", "-f", str(manifest)).stdout.strip() == \
         "widget.example.com/w1 configured"
     got = json.loads(kubectl("get", "wg", "w1", "-o", "json").stdout)
     assert (got["spec"], got["metadata"]["generation"]) == ({"size": 2}, 2)

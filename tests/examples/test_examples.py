@@ -206,9 +206,9 @@ def test_platform_values_are_valid_chart_values():
 def test_examples_apply_to_the_api_emulator(kubectl):
     """kubectl apply, one file at a time, like the header of each example says; then read each object
     back: nothing the example sets was pruned or rejected by the CRD schema."""
-    kubectl("apply", "--validate=false", "-f", str(ROOT / "crds"))
-    kubectl("apply", "--validate=false", "-f", str(Path(__file__).parent / "argocd-application-crd.yaml"))
-    kubectl("apply", "--validate=false", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "argocd"}}))
+    kubectl("apply", "-f", str(ROOT / "crds"))
+    kubectl("apply", "-f", str(Path(__file__).parent / "argocd-application-crd.yaml"))
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "argocd"}}))
     plurals = {"FineTuneJob": "finetunejob.kubetune.io", "ModelDeployment": "modeldeployment.kubetune.io",
                "Application": "application.argoproj.io"}
     applied = 0
@@ -217,7 +217,7 @@ def test_examples_apply_to_the_api_emulator(kubectl):
             continue
         applied += 1
         doc = load(name)
-        out = kubectl("apply", "--validate=false", "-f", str(EXAMPLES / name)).stdout
+        out = kubectl("apply", "-f", str(EXAMPLES / name)).stdout
         assert out.strip() == f"{plurals[kind]}/{doc['metadata']['name']} created", (name, out)
         namespace = doc["metadata"].get("namespace", "default")
         stored = json.loads(kubectl("get", plurals[kind], doc["metadata"]["name"], "-n", namespace, "-o", "json").stdout)
