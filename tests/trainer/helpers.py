@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,8 @@ def train_losses(root: Path) -> list[float]:
 
 
 class FakeApi:
-    """A local HTTP server standing in for the Kubernetes API: records PATCHes, answers `status`."""
+    """A local HTTP server standing in for the Kubernetes API: records PATCHes (with their arrival
+    time.monotonic()), answers `status`."""
 
     def __init__(self, status: int = 200):
         self.requests: list[dict] = []
@@ -88,7 +90,7 @@ class FakeApi:
             def do_PATCH(self):  # noqa: N802
                 length = int(self.headers["Content-Length"])
                 outer.requests.append({"path": self.path, "headers": dict(self.headers),
-                                       "body": json.loads(self.rfile.read(length))})
+                                       "body": json.loads(self.rfile.read(length)), "time": time.monotonic()})
                 self.send_response(outer.status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()

@@ -200,6 +200,12 @@ def test_two_processes_train_one_adapter_together(tmp_path, tiny_model_dir, trai
     assert report["evaluation"]["final"]["evalLoss"] < report["evaluation"]["baseline"]["evalLoss"]
     steps = [p["progress"]["step"] for p in progress_lines(progress) if p["progress"].get("totalSteps")]
     assert steps == sorted(steps) and steps[-1] == 30  # one reporter (rank 0): progress never goes back
+    # pod 0's launcher reports until rank 0 takes over, then rank 0 alone: the phases never go back
+    phases = [p["progress"]["phase"] for p in progress_lines(progress)]
+    assert list(dict.fromkeys(phases)) == ["Starting", "ValidatingData", "DownloadingModel", "LoadingModel",
+                                           "TokenizingData", "BaselineEvaluation", "Training", "FinalEvaluation",
+                                           "Publishing", "Done"]
+    assert "did not hand over reporting" not in text
     assert text.count("+ manifest.json (sha256") == 1  # rank 0 alone publishes
     newest = sorted((root / "checkpoints").glob("*/COMPLETE"))[-1].parent
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {f.name for f in newest.iterdir()}  # every rank's RNG state

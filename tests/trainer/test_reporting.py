@@ -1,19 +1,24 @@
-"""Progress contract: merge-patch to a (local) API server, file mode, Prometheus metrics."""
+"""Progress contract: merge-patch to a (local) API server, file mode, heartbeat and phases, Prometheus metrics."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from kubetune.api.finetunejob import FineTuneJobStatus
+from kubetune.api import exit_codes
+from kubetune.api.finetunejob import FineTuneJobStatus, TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting
+from kubetune_trainer import run as run_module
+from kubetune_trainer.main import execute
 from kubetune_trainer.metrics import MetricsServer, render
-from kubetune_trainer.reporting import KubeSender, Reporter, Tracker
-from tests.trainer.helpers import FakeApi
+from kubetune_trainer.reporting import KubeSender, Reporter, ReportingHandover, Tracker, take_over_reporting
+from tests.fixtures.tiny_data import chat_records, write_jsonl
+from tests.trainer.helpers import FakeApi, make_config, progress_lines
 
 STATUS_PATH = "/apis/kubetune.io/v1alpha1/namespaces/team-a/finetunejobs/job1/status"
 
@@ -32,11 +37,12 @@ def test_status_body_is_the_contract():
     body = _tracker().status_body()
     assert set(body) == {"status"} and set(body["status"]) == {"progress", "checkpoints", "evaluation"}
     progress = body["status"]["progress"]
-    assert set(progress) == {"step", "totalSteps", "epoch", "percent", "etaSeconds", "loss", "evalLoss",
+    assert set(progress) == {"phase", "step", "totalSteps", "epoch", "percent", "etaSeconds", "loss", "evalLoss",
                              "tokensPerSecond", "trainedTokens", "updateTime"}
-    assert {k: progress[k] for k in ("step", "totalSteps", "epoch", "percent", "loss", "evalLoss", "trainedTokens")} == {
-        "step": 40, "totalSteps": 100, "epoch": 1.25, "percent": 40, "loss": 0.8123, "evalLoss": 0.9012,
-        "trainedTokens": 204800}
+    assert {k: progress[k] for k in ("phase", "step", "totalSteps", "epoch", "percent", "loss", "evalLoss",
+                                     "trainedTokens")} == {
+        "phase": "Training", "step": 40, "totalSteps": 100, "epoch": 1.25, "percent": 40, "loss": 0.8123,
+        "evalLoss": 0.9012, "trainedTokens": 204800}
     assert progress["tokensPerSecond"] > 0 and progress["etaSeconds"] >= 0
     assert progress["updateTime"].endswith("Z") or progress["updateTime"].endswith("+00:00")
     assert body["status"]["checkpoints"] == [{"step": 40, "uri": "s3://out/team-a/job1/checkpoints/00000040"}]
@@ -60,7 +66,7 @@ def test_kubernetes_mode_patches_status(api):
     reporter = Reporter(ProgressReporting(mode="kubernetes", status_path=STATUS_PATH, interval_seconds=300), _tracker())
     reporter.report()  # the first report always goes
     reporter.report()  # throttled: within the interval
-    reporter.sender.close()  # flushes
+    reporter.close()  # flushes (and stops the heartbeat)
     assert len(server.requests) == 1
     request = server.requests[0]
     assert request["path"] == STATUS_PATH
@@ -111,8 +117,107 @@ def test_file_mode_appends_lines(tmp_path: Path):
     reporter = Reporter(ProgressReporting(mode="file", file=str(path), interval_seconds=1), _tracker())
     reporter.report()
     reporter.report(force=True)
+    reporter.close()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(lines) == 2 and lines[0]["status"]["progress"]["step"] == 40
+
+
+# ---- heartbeat and phases: status is never stale and never vague ------------------------------------
+
+INTERVAL, SLACK = 1, 0.6  # seconds: reports may be at most INTERVAL + SLACK apart (a loaded 2-core CI machine)
+
+
+def _heartbeats() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "kubetune-heartbeat"]
+
+
+def test_a_slow_model_download_is_reported_every_interval_with_its_phase(api, tmp_path, monkeypatch):
+    """The whole trainer (execute), with progress to a real HTTP server: while the base model takes 4 s to
+    download, PATCHes keep arriving at most one interval (+ slack) apart and say DownloadingModel."""
+    server, _ = api
+    real_fetch_model = run_module.fetch_model
+    phase: dict[str, float] = {}
+
+    def slow_fetch_model(*args, **kwargs):  # a slow object store: 4 s, then the real (failing) fetch
+        phase["start"] = time.monotonic()
+        time.sleep(4)
+        phase["end"] = time.monotonic()
+        return real_fetch_model(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "fetch_model", slow_fetch_model)
+    train = write_jsonl(tmp_path / "train.jsonl", chat_records(20))
+    config = make_config(tmp_path / "config.json", job="job1", model=f"file://{tmp_path}/no-such-model",
+                         train=f"file://{train}", output=f"file://{tmp_path}/out",
+                         progress={"mode": "kubernetes", "statusPath": STATUS_PATH, "intervalSeconds": INTERVAL})
+    assert execute(config, work_dir=tmp_path / "work") == exit_codes.USER_ERROR  # the model does not exist
+    ended = time.monotonic()
+
+    phases = [r["body"]["status"]["progress"]["phase"] for r in server.requests]
+    # in order; a phase shorter than one PATCH may be skipped (the sender sends only the newest pending body)
+    seen = list(dict.fromkeys(phases))
+    assert seen[-1] == "DownloadingModel" and set(seen) <= {"Starting", "ValidatingData", "DownloadingModel"}, phases
+    assert seen == sorted(seen, key=list(TrainerPhase).index), phases
+    downloading = [r["time"] for r in server.requests if r["body"]["status"]["progress"]["phase"] == "DownloadingModel"]
+    # at every moment of the 4 s, the newest report is at most INTERVAL + SLACK old
+    edges = [phase["start"], *downloading, phase["end"]]
+    gaps = [round(b - a, 2) for a, b in zip(edges, edges[1:], strict=False)]
+    assert len(downloading) >= 4 and max(gaps) <= INTERVAL + SLACK, gaps
+    stamps = [r["body"]["status"]["progress"]["updateTime"] for r in server.requests]
+    assert stamps == sorted(stamps) and len(set(stamps)) >= 4  # updateTime moves on with every beat
+    # the heartbeat stopped with the trainer: nothing arrives after it returned
+    assert not _heartbeats()
+    count = len(server.requests)
+    time.sleep(INTERVAL + SLACK)
+    assert len(server.requests) == count and all(r["time"] <= ended for r in server.requests)
+
+
+def test_heartbeat_fills_only_the_silences(tmp_path: Path):
+    """Callbacks reporting often: the heartbeat adds nothing. Silence: one beat per interval. close() stops it."""
+    path = tmp_path / "progress.jsonl"
+    tracker = Tracker()
+    reporter = Reporter(ProgressReporting(mode="file", file=str(path), interval_seconds=INTERVAL), tracker)
+    reporter.enter(TrainerPhase.TRAINING)
+    busy_until = time.monotonic() + 2.5
+    while time.monotonic() < busy_until:  # a training loop reporting (throttled) every 0.1 s
+        reporter.report()
+        time.sleep(0.1)
+    during_training = len(progress_lines(path))
+    reporter.enter(TrainerPhase.FINAL_EVALUATION)  # then a silent 2.5 s evaluation
+    time.sleep(2.5)
+    reporter.close()
+    lines = progress_lines(path)
+    assert 3 <= during_training <= 4, during_training  # the first + one per interval, never doubled
+    evaluating = [x for x in lines if x["progress"]["phase"] == "FinalEvaluation"]
+    assert 3 <= len(evaluating) <= 4, len(evaluating)  # the forced one + a beat per interval
+    assert not _heartbeats()
+    time.sleep(INTERVAL + SLACK)
+    assert len(progress_lines(path)) == len(lines)  # closed means silent
+
+
+def test_no_destination_no_heartbeat():
+    """mode none (every rank but 0, pods but pod 0): nothing to send, so no thread."""
+    reporter = Reporter(ProgressReporting(mode="none"), Tracker())
+    assert reporter._heartbeat is None and not _heartbeats()
+    reporter.enter(TrainerPhase.LOADING_MODEL)
+    reporter.close()
+
+
+def test_launcher_hands_reporting_over_to_rank_zero(tmp_path: Path):
+    """Pod 0's launcher beats until rank 0 asks; then it stops and answers, and rank 0 reports alone."""
+    path = tmp_path / "progress.jsonl"
+    launcher = Reporter(ProgressReporting(mode="file", file=str(path), interval_seconds=INTERVAL), Tracker())
+    launcher.enter(TrainerPhase.LOADING_MODEL)
+    handover = ReportingHandover(tmp_path / "work", launcher.close)
+    time.sleep(INTERVAL + SLACK)
+    assert len(progress_lines(path)) >= 2  # still beating while the ranks start
+    started = time.monotonic()
+    assert take_over_reporting(tmp_path / "work", timeout=5) is True
+    assert time.monotonic() - started < 1 and not _heartbeats()
+    handed_over = len(progress_lines(path))
+    time.sleep(INTERVAL + SLACK)
+    assert len(progress_lines(path)) == handed_over
+    handover.stop()
+    assert take_over_reporting(tmp_path / "nobody", timeout=0.2) is False  # no launcher: rank 0 goes on
 
 
 def test_metrics_render_and_serve():

@@ -70,6 +70,8 @@ def test_sigkill_mid_run_then_rerun_resumes(tmp_path, tiny_model_dir, trainer_en
     # the rerun starts at the checkpoint (work lost < one interval of 10 steps) and ends at step 60
     assert [p["progress"]["step"] for p in rerun if p["progress"].get("totalSteps")][0] == newest
     assert rerun[-1]["progress"]["step"] == 60
+    phases = list(dict.fromkeys(p["progress"]["phase"] for p in rerun))
+    assert "RestoringCheckpoint" in phases and "BaselineEvaluation" not in phases, phases  # resumed: no second baseline
     history = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
     logged_steps = [h["step"] for h in history if "loss" in h]
     assert logged_steps[0] == 1 and logged_steps[-1] == 60  # one history across both processes

@@ -73,6 +73,9 @@ def test_sft_lora_chat_learns_publishes_and_reports(tmp_path, tiny_model_dir):
     # live progress (file mode): starts at 0, ends at 100%, lists the kept checkpoints, then the final evaluation
     lines = progress_lines(progress)
     assert lines[0]["progress"]["step"] == 0
+    assert list(dict.fromkeys(x["progress"]["phase"] for x in lines)) == [
+        "Starting", "ValidatingData", "DownloadingModel", "LoadingModel", "TokenizingData", "BaselineEvaluation",
+        "Training", "FinalEvaluation", "Publishing", "Done"]  # each phase reported when it begins, in order
     last = lines[-1]
     assert {k: last["progress"][k] for k in ("step", "totalSteps", "percent")} == {"step": 30, "totalSteps": 30, "percent": 100}
     assert last["progress"]["trainedTokens"] > 10000 and last["progress"]["tokensPerSecond"] > 0
@@ -105,7 +108,7 @@ def test_dpo_lora_prefers_chosen_and_patches_status(tmp_path, tiny_model_dir, mo
     assert all(set(r["body"]) == {"status"} and set(r["body"]["status"]) <= {"progress", "checkpoints", "evaluation"}
                for r in api.requests)
     last = api.requests[-1]["body"]["status"]
-    assert (last["progress"]["step"], last["progress"]["percent"]) == (20, 100)
+    assert (last["progress"]["step"], last["progress"]["percent"], last["progress"]["phase"]) == (20, 100, "Done")
     assert [c["step"] for c in last["checkpoints"]] == [10, 20]
     assert last["evaluation"] == report["evaluation"]
     history = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]

@@ -182,3 +182,30 @@ def test_dora_jobs_say_from_the_start_whether_vllm_can_serve_them(merged):
 @pytest.mark.parametrize("adapter_type", ["lora", "qlora", "full", None])
 def test_other_jobs_have_no_servable_condition(adapter_type):
     assert "Servable" not in conds(derive_status(Observed(generation=1, adapter_type=adapter_type), None, T0))
+
+
+def test_kubectl_get_ftj_shows_the_trainers_phase():
+    """Status has two owners (docs/progress-contract.md): the operator's conditions and the trainer's progress,
+    each a merge patch of its own keys. `kubectl get ftj` shows both: the Phase column (a printer column of the
+    CRD) says what the trainer does now, e.g. a long model download, while the Job's pod merely "runs"."""
+    from kubetune.api.crd import finetunejob_crd
+    from kubetune.api.finetunejob import FineTuneJobStatus, Progress, TrainerPhase
+    from kubetune.emulator.registry import resource_types_from_crd
+    from kubetune.emulator.tables import to_table
+
+    operator = derive_status(Observed(1, job(active=1), [pod("p1")]), None, T0)
+    assert "progress" not in operator  # the operator never writes (or erases) the trainer's keys
+    trainer = {"progress": Progress(phase=TrainerPhase.DOWNLOADING_MODEL, update_time=T0).to_dict()}
+    status = {**operator, **trainer}
+    FineTuneJobStatus.model_validate(status)  # the CRD's status schema holds both
+    ftj = {"metadata": {"name": "bot", "creationTimestamp": "2026-11-23T08:00:00Z"},
+           "spec": {"method": {"type": "sft"}, "adapter": {"type": "lora"}}, "status": status}
+    [served] = resource_types_from_crd(finetunejob_crd())
+    table = to_table(served, [ftj], "1")
+    columns = table["columnDefinitions"]
+    assert [c["name"] for c in columns if c["priority"] == 0] == [  # plain `kubectl get ftj`
+        "Name", "Succeeded", "Reason", "Phase", "Progress", "Loss", "Age"]
+    row = dict(zip([c["name"] for c in columns], table["rows"][0]["cells"], strict=True))
+    assert {k: row[k] for k in ("Name", "Succeeded", "Phase", "Progress")} == {
+        "Name": "bot", "Succeeded": "Unknown", "Phase": "DownloadingModel", "Progress": 0}
+    assert row["Reported"] != "<unknown>"  # `-o wide`: how old the trainer's last report is

@@ -9,7 +9,9 @@ One training process per GPU, started by torch.distributed.run (torchrun) from t
   outcomes into the pod's one exit code and termination message (the exit-code contract).
 - Every rank writes its outcome to `<work>/ranks/rank-<N>.json`; a rank that dies without one
   (killed, crashed) is an internal error.
-- Global rank 0 alone reports progress, serves metrics, uploads checkpoints and publishes; its
+- Pod 0's main process reports progress while it fetches and until global rank 0 takes over
+  (reporting.ReportingHandover: one writer at a time, no gap between them). Global rank 0 alone then
+  reports progress, serves metrics, uploads checkpoints and publishes; its
   publish outcome is broadcast so that every rank of every pod ends the same way (otherwise a
   finished non-zero pod would leave a retried rank-0 pod waiting for peers that never come).
 - Ranks agree on stopping after SIGTERM at the same optimizer step (one all-reduce of a flag per

@@ -1,5 +1,10 @@
 """Live progress: one Tracker (the numbers), one Reporter (where they go), per docs/progress-contract.md.
 
+The Reporter sends at least every progress.intervalSeconds while the trainer runs: a heartbeat thread
+reports whenever nothing else did for one interval, so a long download, evaluation or upload shows as
+its phase with a fresh updateTime instead of going stale. Only the reporting process (rank 0 of a
+distributed run; the launcher of pod 0 before the ranks start) has a destination, so only it beats.
+
 mode kubernetes: HTTP PATCH (application/merge-patch+json) of the FineTuneJob's status subresource
 with the pod's ServiceAccount token, from a background thread (the training loop never waits on the
 API server); a failed report is logged and dropped. mode file: one JSON line per report.
@@ -19,13 +24,14 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.constants import ENV_API_URL
-from kubetune.api.finetunejob import CheckpointInfo, EvalFigures, Evaluation, Progress
+from kubetune.api.finetunejob import CheckpointInfo, EvalFigures, Evaluation, Progress, TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,7 @@ class Tracker:
     trained_tokens: int | None = None
     tokens_per_second: float | None = None
     eta_seconds: int | None = None
-    phase: str = "starting"
+    phase: TrainerPhase = TrainerPhase.STARTING
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
     baseline: dict[str, float | None] | None = None
     final: dict[str, float | None] | None = None
@@ -63,7 +69,12 @@ class Tracker:
         with self.lock:
             self.step, self.total_steps, self.trained_tokens = step, total_steps, tokens
             self._session = (time.monotonic(), step, tokens)
-            self.phase = "training"
+            self.phase = TrainerPhase.TRAINING
+
+    def enter(self, phase: TrainerPhase) -> None:
+        """The run moved on to `phase` (reported by the caller or, within one interval, by the heartbeat)."""
+        with self.lock:
+            self.phase = phase
 
     def update(self, step: int, epoch: float | None, tokens: int | None) -> None:
         with self.lock:
@@ -84,8 +95,8 @@ class Tracker:
     def progress(self) -> Progress:
         with self.lock:
             percent = int(100 * self.step / self.total_steps) if self.total_steps else 0
-            return Progress(step=self.step, total_steps=self.total_steps, epoch=self.epoch, percent=min(100, percent),
-                            eta_seconds=self.eta_seconds, loss=self.loss, eval_loss=self.eval_loss,
+            return Progress(phase=self.phase, step=self.step, total_steps=self.total_steps, epoch=self.epoch,
+                            percent=min(100, percent), eta_seconds=self.eta_seconds, loss=self.loss, eval_loss=self.eval_loss,
                             tokens_per_second=self.tokens_per_second, trained_tokens=self.trained_tokens,
                             update_time=datetime.now(timezone.utc).replace(microsecond=0))
 
@@ -177,13 +188,18 @@ class KubeSender:
 
 
 class Reporter:
-    """Throttles reports to progress.intervalSeconds (forced ones always go) and logs a line each."""
+    """Throttles reports to progress.intervalSeconds (forced ones always go) and logs a line each.
+
+    With a destination (mode kubernetes or file) a heartbeat thread also reports whenever nothing did
+    for one interval, so reports are never more than about one interval apart until close()."""
 
     def __init__(self, settings: ProgressReporting, tracker: Tracker):
         self.settings = settings
         self.tracker = tracker
         self.interval = settings.interval_seconds
         self._last = -math.inf
+        self._lock = threading.Lock()  # report() runs on the training thread and on the heartbeat
+        self._logged: tuple | None = None
         self.sender = None
         if settings.mode == "kubernetes":
             if settings.status_path:
@@ -191,30 +207,112 @@ class Reporter:
             else:
                 log.warning("progress: mode kubernetes without progress.statusPath: progress is only logged")
         self.file = Path(settings.file) if settings.mode == "file" and settings.file else None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        if (self.sender is not None and self.sender.url) or self.file is not None:
+            self._heartbeat = threading.Thread(target=self._beat, name="kubetune-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        """Report when one interval passed since the last report (of anyone); never blocks on the network."""
+        while True:
+            with self._lock:
+                due = self._last + self.interval
+            if self._stop.wait(min(self.interval, max(0.05, due - time.monotonic()))):
+                return
+            try:
+                self.report()  # throttled: a no-op when a callback reported meanwhile
+            except Exception:  # noqa: BLE001 - the heartbeat never dies and never fails training
+                log.exception("progress: heartbeat report failed")
 
     def report(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        body = self.tracker.status_body()
-        p = body["status"]["progress"]
-        log.info("progress: step %s/%s (%s%%) loss %s eval_loss %s tokens/s %s eta %ss", p.get("step"),
-                 p.get("totalSteps", "?"), p.get("percent"), _fmt(p.get("loss")), _fmt(p.get("evalLoss")),
-                 p.get("tokensPerSecond", "-"), p.get("etaSeconds", "-"))
-        if self.sender is not None:
-            self.sender.submit(body)
-        elif self.file is not None:
-            try:
-                self.file.parent.mkdir(parents=True, exist_ok=True)
-                with self.file.open("a") as handle:
-                    handle.write(json.dumps(body, sort_keys=True) + "\n")
-            except OSError as exc:
-                log.warning("progress: cannot append to %s: %s", self.file, exc)
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last < self.interval:
+                return
+            self._last = now
+            body = self.tracker.status_body()
+            p = body["status"]["progress"]
+            shown = tuple(p.get(k) for k in ("phase", "step", "totalSteps", "loss", "evalLoss"))
+            if shown != self._logged:  # a heartbeat that says nothing new is not logged again
+                self._logged = shown
+                log.info("progress: %s step %s/%s (%s%%) loss %s eval_loss %s tokens/s %s eta %ss", p.get("phase"),
+                         p.get("step"), p.get("totalSteps", "?"), p.get("percent"), _fmt(p.get("loss")),
+                         _fmt(p.get("evalLoss")), p.get("tokensPerSecond", "-"), p.get("etaSeconds", "-"))
+            if self.sender is not None:
+                self.sender.submit(body)
+            elif self.file is not None:
+                try:
+                    self.file.parent.mkdir(parents=True, exist_ok=True)
+                    with self.file.open("a") as handle:
+                        handle.write(json.dumps(body, sort_keys=True) + "\n")
+                except OSError as exc:
+                    log.warning("progress: cannot append to %s: %s", self.file, exc)
+
+    def enter(self, phase: TrainerPhase) -> None:
+        """Move the run to `phase` and report it now (a phase change is news)."""
+        self.tracker.enter(phase)
+        self.report(force=True)
 
     def close(self) -> None:
+        """Stop the heartbeat, then send what is pending (bounded)."""
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=PATCH_TIMEOUT_SECONDS)
         if self.sender is not None:
             self.sender.close()
+
+
+# ---- distributed runs: pod 0's launcher reports until global rank 0 takes over ---------------------
+
+HANDOVER_TIMEOUT = 10  # seconds rank 0 waits for the launcher to stop reporting (its last PATCH: 5 s at most)
+
+
+def _handover_paths(work_dir: Path) -> tuple[Path, Path]:
+    folder = work_dir / "ranks"
+    return folder / "reporting.take", folder / "reporting.released"
+
+
+def take_over_reporting(work_dir: Path, timeout: float = HANDOVER_TIMEOUT) -> bool:
+    """Global rank 0, before its first report: ask pod 0's launcher to stop reporting and wait until it has
+    (its last report is sent), so that an old report never lands after a new one. False on timeout."""
+    take, released = _handover_paths(work_dir)
+    take.parent.mkdir(parents=True, exist_ok=True)
+    take.touch()
+    deadline = time.monotonic() + timeout
+    while not released.exists():
+        if time.monotonic() > deadline:
+            log.warning("progress: the launcher did not hand over reporting within %ss; reporting anyway", timeout)
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class ReportingHandover:
+    """Pod 0's launcher: keeps its reporter (and its heartbeat) until rank 0 asks, then stops it and answers."""
+
+    def __init__(self, work_dir: Path, release: Callable[[], None], poll: float = 0.1):
+        self.take, self.released = _handover_paths(work_dir)
+        self.take.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (self.take, self.released):  # from an earlier attempt in this work dir
+            stale.unlink(missing_ok=True)
+        self._release, self._poll = release, poll
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._wait, name="kubetune-handover", daemon=True)
+        self._thread.start()
+
+    def _wait(self) -> None:
+        while not self._done.wait(self._poll):
+            if self.take.exists():
+                try:
+                    self._release()
+                finally:
+                    self.released.touch()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=HANDOVER_TIMEOUT)
 
 
 def _fmt(value: Any) -> str:

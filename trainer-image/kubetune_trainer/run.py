@@ -1,5 +1,8 @@
 """The whole job, in order: fetch -> validate -> plan -> baseline eval -> train (resume, checkpoints)
 -> final eval -> publish. Returns the termination report; raises UserError/TransientError/Preempted.
+
+Each step begins with `reporter.enter(TrainerPhase...)`: status.progress.phase says what runs now, and
+the reporter's heartbeat keeps it fresh however long the step takes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.finetunejob import TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting, TrainerConfig
 
 from . import data, distributed
@@ -24,7 +28,7 @@ from .fetch import fetch_dataset, fetch_model
 from .metrics import MetricsServer
 from .plan import Facts, TrainingPlan, plan_training, trl_args
 from .publish import Result, hub_reference, publish
-from .reporting import Reporter, Tracker
+from .reporting import Reporter, ReportingHandover, Tracker, take_over_reporting
 from .storage import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -98,10 +102,11 @@ def load_records(config: TrainerConfig, inputs: Inputs) -> tuple[data.Loaded, li
     return train, train_records, eval_records
 
 
-def fetch_inputs(config: TrainerConfig, work_dir: Path, checkpoints: Checkpoints):
+def fetch_inputs(config: TrainerConfig, work_dir: Path, checkpoints: Checkpoints, reporter: Reporter):
     """Dataset (validated before the model is downloaded), base model, newest checkpoint of this spec.
     -> (Inputs, the parsed records of load_records)."""
     spec = config.spec
+    reporter.enter(TrainerPhase.VALIDATING_DATA)
     train_files = fetch_dataset(spec.dataset.train, work_dir / "data" / "train")
     validation_files = (fetch_dataset(spec.dataset.validation, work_dir / "data" / "validation")
                         if spec.dataset.validation else None)
@@ -111,7 +116,10 @@ def fetch_inputs(config: TrainerConfig, work_dir: Path, checkpoints: Checkpoints
     train, train_records, eval_records = loaded
     log.info("data: %s format, %d train / %d eval examples from %s", train.format, len(train_records),
              len(eval_records), ", ".join(train.files))
+    reporter.enter(TrainerPhase.DOWNLOADING_MODEL)
     inputs.model_dir = str(fetch_model(spec.base_model.uri, spec.base_model.revision, work_dir))
+    if reporter.tracker.checkpoints:
+        reporter.enter(TrainerPhase.RESTORING_CHECKPOINT)
     restored = checkpoints.restore_newest(work_dir / "trainer")
     if restored is not None:
         step, path, state = restored
@@ -229,6 +237,10 @@ def run(config: TrainerConfig, work_dir: Path, stop: StopFlag, rank: Rank = SING
     """One training process: the whole job (single process), or one rank of a distributed run whose
     inputs the pod's launcher fetched. Rank 0 alone reports, serves metrics, checkpoints and publishes."""
     tracker = Tracker()
+    if inputs is not None:
+        tracker.phase = TrainerPhase.LOADING_MODEL  # where the launcher's reports left off
+    if rank.is_main and rank.distributed:
+        take_over_reporting(work_dir)  # the launcher has stopped reporting: one writer at a time
     reporter = Reporter(config.progress if rank.is_main else ProgressReporting(mode="none"), tracker)
     metrics = MetricsServer(tracker, {"namespace": config.job.namespace, "finetunejob": config.job.name})
     if rank.is_main:
@@ -243,23 +255,27 @@ def run(config: TrainerConfig, work_dir: Path, stop: StopFlag, rank: Rank = SING
 
 def launch(config: TrainerConfig, config_path: Path, work_dir: Path, stop: StopFlag, topo: Topology) -> tuple[int, Any]:
     """The pod's main process of a distributed run: fetch once, run the ranks, one outcome.
-    -> (exit code, termination message)."""
+    -> (exit code, termination message). Pod 0's launcher reports until global rank 0 takes over."""
     tracker = Tracker()
     main_pod = topo.node_rank == 0
     reporter = Reporter(config.progress if main_pod else ProgressReporting(mode="none"), tracker)
+    handover = None
     try:
         checkpoints = _start(config, open_store(config.output_prefix), tracker, reporter, discard_foreign=main_pod)
-        inputs, _ = fetch_inputs(config, work_dir, checkpoints)
-    finally:
-        reporter.close()
-    launcher = distributed.Launcher(topo, config_path, work_dir, inputs.save(work_dir / "inputs.json"))
-    stop.forward = launcher.stop
-    if stop.requested:
-        raise Preempted("Stopped by SIGTERM before training started.")
-    try:
+        inputs, _ = fetch_inputs(config, work_dir, checkpoints, reporter)
+        reporter.enter(TrainerPhase.LOADING_MODEL)  # the ranks start and load the model
+        launcher = distributed.Launcher(topo, config_path, work_dir, inputs.save(work_dir / "inputs.json"))
+        if main_pod:
+            handover = ReportingHandover(work_dir, reporter.close)
+        stop.forward = launcher.stop
+        if stop.requested:
+            raise Preempted("Stopped by SIGTERM before training started.")
         return launcher.run()
     finally:
         stop.forward = None
+        if handover is not None:
+            handover.stop()
+        reporter.close()
 
 
 def _rank_zero_failure(shared: dict[str, str]) -> BaseException:
@@ -278,10 +294,11 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     out = open_store(config.output_prefix)
     checkpoints = _start(config, out, tracker, reporter, discard_foreign=inputs is None)
     if inputs is None:
-        inputs, (train, train_records, eval_records) = fetch_inputs(config, work_dir, checkpoints)
+        inputs, (train, train_records, eval_records) = fetch_inputs(config, work_dir, checkpoints, reporter)
     else:
         train, train_records, eval_records = load_records(config, inputs)
     model_dir = Path(inputs.model_dir)
+    reporter.enter(TrainerPhase.LOADING_MODEL)
     tokenizer = load_tokenizer(model_dir, config)
     if train.conversational and not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {spec.base_model.uri} has no chat template, so it cannot train on "
@@ -293,6 +310,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     plan = plan_training(spec, facts)
     log.info("plan: %s", plan.summary)
     model = load_model(model_dir, plan, spec.base_model.uri)
+    reporter.enter(TrainerPhase.TOKENIZING_DATA)
     trainer = build_trainer(plan, model, tokenizer, train_records, eval_records)
 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -309,7 +327,8 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
         evaluation["baseline"] = restored["state"].get("baseline") or {}
     else:
         path = None
-        tracker.phase = "baseline evaluation"
+        if eval_records:
+            reporter.enter(TrainerPhase.BASELINE_EVALUATION)
         evaluation["baseline"] = _figures(trainer.evaluate(), spec.method.type) if eval_records else {}
     tracker.baseline = evaluation["baseline"]
     callback = KubetuneCallback(tracker, reporter, checkpoints if rank.is_main else None, stop,
@@ -317,7 +336,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
                                 barrier=distributed.barrier if rank.distributed else None)
     callback.last_saved_step = restored["step"] if restored else None
     trainer.add_callback(callback)
-    reporter.report(force=True)
+    reporter.enter(TrainerPhase.TRAINING)
 
     trainer.train(resume_from_checkpoint=str(path) if path else None)
     if callback.stopped_at is not None or (stop.requested and not rank.distributed):
@@ -327,12 +346,13 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
                  if saved is not None else "no step was trained, so there was nothing to checkpoint")
         raise Preempted(f"Stopped by SIGTERM at step {trainer.state.global_step}; {where}.")
 
-    tracker.phase = "final evaluation"
+    if eval_records:
+        reporter.enter(TrainerPhase.FINAL_EVALUATION)
     evaluation["final"] = _figures(trainer.evaluate(), spec.method.type) if eval_records else {}
     tracker.final = evaluation["final"]
     if evaluation["final"].get("evalLoss") is not None:
         tracker.eval_loss = evaluation["final"]["evalLoss"]
-    tracker.phase = "publishing"
+    reporter.enter(TrainerPhase.PUBLISHING)
     summary = {**plan.summary, "format": train.format, "trainExamples": len(train_records),
                "evalExamples": len(eval_records), "steps": trainer.state.global_step,
                "trainedTokens": trainer.state.num_input_tokens_seen, "processes": rank.world_size}
@@ -354,6 +374,5 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
         report = shared.get("report", report)
     if failure is not None:
         raise failure
-    tracker.phase = "done"
-    reporter.report(force=True)
+    reporter.enter(TrainerPhase.DONE)
     return report

@@ -136,9 +136,13 @@ def finetunejob_crd() -> dict[str, Any]:
         columns=[
             {"name": "Succeeded", "type": "string", "jsonPath": _cond("Succeeded")},
             {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Succeeded")].reason'},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.progress.phase",
+             "description": "What the trainer is doing now (or was doing when it stopped)."},
             {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent", "description": "Percent of steps done."},
             {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
             {"name": "ETA", "type": "integer", "jsonPath": ".status.progress.etaSeconds", "priority": 1, "description": "Seconds left."},
+            {"name": "Reported", "type": "date", "jsonPath": ".status.progress.updateTime", "priority": 1,
+             "description": "When the trainer last reported (every few seconds while it runs)."},
             {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
             {"name": "Adapter", "type": "string", "jsonPath": ".spec.adapter.type", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -286,9 +287,35 @@ class FineTuneJobSpec(KubeModel):
 # ----------------------------------------------------------------------------------------- status
 
 
-class Progress(KubeModel):
-    """Live training progress, reported by the trainer every few seconds."""
+class TrainerPhase(StrEnum):
+    """What the trainer is doing now: status.progress.phase, the Phase column of `kubectl get ftj`.
 
+    The trainer sets each where that work begins (kubetune_trainer.run), in this order. Only a resumed
+    run restores a checkpoint, and it skips the baseline evaluation. After a failure the last phase
+    stays: it tells where the run stopped.
+    """
+
+    STARTING = "Starting"  # the trainer process is up, listing checkpoints
+    VALIDATING_DATA = "ValidatingData"  # fetching the dataset and checking every record
+    DOWNLOADING_MODEL = "DownloadingModel"  # bringing the base model onto local disk
+    RESTORING_CHECKPOINT = "RestoringCheckpoint"  # downloading the newest checkpoint to resume from
+    LOADING_MODEL = "LoadingModel"  # tokenizer and weights into memory
+    TOKENIZING_DATA = "TokenizingData"  # the trainer tokenizes (and packs) the dataset
+    BASELINE_EVALUATION = "BaselineEvaluation"  # the base model on the held-out data
+    TRAINING = "Training"
+    FINAL_EVALUATION = "FinalEvaluation"  # the fine-tuned model on the held-out data
+    PUBLISHING = "Publishing"  # saving, merging and uploading the result, manifest.json last
+    DONE = "Done"  # published; the pod exits
+
+
+class Progress(KubeModel):
+    """Live progress, reported by the trainer at least every progress interval while it runs."""
+
+    phase: TrainerPhase | None = Field(
+        default=None,
+        description=f"What the trainer is doing now, in order: {', '.join(TrainerPhase)}. "
+        "After a failure: the phase it failed in.",
+    )
     step: int = Field(default=0, description="Optimizer steps done.", ge=0)
     total_steps: int | None = Field(default=None, description="Optimizer steps planned.", ge=0)
     epoch: float | None = Field(default=None, description="Epochs done (fractional).", ge=0)
@@ -298,7 +325,9 @@ class Progress(KubeModel):
     eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
     tokens_per_second: float | None = Field(default=None, description="Training throughput.", ge=0)
     trained_tokens: int | None = Field(default=None, description="Tokens trained on so far.", ge=0)
-    update_time: datetime | None = Field(default=None, description="When the trainer last reported.")
+    update_time: datetime | None = Field(
+        default=None, description="When the trainer last reported. It reports every few seconds while it runs "
+        "(progress.intervalSeconds of its config), so an older time means the trainer is gone or hung.")
 
 
 class EvalFigures(KubeModel):
