@@ -38,20 +38,59 @@ def test_wrong_role_is_reported_with_line_and_field(tmp_path):
     assert "train.jsonl:17: messages[2].role must be one of system,user,assistant" in str(error)
 
 
-def test_wrong_keys_non_json_and_empty_lines(tmp_path):
+def test_wrong_keys_and_non_json(tmp_path):
     lines = [json.dumps(r) for r in chat_records(12)]
     lines[2] = json.dumps({"msgs": []})
     lines[5] = "{not json"
-    lines.insert(8, "")  # blank line 9 in the middle
     path = tmp_path / "train.jsonl"
-    path.write_text("\n".join(lines) + "\n\n")  # a trailing blank line is fine
+    path.write_text("\n".join(lines) + "\n")
     error = _raises([path])
     assert error.problems == [
         "train.jsonl:6: not valid JSON: Expecting property name enclosed in double quotes (column 2)",
-        "train.jsonl:9: empty line",
         'train.jsonl:3: missing field "messages"',
     ]
-    assert error.summary.startswith("train data is invalid: 3 of 13 records in train.jsonl")
+    assert error.summary.startswith("train data is invalid: 2 of 12 records in train.jsonl")
+
+
+# blank lines anywhere: empty, spaces, a tab, CRLF, leading, between records, trailing
+BLANKS = {0: "", 4: "   ", 5: "\t", 9: " \r", 13: ""}
+
+
+def _with_blank_lines(path: Path, records: list) -> Path:
+    """JSONL with the BLANKS lines inserted (at those 0-based file lines) and two trailing blank lines."""
+    lines = [json.dumps(r) for r in records]
+    for index, blank in sorted(BLANKS.items()):
+        lines.insert(index, blank)
+    path.write_text("\n".join(lines) + "\n\n  \n")
+    return path
+
+
+def test_blank_lines_are_skipped_like_every_jsonl_reader_does(tmp_path):
+    loaded = data.load([_with_blank_lines(tmp_path / "train.jsonl", chat_records(60))], fmt="auto", method="sft")
+    assert (loaded.format, len(loaded.records), loaded.warnings) == ("chatml", 60, [])
+    assert loaded.records == [data.formats.check_record("chatml", r)[0] for r in chat_records(60)]  # order kept
+    held = data.load([_with_blank_lines(tmp_path / "validation.jsonl", chat_records(12))], fmt="chatml", method="sft",
+                     role="validation", min_examples=1)
+    assert len(held.records) == 12
+
+
+def test_errors_after_blank_lines_name_the_files_own_line_numbers(tmp_path):
+    records = chat_records(30)
+    records[2]["messages"][1]["role"] = "bot"  # record 3, after 1 blank line: file line 4
+    records[20] = {"msgs": []}  # record 21, after all 5 blank lines: file line 26
+    path = _with_blank_lines(tmp_path / "train.jsonl", records)
+    lines = path.read_text().splitlines()
+    assert (lines[3], lines[25]) == (json.dumps(records[2]), json.dumps(records[20]))  # the file's own lines 4, 26
+    error = _raises([path])
+    assert error.problems == ["train.jsonl:4: messages[1].role must be one of system,user,assistant (got 'bot')",
+                              'train.jsonl:26: missing field "messages"']
+    assert error.summary == "train data is invalid: 2 of 30 records in train.jsonl have problems (format chatml)"
+
+
+def test_only_blank_lines_is_an_empty_dataset(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n  \n\t\n")
+    assert str(_raises([path])) == "train data train.jsonl is empty"
 
 
 def test_undetectable_format(tmp_path):

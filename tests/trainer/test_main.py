@@ -30,8 +30,10 @@ def _bad(tmp_path: Path, case: str) -> tuple[Path, dict]:
     elif case == "wrong role":
         lines[16] = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
                                              {"role": "bot", "content": "x"}]})
-    elif case == "empty line":
-        lines.insert(7, "   ")
+    elif case == "wrong role after blank lines":  # blank lines are skipped; the line number stays the file's
+        lines[16] = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "x"}]})
+        lines[7:7] = ["   ", ""]
+        lines.insert(0, "")
     elif case == "not json":
         lines[11] = '{"messages": [}'
     elif case == "too few":
@@ -48,7 +50,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[Path, dict]:
 @pytest.mark.parametrize(("case", "message"), [
     ("wrong keys", 'train.jsonl:4: missing field "messages"'),
     ("wrong role", "train.jsonl:17: messages[2].role must be one of system,user,assistant (got 'bot')"),
-    ("empty line", "train.jsonl:8: empty line"),
+    ("wrong role after blank lines", "train.jsonl:20: messages[1].role must be one of system,user,assistant (got 'bot')"),
     ("not json", "train.jsonl:12: not valid JSON: Expecting value (column 15)"),
     ("too few", "train data train.jsonl has only 4 valid example(s); at least 10 are needed"),
     ("missing chosen", 'train.jsonl:10: missing field "chosen"'),
@@ -61,6 +63,19 @@ def test_bad_datasets_exit_user_error_with_line_numbers(tmp_path, trainer_env, c
     assert message in text
     assert "\n" not in text and len(text.encode()) < 4096  # one paragraph
     assert not (tmp_path / "out/team-a/j/manifest.json").exists()
+
+
+def test_blank_lines_in_jsonl_pass_validation(tmp_path, trainer_env, caplog):
+    """Blank and whitespace-only lines (between records, trailing) are skipped: the data validates and the run
+    goes on to the model download (here: a model that does not exist, the next user error)."""
+    lines = [json.dumps(r) for r in chat_records(20)]
+    lines[10:10] = ["", "  \t "]
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n" + "\n".join(lines) + "\n\n\n")
+    caplog.set_level("INFO", logger="kubetune_trainer")
+    assert execute(_config(tmp_path, train), work_dir=tmp_path / "work") == exit_codes.USER_ERROR
+    assert "data: chatml format, 19 train / 1 eval examples from train.jsonl" in caplog.text
+    assert trainer_env.read_text() == f"base model file://{tmp_path}/no-model-needed: no such folder"
 
 
 def test_unknown_config_key_names_the_field(tmp_path, trainer_env):

@@ -1,7 +1,8 @@
 """Read and validate training data before any training: JSONL, JSON, CSV, Parquet.
 
 Every problem is reported as `<file>:<line>: <field message>` (JSONL, CSV) or `<file>[<index>]: ...`
-(JSON arrays, Parquet), capped at MAX_PROBLEMS and summarised; any problem, or fewer than
+(JSON arrays, Parquet), capped at MAX_PROBLEMS and summarised (blank lines of a JSONL file are skipped,
+as every JSONL reader does; line numbers stay the file's own); any problem, or fewer than
 MIN_EXAMPLES valid records, fails the job with the user-error exit code. Fewer than WARN_EXAMPLES is
 a warning.
 """
@@ -50,15 +51,10 @@ class Loaded:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any, str | None]]:
-    blank: list[int] = []
     with path.open(encoding="utf-8-sig") as handle:
         for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                blank.append(lineno)
+            if not line.strip():  # blank or whitespace-only, anywhere: skipped, not a record
                 continue
-            for empty in blank:  # blank lines are errors unless they only trail the file
-                yield f"{path.name}:{empty}", None, "empty line"
-            blank = []
             try:
                 yield f"{path.name}:{lineno}", json.loads(line), None
             except json.JSONDecodeError as exc:
