@@ -55,6 +55,9 @@ def test_local_run_trains_publishes_and_serves(tiny_model_dir, tmp_path):
         assert status["progress"]["step"] == status["progress"]["totalSteps"] == 40
         assert status["progress"]["percent"] == 100
         assert any(0 < (p.get("step") or 0) < 40 for p in seen_progress), seen_progress
+        # ... with the phase the trainer was in: kubectl get ftj's Phase column (docs/progress-contract.md)
+        phases = list(dict.fromkeys(p["phase"] for p in seen_progress if p.get("phase")))
+        assert status["progress"]["phase"] == "Done" and "Training" in phases, phases
         assert status["evaluation"]["final"]["evalLoss"] < 0.5 * status["evaluation"]["baseline"]["evalLoss"]
         uri = status["adapter"]["uri"]
         assert uri == f"file://{tmp_path / 'work' / 'storage' / 'default' / 'tiny'}"
