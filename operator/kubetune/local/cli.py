@@ -48,7 +48,7 @@ def train(lr: LocalRun, doc: dict[str, Any], timeout: float) -> dict[str, Any]:
             if progress:
                 loss = progress.get("loss")
                 eta = progress.get("etaSeconds")
-                info = (f"step {progress.get('step', 0)}/{progress.get('totalSteps', '?')}"
+                info = (f"{progress.get('phase') or ''} step {progress.get('step', 0)}/{progress.get('totalSteps', '?')}"
                         + (f"  loss {loss:.4f}" if isinstance(loss, (int, float)) else "") + (f"  eta {eta}s" if eta is not None else ""))
             bars.update(task, completed=progress.get("percent", 0), info=info[:70])
 
