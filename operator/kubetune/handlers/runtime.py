@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from ..clients.kube import Kube
+from ..clients.kube import Kube, KubeError
 from ..config import OperatorSettings
 from ..status.conditions import find, status_changed
 from .metrics import inc
@@ -86,7 +86,15 @@ async def write_status(body: Any, previous: dict[str, Any], status: dict[str, An
     if not status_changed(previous, status):
         return False
     rt = runtime()
-    await rt.kube.merge_patch(dict(body), {"status": status}, subresource="status")
+    try:
+        await rt.kube.merge_patch(dict(body), {"status": status}, subresource="status")
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+        # Deleted between the event that led here and this write (a child's event after its parent's
+        # finalizer ran): nothing is left to describe.
+        log.debug("%s %s is gone; status not written", body["kind"], body["metadata"]["name"])
+        return False
     inc("kubetune_status_writes_total", body["kind"])
     rt.written[body["metadata"]["uid"]] = {**previous, **status}
     announce(body, previous.get("conditions"), status["conditions"])
