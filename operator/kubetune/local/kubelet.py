@@ -4,8 +4,10 @@ as local processes, so `kubetune local run` exercises the real operator and the 
 It reads the Job the operator built, creates its Pod, resolves the container's env (values,
 secretKeyRefs, fieldRefs) and config volume from the emulator, runs the container's args with the
 trainer's Python entrypoint, and writes Pod and Job status the way kubelet and the Job controller
-would: Running, then terminated with the exit code and termination message; podFailurePolicy
-(user-error exit code fails the Job), backoffLimit, suspend (SIGTERM, then Suspended). An Indexed
+would: Running, then terminated with the exit code and termination message; the Job's own
+podFailurePolicy and backoffLimit decide what a failed pod means (`jobcontroller`, evaluated as the
+Job controller does); suspend (SIGTERM, then Suspended); `disrupt()` plays a preemption or eviction
+(DisruptionTarget on the pod, then SIGTERM: the trainer checkpoints and exits 143). An Indexed
 Job (a multi-node run) gets one process per index with its completion index, and pod 0's DNS name
 in MASTER_ADDR becomes 127.0.0.1 on a free port; the Job completes when every index succeeded.
 """
@@ -26,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..api import constants as c
-from ..api import exit_codes
 from ..emulator import Emulator
+from .jobcontroller import attempt_verdict
 from .serving import LocalServing
 
 log = logging.getLogger("kubetune.local")
@@ -45,6 +47,7 @@ class _Run:
     proc: subprocess.Popen
     termination_log: Path
     suspended: bool = False
+    disruption: dict[str, Any] | None = None  # the DisruptionTarget condition, when disrupted
 
 
 class LocalKubelet:
@@ -58,6 +61,7 @@ class LocalKubelet:
         self.extra_env = extra_env or {}
         self.poll_seconds = poll_seconds
         self.runs: dict[tuple[str, str], list[_Run]] = {}  # (namespace, job) -> its running pods (one per index)
+        self.attempts: dict[tuple[str, str], int] = {}  # (namespace, job) -> attempts started (unique pod names)
         self.serving = LocalServing(emu, self.workdir, serving_python, self.resolve_env, spawn, _terminate) if serving_python else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="local-kubelet", daemon=True)
@@ -121,7 +125,8 @@ class LocalKubelet:
 
     def _start_pods(self, job: dict[str, Any]) -> None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        attempt = int((job.get("status") or {}).get("failed") or 0) + len(self._ignored(ns, name))
+        attempt = self.attempts.get((ns, name), 0)
+        self.attempts[(ns, name)] = attempt + 1
         indexed = job["spec"].get("completionMode") == "Indexed"
         port = _free_port() if indexed else None
         self.runs[(ns, name)] = [self._start_pod(job, f"{name}-{index}-{attempt}" if indexed else f"{name}-{attempt}",
@@ -200,20 +205,22 @@ class LocalKubelet:
         env.update(self.extra_env)
         return env
 
-    def _ignored(self, ns: str, job: str) -> list[dict[str, Any]]:
-        """Pods that ended by disruption (SIGTERM after suspend): podFailurePolicy Ignore."""
-        return [p for p in self.emu.list("", "v1", "pods", ns)
-                if (p["metadata"].get("labels") or {}).get("job-name") == job
-                and any(cond.get("type") == "DisruptionTarget" for cond in (p.get("status") or {}).get("conditions") or [])]
+    def disrupt(self, ns: str, pod: str, reason: str = "PreemptionByScheduler",
+                message: str = "Kubernetes Scheduler: preempting to accommodate a higher priority pod") -> None:
+        """A preemption or eviction of a running trainer pod, as Kubernetes does it: the DisruptionTarget
+        condition first, then SIGTERM (the trainer saves a checkpoint and exits 143)."""
+        run = next(r for runs in self.runs.values() for r in runs if r.pod == pod)
+        run.disruption = {**_cond("DisruptionTarget", reason, message), "lastProbeTime": None}
+        self._pod_status(ns, pod, {"conditions": [run.disruption]})
+        run.proc.send_signal(signal.SIGTERM)
 
     def _finish(self, job: dict[str, Any], runs: list[_Run]) -> None:
-        """Every pod of the attempt has exited: pod statuses, then the Job's verdict."""
+        """Every pod of the attempt has exited: pod statuses, then the Job controller's verdict."""
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        codes = []
+        pods = []
         for run in runs:
             code = run.proc.returncode
             code = 128 - code if code < 0 else code  # killed by a signal, like a container runtime reports it
-            codes.append(code)
             message = run.termination_log.read_text(errors="replace")[:MAX_TERMINATION_MESSAGE]
             terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
                           "finishedAt": _now()}
@@ -221,26 +228,27 @@ class LocalKubelet:
                 {"name": c.TRAINER_CONTAINER, "ready": False, "restartCount": 0, "state": {"terminated": terminated}}]}
             if run.suspended:
                 pod_status["conditions"] = [_cond("DisruptionTarget", "DeletionByTaintManager", "suspended")]
+            elif run.disruption is not None:
+                pod_status["conditions"] = [run.disruption]
             self._pod_status(ns, run.pod, pod_status)
+            pods.append({"metadata": {"namespace": ns, "name": run.pod}, "status": pod_status})
         del self.runs[(ns, name)]
-        status = job.get("status") or {}
-        failed = int(status.get("failed") or 0) + sum(1 for code in codes if code != 0)
-        user_error = next((run.pod for run, code in zip(runs, codes) if code == exit_codes.USER_ERROR), None)
-        if all(code == 0 for code in codes):
-            self._job_status(ns, name, {"active": 0, "succeeded": len(codes), "completionTime": _now(),
-                                        "conditions": [_cond("SuccessCriteriaMet", "CompletionsReached", ""),
-                                                       _cond("Complete", "CompletionsReached", "")]})
-        elif any(run.suspended for run in runs):
+        if any(run.suspended for run in runs):
             self._job_status(ns, name, {"active": 0, "conditions": [_cond("Suspended", "JobSuspended", "Job suspended")]})
-        elif user_error is not None:
-            self._job_status(ns, name, {"active": 0, "failed": failed, "conditions": [_cond(
-                "Failed", "PodFailurePolicy", f"Container trainer for pod {ns}/{user_error} failed with exit code "
-                f"{exit_codes.USER_ERROR} matching FailJob rule at index 0")]})
-        elif failed > int(job["spec"].get("backoffLimit", 6)):
-            self._job_status(ns, name, {"active": 0, "failed": failed, "conditions": [_cond(
-                "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]})
-        else:
-            self._job_status(ns, name, {"active": 0, "failed": failed})
+            return
+        verdict = attempt_verdict(job, pods)
+        status: dict[str, Any] = {"active": 0, "failed": verdict["failed"]}
+        if verdict["ignored"]:
+            log.info("job %s/%s: %d pod(s) ignored by podFailurePolicy: not counted against backoffLimit", ns, name,
+                     verdict["ignored"])
+        if "condition" in verdict:
+            type_, reason, message = verdict["condition"]
+            if type_ == "Complete":
+                status.update(succeeded=len(pods), completionTime=_now(),
+                              conditions=[_cond("SuccessCriteriaMet", reason, message), _cond("Complete", reason, message)])
+            else:
+                status["conditions"] = [_cond("FailureTarget", reason, message), _cond("Failed", reason, message)]
+        self._job_status(ns, name, status)
 
     def _pod_status(self, ns: str, pod: str, status: dict[str, Any]) -> None:
         self.emu.patch("", "v1", "pods", ns, pod, {"status": status}, subresource="status")
