@@ -209,3 +209,40 @@ def test_kubectl_get_ftj_shows_the_trainers_phase():
     assert {k: row[k] for k in ("Name", "Succeeded", "Phase", "Progress")} == {
         "Name": "bot", "Succeeded": "Unknown", "Phase": "DownloadingModel", "Progress": 0}
     assert row["Reported"] != "<unknown>"  # `-o wide`: how old the trainer's last report is
+
+
+DISRUPTED = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
+CHECKPOINTS = [{"step": 20, "uri": "s3://out/ns/ftj/checkpoints/00000020"}, {"step": 40, "uri": "s3://out/ns/ftj/checkpoints/00000040"}]
+
+
+def test_preempted_pod_is_restarting_from_its_checkpoint_and_not_a_failed_attempt():
+    """Exit 143 after a disruption: Restarting 'preempted, resuming from checkpoint N' (N: the newest checkpoint
+    the trainer reported), never 'attempt failed', and it does not use up spec.backoffLimit."""
+    preempted = pod("p1", "Failed", state=terminated(143, "Stopped by SIGTERM at step 41; ..."), conditions=DISRUPTED)
+    between = derive_status(Observed(1, job(active=0, failed=0), [preempted], checkpoints=CHECKPOINTS), None, T0)
+    reason, message = conds(between)["Running"][1:]
+    assert reason == "Restarting"
+    assert message == ("Pod p1 preempted (PreemptionByScheduler), resuming from checkpoint 40. "
+                       "Waiting for the Job to start the next pod.")
+    assert conds(between)["Failed"][:2] == ("False", "NoFailure")
+    resumed = derive_status(Observed(1, job(active=1), [preempted, pod("p2", created="2026-11-23T08:10:00Z")],
+                                     checkpoints=CHECKPOINTS), between, T1)
+    assert conds(resumed)["Running"] == ("True", "Restarting", "Training on pod p2. Pod p1 preempted (PreemptionByScheduler), "
+                                         "resuming from checkpoint 40.")
+    # a later crash is attempt 1, not 2: the preemption was not an attempt that failed
+    crashed = pod("p2", "Failed", "2026-11-23T08:10:00Z", terminated(203, "boom"))
+    after = derive_status(Observed(1, job(active=0, failed=1), [preempted, crashed], checkpoints=CHECKPOINTS), resumed, T1)
+    assert conds(after)["Running"][2].startswith("Attempt 1 failed (InternalError): boom")
+
+
+def test_preemption_without_checkpoint_or_disruption_condition_says_so():
+    sigtermed = pod("p1", "Failed", state=terminated(143, "Stopped by SIGTERM before training started."))
+    status = derive_status(Observed(1, job(active=0, failed=1), [sigtermed]), None, T0)
+    assert conds(status)["Running"] == ("False", "Restarting", (
+        "Pod p1 preempted, restarting from the beginning (no checkpoint was saved yet). Without a disruption condition this "
+        "counts against spec.backoffLimit. Waiting for the Job to start the next pod."))
+
+
+def test_pod_being_disrupted_is_saving_a_checkpoint():
+    status = derive_status(Observed(1, job(active=1), [pod("p1", conditions=DISRUPTED)]), None, T0)
+    assert conds(status)["Running"] == ("True", "Restarting", "Pod p1 is being preempted (PreemptionByScheduler): saving a checkpoint.")

@@ -68,6 +68,7 @@ async def refresh_status(body: Any, trainer_jobs: kopf.Index, trainer_pods: kopf
                             pods=list(trainer_pods.get(key, [])), validation_error=validation_error,
                             output_prefix=job_prefix(resolved.output.uri or "", meta["namespace"], meta["name"]) if resolved else None,
                             adapter_type=resolved.adapter.type if resolved else None,
+                            checkpoints=list((body.get("status") or {}).get("checkpoints") or []),
                             merged_model=resolved.output.merged_model if resolved else False)
         status = derive_status(observed, previous)
         await write_status(body, previous, status)

@@ -28,6 +28,7 @@ class Observed:
     output_prefix: str | None = None
     adapter_type: str | None = None  # from the parsed spec (None when it does not parse)
     merged_model: bool = False
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # status.checkpoints, reported by the trainer
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,38 @@ def termination_report(pod: dict[str, Any]) -> dict[str, Any]:
     return {"message": text} if text else {}
 
 
+def _disruption(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod's DisruptionTarget condition (preemption, eviction, node drain), if Kubernetes set one."""
+    return next((cond for cond in (pod.get("status") or {}).get("conditions") or []
+                 if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True"), None)
+
+
 def _failed_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [p for p in _by_age(pods) if (_terminated(p) or {}).get("exitCode", 0) != 0 or p.get("status", {}).get("phase") == "Failed"]
+    """Failed attempts, oldest first. A disrupted pod is not one: the Job's podFailurePolicy ignores it, so it
+    does not count against spec.backoffLimit."""
+    return [p for p in _by_age(pods) if ((_terminated(p) or {}).get("exitCode", 0) != 0 or p.get("status", {}).get("phase") == "Failed")
+            and _disruption(p) is None]
+
+
+def _preempted(pod: dict[str, Any]) -> bool:
+    """Ended by SIGTERM after checkpointing (exit 143), or by a disruption."""
+    ended = _terminated(pod) is not None or (pod.get("status") or {}).get("phase") == "Failed"
+    return ended and ((_terminated(pod) or {}).get("exitCode") == exit_codes.PREEMPTED or _disruption(pod) is not None)
+
+
+def _last_ended(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    ended = [p for p in _by_age(pods) if _terminated(p) is not None or (p.get("status") or {}).get("phase") in ("Failed", "Succeeded")]
+    return ended[-1] if ended else None
+
+
+def _preemption(pod: dict[str, Any], checkpoints: list[dict[str, Any]]) -> str:
+    """'Pod X preempted, resuming from checkpoint N': N is the newest checkpoint the trainer reported."""
+    why = _disruption(pod)
+    cause = f" ({why.get('reason')})" if why and why.get('reason') else ""
+    steps = [int(cp["step"]) for cp in checkpoints if isinstance(cp, dict) and isinstance(cp.get("step"), int)]
+    resume = f"resuming from checkpoint {steps[-1]}" if steps else "restarting from the beginning (no checkpoint was saved yet)"
+    counted = ("" if why else " Without a disruption condition this counts against spec.backoffLimit.")
+    return f"Pod {pod['metadata']['name']} preempted{cause}, {resume}.{counted}"
 
 
 def _describe_failure(pod: dict[str, Any] | None) -> tuple[str, str]:
@@ -167,6 +198,13 @@ def _verdict(obs: Observed) -> Verdict:
     running = _running_pods(obs.pods)
     if running:
         pod = running[-1]
+        if (why := _disruption(pod)) is not None:
+            msg = f"Pod {pod['metadata']['name']} is being preempted ({why.get('reason', 'DisruptionTarget')}): saving a checkpoint."
+            return v((TRUE, Reason.RESTARTING, msg), (UNKNOWN, Reason.RESTARTING, msg), no_failure, not_suspended)
+        last = _last_ended([p for p in obs.pods if p not in running])
+        if last is not None and _preempted(last):
+            msg = f"Training on pod {pod['metadata']['name']}. {_preemption(last, obs.checkpoints)}"
+            return v((TRUE, Reason.RESTARTING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
         earlier = _failed_pods(obs.pods)
         if earlier:
             prev_reason, prev_msg = _describe_failure(earlier[-1])
@@ -183,6 +221,10 @@ def _verdict(obs: Observed) -> Verdict:
         if done:
             msg = f"The trainer on pod {done[-1]['metadata']['name']} finished; waiting for the Job to complete."
             return v((FALSE, Reason.FINISHING, msg), (UNKNOWN, Reason.FINISHING, msg), no_failure, not_suspended)
+        last = _last_ended(obs.pods)
+        if last is not None and _preempted(last):
+            msg = f"{_preemption(last, obs.checkpoints)} Waiting for the Job to start the next pod."
+            return v((FALSE, Reason.RESTARTING, msg), (UNKNOWN, Reason.RESTARTING, msg), no_failure, not_suspended)
         earlier = _failed_pods(obs.pods)
         if earlier:
             prev_reason, prev_msg = _describe_failure(earlier[-1])
