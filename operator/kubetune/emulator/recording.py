@@ -87,6 +87,7 @@ class RecordedRequest:
     namespace: str | None = None
     name: str | None = None
     subresource: str | None = None
+    user: str | None = None  # the authenticated user when RBAC is on
 
 
 class RequestLog:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import copy
 import json
 import os
 import pathlib
 import shutil
+import ssl
+import subprocess
 import tempfile
 import threading
 import urllib.error
@@ -39,8 +42,8 @@ class Emulator:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
                  kubeconfig: str | os.PathLike[str] | None = None, namespace: str = "default",
-                 check_schemas: bool = True) -> None:
-        self.handler = KubeEmulator()
+                 check_schemas: bool = True, rbac: bool = False) -> None:
+        self.handler = KubeEmulator(rbac_enabled=rbac)
         self.handler.store.check_schemas = check_schemas
         self.host = host
         self._requested_port = port
@@ -54,6 +57,16 @@ class Emulator:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self.kubeconfig: str = ""
+        # With RBAC the emulator serves HTTPS, like an API server: kubectl (client-go) sends a bearer
+        # token only over TLS. The kubeconfig carries the CA; `ca_file` is it as a file.
+        self.ca_file: str | None = None
+        self._certdir: str | None = None
+        self._ssl: ssl.SSLContext | None = None
+        if rbac:
+            self._certdir = tempfile.mkdtemp(prefix="kube-emulator-tls-")
+            self.ca_file, key_file = _self_signed(pathlib.Path(self._certdir), host)
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl.load_cert_chain(self.ca_file, key_file)
 
     # Lifecycle --------------------------------------------------------------------------------
 
@@ -75,9 +88,10 @@ class Emulator:
             self._loop.call_soon_threadsafe(self._stop_event.set)
         self._thread.join(timeout=10)
         self._thread = None
-        if self._tempdir is not None:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-            self._tempdir = None
+        for folder in (self._tempdir, self._certdir):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._tempdir = self._certdir = None
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -104,7 +118,8 @@ class Emulator:
             runner = aiohttp.web.ServerRunner(server, shutdown_timeout=2.0)
             await runner.setup()
             try:
-                site = aiohttp.web.TCPSite(runner, self.host, self._requested_port, reuse_address=True)
+                site = aiohttp.web.TCPSite(runner, self.host, self._requested_port, reuse_address=True,
+                                           ssl_context=self._ssl)
                 await site.start()
                 self.port = runner.addresses[0][1]
                 self._ready.set()
@@ -119,25 +134,72 @@ class Emulator:
         if path is None:
             self._tempdir = tempfile.mkdtemp(prefix="kube-emulator-")
             path = pathlib.Path(self._tempdir) / "kubeconfig"
+        return self.write_kubeconfig(path, {"token": self.admin_token})
+
+    def write_kubeconfig(self, path: str | os.PathLike[str], user: Mapping[str, Any],
+                         namespace: str | None = None) -> pathlib.Path:
+        """A kubeconfig for this emulator with the given ``user`` entry (``{"token": ...}``, ``{"tokenFile": ...}``)."""
+        path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "emulator", "user": {}}],
+            "clusters": [{"name": "emulator", "cluster": self._cluster_entry()}],
+            "users": [{"name": "emulator", "user": dict(user)}],
             "contexts": [{"name": "emulator",
-                          "context": {"cluster": "emulator", "user": "emulator", "namespace": self.namespace}}],
+                          "context": {"cluster": "emulator", "user": "emulator",
+                                      "namespace": namespace or self.namespace}}],
             "current-context": "emulator",
             "preferences": {},
         }
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
+    def _cluster_entry(self) -> dict[str, Any]:
+        if self.ca_file is None:
+            return {"server": self.url}
+        ca = base64.b64encode(pathlib.Path(self.ca_file).read_bytes()).decode()
+        return {"server": self.url, "certificate-authority-data": ca}
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context that trusts the emulator's certificate (None when it serves plain HTTP)."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+
+    # Identities (RBAC) ------------------------------------------------------------------------
+
+    @property
+    def rbac(self) -> bool:
+        """Whether requests are authenticated and authorized (``Emulator(rbac=True)``)."""
+        return self.handler.rbac_enabled
+
+    @property
+    def admin_token(self) -> str:
+        """The bearer token of the kubeconfig's user (group system:masters: may do anything)."""
+        return self.handler.rbac.admin_token
+
+    def token(self, namespace: str, service_account: str, expiration_seconds: int | None = None) -> str:
+        """A bound token of the ServiceAccount, like the TokenRequest kubelet makes (404 if it does not exist)."""
+        return self.call(lambda: self.handler.rbac.request_token(namespace, service_account,
+                                                                 expiration_seconds)["token"])
+
+    def service_account_kubeconfig(self, path: str | os.PathLike[str], namespace: str,
+                                   service_account: str) -> pathlib.Path:
+        """A kubeconfig acting as system:serviceaccount:<namespace>:<service_account>."""
+        return self.write_kubeconfig(path, {"token": self.token(namespace, service_account)}, namespace)
+
+    def used_permissions(self, user: str) -> set[tuple[str, str, str]]:
+        """(verb, group, resource[/subresource]) the user was allowed, incl. what escalation checks relied on."""
+        return self.handler.rbac.usage(user)
+
+    def denials(self, user: str | None = None) -> list[str]:
+        """The 403 messages served (to ``user`` only, if given)."""
+        return [message for who, message in self.handler.rbac.denials() if user is None or who == user]
+
     @property
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError("the emulator is not started")
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://{self.host}:{self.port}"
 
     # Requests served --------------------------------------------------------------------------
 
@@ -175,13 +237,15 @@ class Emulator:
     # Raw HTTP helpers (recorded like any other request) ---------------------------------------
 
     def http(self, method: str, path: str, body: Any = None, content_type: str = "application/json", *,
-             timeout: float = 10) -> tuple[int, Any]:
-        """One HTTP request; returns (status code, decoded JSON body or None). Errors are returned, not raised."""
+             timeout: float = 10, token: str | None = None) -> tuple[int, Any]:
+        """One HTTP request (as admin, or with ``token``); returns (status code, decoded JSON body or None).
+        Errors are returned, not raised."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": content_type, "Accept": "application/json"})
+                                         headers={"Content-Type": content_type, "Accept": "application/json",
+                                                  "Authorization": f"Bearer {token or self.admin_token}"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout, context=self.ssl_context()) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
@@ -193,7 +257,9 @@ class Emulator:
     def watch_events(self, path: str, *, timeout_seconds: float = 0.5, **params: str) -> list[dict[str, Any]]:
         """All events of ``GET path?watch=true&...`` until the server ends the stream after ``timeout_seconds``."""
         query = urllib.parse.urlencode({"watch": "true", "timeoutSeconds": str(timeout_seconds), **params})
-        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=timeout_seconds + 10) as response:
+        request = urllib.request.Request(f"{self.url}{path}?{query}",
+                                         headers={"Authorization": f"Bearer {self.admin_token}"})
+        with urllib.request.urlopen(request, timeout=timeout_seconds + 10, context=self.ssl_context()) as response:
             return [json.loads(line) for line in response.read().splitlines() if line.strip()]
 
     # In-process access (no HTTP, not recorded) ------------------------------------------------
@@ -271,3 +337,14 @@ class Emulator:
             raise errors.not_found("", str(obj.get("kind")), None)
         namespace = (obj.get("metadata") or {}).get("namespace") or (self.namespace if rtype.namespaced else None)
         return rtype, namespace
+
+
+def _self_signed(folder: pathlib.Path, host: str) -> tuple[str, str]:
+    """A throwaway self-signed serving certificate for `host` and localhost (the openssl CLI): (cert = CA, key)."""
+    cert_file, key_file = folder / "tls.crt", folder / "tls.key"
+    kind = "IP" if host.replace(".", "").isdigit() or ":" in host else "DNS"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=kube-emulator", "-addext", f"subjectAltName={kind}:{host},DNS:localhost",
+                    "-addext", "basicConstraints=critical,CA:TRUE", "-keyout", str(key_file), "-out", str(cert_file)],
+                   check=True, capture_output=True, timeout=30)
+    return str(cert_file), str(key_file)

@@ -24,11 +24,17 @@ handling with :class:`~kubetune.emulator.store.Store`. What it emulates:
 * label and field selectors, limit/continue, dryRun; watches from a resourceVersion (410 when
   compacted), sendInitialEvents bookmarks, timeoutSeconds;
 * finalizers and deletionTimestamp; ownerReference garbage collection (background, foreground as
-  "children first", orphan); namespace termination; Job/Pod/Deployment defaulting and validation.
+  "children first", orphan); namespace termination; Job/Pod/Deployment defaulting and validation;
+* opt-in (``Emulator(rbac=True)``): bearer-token authentication (401), TokenRequest for ServiceAccount
+  tokens, the RBAC authorizer over the stored Roles/ClusterRoles/bindings with the API server's 403
+  messages, RBAC escalation prevention, and a per-user record of the permissions used (see rbac.py).
+  In-process helpers of ``Emulator`` (``emu.create`` etc.) are not authorized: they play the control plane.
 
 Not emulated: kubelet and the built-in controllers (tests patch child status themselves),
-protobuf (``kubectl create <kind>``: use ``kubectl apply -f``), RBAC/authentication, admission
-webhooks, managedFields, OpenAPI v2 and full schemas of built-in kinds (their unknown fields are kept).
+protobuf (``kubectl create <kind>``: use ``kubectl apply -f``), client certificates, impersonation,
+ClusterRole aggregation, admission plugins other than RBAC's escalation check (e.g.
+OwnerReferencesPermissionEnforcement), admission webhooks, managedFields, OpenAPI v2 and full
+schemas of built-in kinds (their unknown fields are kept).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import kmock
 import yaml
 from kmock._internal import apps, enums, rendering
 
-from kubetune.emulator import errors, lifecycle, openapi, patching, selectors, tables
+from kubetune.emulator import errors, lifecycle, openapi, patching, rbac, selectors, tables
 from kubetune.emulator.fieldvalidation import FieldValidation
 from kubetune.emulator.recording import ApiPath, RecordedRequest, RequestLog, is_true, k8s_verb, parse_api_path
 from kubetune.emulator.registry import Registry, ResourceType
@@ -74,6 +80,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     request_log: RequestLog = attrs.field(factory=RequestLog, init=False)
     internal_errors: list[BaseException] = attrs.field(factory=list, init=False)
     watch_hub: WatchHub = attrs.field(factory=WatchHub, init=False)
+    rbac_enabled: bool = attrs.field(default=False)  # authenticate and authorize every request (see rbac.py)
+    rbac: rbac.Rbac = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -85,6 +93,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         assert ns_rtype is not None
         for name in INITIAL_NAMESPACES:
             self.store.create(ns_rtype, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        self.rbac = rbac.Rbac(self.store, self.registry)  # tokens are issued either way; enforced when enabled
+        if self.rbac_enabled:
+            for obj in rbac.bootstrap_objects():
+                rtype = self.registry.by_kind(obj["apiVersion"], obj["kind"])
+                assert rtype is not None
+                self.store.create(rtype, None, obj)
+            self.store.admission.append(self.rbac.admit)
 
     # The HTTP entry point ---------------------------------------------------------------------
 
@@ -96,11 +111,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
         resource = None
         if path is not None and path.plural is not None:
             resource = f"{path.plural}.{path.group}" if path.group else path.plural
+        user = self.rbac.authenticate(raw_request.headers.get("Authorization")) if self.rbac_enabled else None
         self.request_log.add(RecordedRequest(
             method=raw_request.method, path=raw_request.path, query=query, verb=verb, resource=resource,
             namespace=path.namespace if path else None, name=path.name if path else None,
-            subresource=path.subresource if path else None))
+            subresource=path.subresource if path else None, user=user.name if user else None))
         try:
+            if self.rbac_enabled:
+                if user is None:
+                    raise rbac.unauthorized()
+                rbac.current_user.set(user)
+                self.rbac.authorize(_attributes(user, raw_request, path, verb, query))
             if self._payloads:  # user-defined kmock reactions first
                 request = self._kmock_request(raw_request, body, path, verb, query)
                 self._requests.append(request)
@@ -181,6 +202,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         rtype = self.registry.get(path.group, path.version, path.plural)
         if rtype is None or (path.namespace is not None and not rtype.namespaced):
             raise errors.not_found(path.group, path.plural, None)
+        if rtype.group == "" and rtype.plural == "serviceaccounts" and path.subresource == "token":
+            return self._token_request(raw, body, path)
         if path.subresource is not None and path.subresource not in rtype.subresources:
             raise errors.not_found(path.group, f"{path.plural}/{path.subresource}", path.name)
         method, name, ns = raw.method, path.name, path.namespace
@@ -229,6 +252,19 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 options = dict(options, propagationPolicy=query["propagationPolicy"])
             return self._json(rtype, self.store.delete(rtype, ns, name, options, dry_run=dry_run))
         raise errors.method_not_allowed()
+
+    def _token_request(self, raw: aiohttp.web.BaseRequest, body: bytes, path: ApiPath) -> aiohttp.web.StreamResponse:
+        """TokenRequest (authentication.k8s.io/v1): a bound token for the ServiceAccount, as kubelet asks for one."""
+        if raw.method != "POST" or path.name is None or path.namespace is None:
+            raise errors.method_not_allowed()
+        request = _decode(body, raw) if body else {}
+        seconds = (request.get("spec") or {}).get("expirationSeconds")
+        status = self.rbac.request_token(path.namespace, path.name, int(seconds) if seconds else None)
+        return aiohttp.web.json_response({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "metadata": {"name": path.name, "namespace": path.namespace, "creationTimestamp": None},
+            "spec": dict(request.get("spec") or {}, expirationSeconds=int(seconds or rbac.DEFAULT_TOKEN_SECONDS)),
+            "status": status}, status=201)
 
     def _list(self, rtype: ResourceType, ns: str | None, query: dict[str, str],
               as_table: bool) -> aiohttp.web.StreamResponse:
@@ -352,6 +388,21 @@ def _decode(body: bytes, raw: aiohttp.web.BaseRequest) -> Any:
             raise errors.ApiError(415, "UnsupportedMediaType", "the emulator speaks JSON only, not protobuf "
                                   "(kubectl create <kind> sends protobuf: use kubectl apply -f)") from None
         raise errors.bad_request(f"the body could not be decoded: {exc}") from None
+
+
+def _attributes(user: rbac.User, raw: aiohttp.web.BaseRequest, path: ApiPath | None, verb: str | None,
+                query: dict[str, str]) -> rbac.Attributes:
+    """The request as the authorizer sees it (apiserver RequestInfo)."""
+    if path is None or path.plural is None or verb is None:
+        return rbac.Attributes(user, raw.method.lower(), False, path=raw.path)
+    name = path.name or ""
+    if verb in ("list", "watch") and not name:  # a field selector on one name authorizes like that name
+        for term in (query.get("fieldSelector") or "").split(","):
+            key, _, value = term.partition("==") if "==" in term else term.partition("=")
+            if key.strip() == "metadata.name" and not key.endswith("!"):
+                name = value.strip()
+    return rbac.Attributes(user, verb, True, path.group, path.plural, path.subresource or "", path.namespace or "",
+                           name)
 
 
 def _sort_key(obj: Mapping[str, Any]) -> tuple[str, str]:

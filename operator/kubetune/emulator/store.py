@@ -51,6 +51,8 @@ class Store:
         self.watchers: dict[GroupResource, set[Callable[[Event], None]]] = collections.defaultdict(set)
         self.listeners: list[Callable[[ResourceType, Event], None]] = []  # e.g. the kmock mirror
         self.check_schemas = True  # prune, default and validate custom resources by their CRD schema
+        # Admission checks run on every write that would commit, dry runs included: fn(rtype, new, old or None).
+        self.admission: list[Callable[[ResourceType, dict[str, Any], dict[str, Any] | None], None]] = []
 
     # Reading ----------------------------------------------------------------------------------
 
@@ -123,6 +125,8 @@ class Store:
         if self.check_schemas:
             obj = schemas.conform(rtype, obj)
         validate_object(rtype, obj)
+        for admit in self.admission:
+            admit(rtype, obj, None)
         if dry_run:
             meta["resourceVersion"] = str(self.rv)
             return obj
@@ -266,6 +270,8 @@ class Store:
         if self.check_schemas:
             new = schemas.conform(rtype, new, old)
         validate_object(rtype, new)
+        for admit in self.admission:
+            admit(rtype, new, old)
         lifecycle.on_update(self, rtype, old, new)
         if _same(old, new):
             return old  # a no-op write: no new resourceVersion, no watch event
