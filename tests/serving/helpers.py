@@ -138,10 +138,11 @@ def wait_until(check: Callable[[], T], timeout: float, interval: float = 0.1, wh
         time.sleep(interval)
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, Any]:
-    """(status, parsed JSON body or text); (0, error) when unreachable."""
+def http_get(url: str, timeout: float = 2.0, api_key: str | None = None) -> tuple[int, Any]:
+    """(status, parsed JSON body or text); (0, error) when unreachable. `api_key`: sent as a Bearer token."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
@@ -193,11 +194,14 @@ VLLM_TEST_OPTIONS = {"maxLoraRank": 16, "maxLoras": 4, "dtype": "float32", "maxM
 
 
 def start_vllm(model_dir: Path, port: int, log: Path, *, lora_modules: list[tuple[str, Path]] = (),
-               served_name: str = "tiny", options: dict | None = None) -> Proc:
-    """Real vLLM (CPU build) through the image's launcher, as the pod runs it; returns at once."""
+               served_name: str = "tiny", options: dict | None = None, api_key: str | None = None) -> Proc:
+    """Real vLLM (CPU build) through the image's launcher, as the pod runs it; returns at once. With
+    `api_key`, vLLM gets it the pod's way ($VLLM_API_KEY, never argv) and answers 401 without it."""
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     env.pop("VLLM_API_KEY", None)
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
     argv = [str(SERVING_PYTHON), "-m", "kubetune_serving.launch", "--base-model", json.dumps({"uri": f"file://{model_dir}"}),
             "--vllm-options", json.dumps(options or VLLM_TEST_OPTIONS), "--served-model-name", served_name,
             "--host", "127.0.0.1", "--port", str(port)]
@@ -212,11 +216,11 @@ def start_vllm(model_dir: Path, port: int, log: Path, *, lora_modules: list[tupl
     return Proc(process, log)
 
 
-def wait_vllm(proc: Proc, port: int, timeout: float = 180.0) -> None:
+def wait_vllm(proc: Proc, port: int, timeout: float = 180.0, api_key: str | None = None) -> None:
     def up() -> bool:
         if not proc.alive():
             raise RuntimeError(f"vLLM exited {proc.process.returncode}:\n{proc.tail()}")
-        return http_get(f"http://127.0.0.1:{port}/v1/models")[0] == 200
+        return http_get(f"http://127.0.0.1:{port}/v1/models", api_key=api_key)[0] == 200
 
     wait_until(up, timeout, 0.25, "vLLM ready")
 

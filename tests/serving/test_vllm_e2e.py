@@ -4,15 +4,20 @@ One vLLM and one sidecar serve the whole module; the tests are steps of one stor
 file order: A from s3:// -> add B (file://) hot -> remove A -> U given by s3:// URI without a
 manifest sha (unpinned) is resolved and served, then re-published and replaced in place -> refuse
 corrupted/unpublished/full adapters -> vLLM crashes and restarts -> A and B restored. Each step
-asserts concrete answers.
+asserts concrete answers. vLLM runs with an API key ($VLLM_API_KEY, as the pod gets it from its
+Secret): every load and unload the sidecar does goes through its Authorization header, and a client
+without the key (or with a wrong one) gets 401.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +44,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(serving_venv_missing() is not None, reason=str(serving_venv_missing())),
 ]
+API_KEY = f"e2e-key-{secrets.token_hex(8)}"
 
 
 @dataclass
@@ -73,16 +79,16 @@ class Stack:
         return http_get(f"http://127.0.0.1:{self.sync_port}/readyz")[0]
 
     def served(self) -> dict[str, str]:
-        data = http_get(f"http://127.0.0.1:{self.vllm_port}/v1/models")[1]["data"]
+        data = http_get(f"http://127.0.0.1:{self.vllm_port}/v1/models", api_key=API_KEY)[1]["data"]
         return {card["id"]: card["root"] for card in data if card["parent"]}
 
-    def client(self):
+    def client(self, api_key: str = API_KEY):
         from openai import OpenAI
 
-        return OpenAI(base_url=f"http://127.0.0.1:{self.vllm_port}/v1", api_key="unused", max_retries=0, timeout=60)
+        return OpenAI(base_url=f"http://127.0.0.1:{self.vllm_port}/v1", api_key=api_key, max_retries=0, timeout=60)
 
-    def ask(self, model: str) -> str:
-        reply = self.client().chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}],
+    def ask(self, model: str, api_key: str = API_KEY) -> str:
+        reply = self.client(api_key).chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}],
                                                       temperature=0, max_tokens=16)
         return reply.choices[0].message.content
 
@@ -101,11 +107,12 @@ def stack(tiny_model_dir: Path, trained_adapters, s3_server, tmp_path_factory: p
     desired_file = root / "desired.json"
     write_json_atomic(desired_file, desired_set(0))
     vllm_port, sync_port = free_port(), free_port()
-    vllm = start_vllm(tiny_model_dir, vllm_port, root / "vllm.log")
+    vllm = start_vllm(tiny_model_dir, vllm_port, root / "vllm.log", api_key=API_KEY)
     sync = None
     try:
-        sync = start_sync(desired_file, vllm_port, sync_port, root / "cache", root / "sync.log", env=s3_server.env)
-        wait_vllm(vllm, vllm_port)
+        sync = start_sync(desired_file, vllm_port, sync_port, root / "cache", root / "sync.log",
+                          env={**s3_server.env, "VLLM_API_KEY": API_KEY})
+        wait_vllm(vllm, vllm_port, api_key=API_KEY)
         stack = Stack(root, tiny_model_dir, vllm, sync, vllm_port, sync_port, desired_file, adapters,
                       {name: t.answer for name, t in trained_adapters.items()}, bucket)
         yield stack
@@ -126,6 +133,35 @@ def test_adapter_from_s3_answers_through_the_openai_client(stack: Stack) -> None
     report = stack.report("a")
     assert (report["uri"], report["manifestSha256"], report["message"]) == (stack.adapters["a"][0], sha_a, None)
     assert stack.readyz() == 200
+
+
+def test_without_the_api_key_vllm_answers_401_and_the_sidecar_has_loaded_with_it(stack: Stack) -> None:
+    from openai import AuthenticationError
+
+    url = f"http://127.0.0.1:{stack.vllm_port}"
+    with pytest.raises(AuthenticationError) as wrong:
+        stack.ask("a", api_key="not-the-key")
+    assert wrong.value.status_code == 401
+    # No Authorization header at all (the openai client always sends one)
+    assert _post(f"{url}/v1/chat/completions", {"model": "a", "messages": [{"role": "user", "content": QUESTION}]}) == 401
+    assert http_get(f"{url}/v1/models")[0] == http_get(f"{url}/v1/models", api_key="not-the-key")[0] == 401
+    assert _post(f"{url}/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(stack.root)}) == 401
+    assert _post(f"{url}/v1/unload_lora_adapter", {"lora_name": "a"}) == 401
+    assert http_get(f"{url}/health")[0] == 200  # probes need no key
+    assert stack.ask("a") == "I am Zorbia the blue cat."  # still loaded: the sidecar's request had the key
+    assert API_KEY not in json.dumps(stack.status()) + stack.sync.tail(500) + stack.vllm.tail(500)
+    for proc in (stack.vllm, stack.sync):
+        assert API_KEY.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert f"VLLM_API_KEY={API_KEY}".encode() in Path(f"/proc/{proc.pid}/environ").read_bytes()
+
+
+def _post(url: str, body: dict) -> int:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_adding_b_answers_within_seconds_without_restarting_vllm(stack: Stack) -> None:
@@ -243,7 +279,7 @@ def test_vllm_restart_restores_every_adapter(stack: Stack) -> None:
     assert (body["vllmReady"], {a["name"]: a["state"] for a in body["adapters"]}) == (
         False, {"a": "Loading", "b": "Loading"})
 
-    stack.vllm = start_vllm(stack.model_dir, stack.vllm_port, stack.root / "vllm-2.log")
+    stack.vllm = start_vllm(stack.model_dir, stack.vllm_port, stack.root / "vllm-2.log", api_key=API_KEY)
     wait_until(lambda: stack.readyz() == 200, 180, 0.1, "readyz true after the restart")
     assert stack.vllm.pid != old_pid
     assert stack.states(6) == {"a": "Ready", "b": "Ready"}
