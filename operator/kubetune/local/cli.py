@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -80,11 +81,11 @@ def serve(lr: LocalRun, doc: dict[str, Any], timeout: float) -> dict[str, Any]:
     return obj
 
 
-def ask(port: int, model: str, question: str, max_tokens: int = 40) -> str:
+def ask(port: int, model: str, question: str, max_tokens: int = 40, api_key: str | None = None) -> str:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
                        "temperature": 0}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())["choices"][0]["message"]["content"].strip()
 
@@ -104,6 +105,8 @@ def run(files: list[Path], workdir: Path, uri_map: dict[str, str], serving_pytho
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
     with lr:
+        for secret in (d for d in docs if d["kind"] == "Secret"):
+            lr.apply(secret)
         try:
             code = _drive(lr, docs, results, question, started, timeout)
             if code == 0 and _serving_port(lr) is not None:
@@ -119,7 +122,7 @@ def run(files: list[Path], workdir: Path, uri_map: dict[str, str], serving_pytho
 
 def _drive(lr: LocalRun, docs: list[dict[str, Any]], results: dict[str, dict[str, Any]], question: str | None,
            started: float, timeout: float) -> int:
-    for doc in sorted(docs, key=lambda d: d["kind"] != "FineTuneJob"):
+    for doc in sorted((d for d in docs if d["kind"] != "Secret"), key=lambda d: d["kind"] != "FineTuneJob"):
         if doc["kind"] == "FineTuneJob":
             results[doc["metadata"]["name"]] = obj = train(lr, doc, timeout)
             if finetunejob_outcome(obj) != "Succeeded":
@@ -132,6 +135,17 @@ def _drive(lr: LocalRun, docs: list[dict[str, Any]], results: dict[str, dict[str
                 summarize(lr, obj, results, question, time.monotonic() - started)
             show_endpoint(_serving_port(lr), obj)
     return 0
+
+
+def api_key_of(lr: LocalRun, md: dict[str, Any]) -> str | None:
+    """The key a ModelDeployment's endpoint wants (spec.apiKeySecretRef), read from its Secret; None if it has none."""
+    ref = (md.get("spec") or {}).get("apiKeySecretRef")
+    if not ref or lr.emu is None:
+        return None
+    secret = lr.emu.get("", "v1", "secrets", md["metadata"].get("namespace", lr.namespace), ref["name"]) or {}
+    if ref["key"] in (secret.get("data") or {}):
+        return base64.b64decode(secret["data"][ref["key"]]).decode()
+    return (secret.get("stringData") or {}).get(ref["key"])
 
 
 def _serving_port(lr: LocalRun) -> int | None:
@@ -148,10 +162,17 @@ def show_endpoint(port: int | None, md: dict[str, Any]) -> None:
     url = f"http://127.0.0.1:{port}/v1"
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 40})
     plain = {"markup": False, "highlight": False, "soft_wrap": True}
+    # With spec.apiKeySecretRef the endpoint wants the key: the snippets read it from $VLLM_API_KEY
+    # (never printed: the terminal and its scrollback are no place for it).
+    ref = (md.get("spec") or {}).get("apiKeySecretRef")
+    auth = " -H \"Authorization: Bearer $VLLM_API_KEY\"" if ref else ""
+    key = 'os.environ["VLLM_API_KEY"]' if ref else '"unused"'
     console.print(f"OpenAI endpoint: {url}", **plain)
     console.print(f"  models: {', '.join([md['metadata']['name'], *adapters])}", **plain)
-    console.print(f"  curl {url}/chat/completions -H 'Content-Type: application/json' -d '{body}'", **plain)
-    console.print(f'  python -c \'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="unused"); '
+    if ref:
+        console.print(f"  API key: key {ref['key']!r} of Secret {ref['name']!r}; set VLLM_API_KEY to it first", **plain)
+    console.print(f"  curl {url}/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'", **plain)
+    console.print(f'  python -c \'import os; from openai import OpenAI; c = OpenAI(base_url="{url}", api_key={key}); '
                   f'print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "{QUESTION}"}}])'
                   f'.choices[0].message.content)\'', **plain)
 
@@ -176,9 +197,10 @@ def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any
     table = Table(title=f"kubetune local run: {elapsed:.0f} s")
     table.add_column("model")
     table.add_column(f"answer to {question!r}")
-    answers = {name: ask(port, name, question)}
+    key = api_key_of(lr, md)
+    answers = {name: ask(port, name, question, api_key=key)}
     for adapter in (md.get("status") or {}).get("adapters") or []:
-        answers[adapter["name"]] = ask(port, adapter["name"], question)
+        answers[adapter["name"]] = ask(port, adapter["name"], question, api_key=key)
     for model, answer in answers.items():
         table.add_row(f"{model} ({'base model' if model == name else 'adapter'})", answer)
     console.print(table)

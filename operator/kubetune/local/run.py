@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ..api import constants as c
 from ..api.finetunejob import FineTuneJobSpec
 from ..api.modeldeployment import ModelDeploymentSpec
 from ..api.validation import SpecError, parse
@@ -35,6 +36,7 @@ class LocalRun:
     workdir: Path
     uri_map: dict[str, str] = field(default_factory=dict)
     serving_python: str | None = None
+    pvc_map: dict[str, Path] = field(default_factory=dict)  # claim -> host folder; default <workdir>/pvcs/<claim>
     namespace: str = "default"
     emu: Emulator | None = None
     operator: subprocess.Popen | None = None
@@ -46,10 +48,14 @@ class LocalRun:
 
     # --- manifests ----------------------------------------------------------------------------
     def load(self, files: list[Path]) -> list[dict[str, Any]]:
-        """Read, map URIs, and validate every kubetune object before anything runs or downloads."""
+        """Read, map URIs, and validate every kubetune object before anything runs or downloads. Secrets
+        in the files are kept as they are (applied first): the only Secrets a local run has."""
         docs, problems = [], []
         for file in files:
             for doc in yaml.safe_load_all(file.read_text()):
+                if isinstance(doc, dict) and doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
+                    docs.append(doc)
+                    continue
                 if not isinstance(doc, dict) or doc.get("kind") not in MODELS:
                     continue
                 doc = self._map(doc)
@@ -59,9 +65,10 @@ class LocalRun:
                     name = (doc.get("metadata") or {}).get("name", "?")
                     problems += [f"{file}: {doc['kind']}/{name}: {p}" for p in exc.problems]
                 docs.append(doc)
+        problems += _missing_secrets(docs, self.namespace)
         if problems:
             raise SpecError(problems)
-        if not docs:
+        if not any(doc["kind"] in MODELS for doc in docs):
             raise SpecError([f"{', '.join(map(str, files))}: no FineTuneJob or ModelDeployment found"])
         return docs
 
@@ -85,12 +92,15 @@ class LocalRun:
         for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
             self.emu.apply_file(crd)
         env = {**os.environ, "KUBECONFIG": self.emu.kubeconfig, "KUBETUNE_DEFAULT_OUTPUT_URI": f"file://{storage.resolve()}",
+               # file:// URIs name folders on this machine: fine here, refused by an operator on a cluster
+               "KUBETUNE_ALLOW_FILE_URIS": "true",
                "KUBETUNE_TRAINER_IMAGE": "local/kubetune-trainer", "KUBETUNE_SERVING_IMAGE": "local/kubetune-serving"}
         log = open(self.workdir / "operator.log", "ab")
         self.operator = subprocess.Popen([sys.executable, "-m", "kubetune", "operator", "-n", self.namespace], env=env,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        self.kubelet = LocalKubelet(self.emu, self.workdir / "pods", serving_python=self.serving_python).start()
+        self.kubelet = LocalKubelet(self.emu, self.workdir / "pods", serving_python=self.serving_python,
+                                    pvc_dir=self.workdir / "pvcs", pvc_map=self.pvc_map).start()
 
     def stop(self) -> None:
         """Stops every child process (trainer, vLLM, sidecar, operator): no orphans."""
@@ -142,6 +152,31 @@ class LocalRun:
                 raise RuntimeError(f"the operator exited ({self.operator.returncode}); see {self.workdir / 'operator.log'}")
             time.sleep(0.25)
         raise TimeoutError(f"{kind}/{name} did not finish within {timeout:.0f} s")
+
+
+def _missing_secrets(docs: list[dict[str, Any]], namespace: str) -> list[str]:
+    """Secret references no Secret in the files satisfies. A cluster's kubelet would not start such a pod
+    (CreateContainerConfigError); here it would run without the value, e.g. an endpoint without its API key."""
+    def key(doc: dict[str, Any]) -> tuple[str, str]:
+        return (doc.get("metadata") or {}).get("namespace") or namespace, (doc.get("metadata") or {}).get("name", "")
+
+    secrets = {key(d): {**(d.get("data") or {}), **(d.get("stringData") or {})} for d in docs if d["kind"] == "Secret"}
+    problems = []
+    for doc in docs:
+        if doc["kind"] not in MODELS:
+            continue
+        ns, name = key(doc)
+        spec = doc.get("spec") or {}
+        refs = {field: spec.get(field) for field in ("apiKeySecretRef", "hubTokenSecretRef")}
+        storage = ((spec.get("storage") or {}).get("credentialsSecretRef") or {}).get("name")
+        if storage:
+            refs |= {f"storage.credentialsSecretRef ({k})": {"name": storage, "key": k}
+                     for k in (c.SECRET_KEY_ACCESS_KEY_ID, c.SECRET_KEY_SECRET_ACCESS_KEY)}
+        for field, ref in refs.items():
+            if ref and ref.get("key") not in secrets.get((ns, ref.get("name")), {}):
+                problems.append(f"{doc['kind']}/{name}: spec.{field}: no Secret {ref.get('name')!r} with key {ref.get('key')!r} "
+                                "in the given files (a local run has only the Secrets you give it with -f)")
+    return problems
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
