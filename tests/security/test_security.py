@@ -1,5 +1,10 @@
 """Security by default, checked on everything that would run: the chart's objects and every object the
-operator builds (real builders, platform defaults from the chart's values)."""
+operator builds (real builders, platform defaults from the chart's values).
+
+That no secret value leaks is shown where secret values exist: test_no_leaks.py puts canaries into real
+Secrets and the operator's environment, runs a whole local FineTuneJob + ModelDeployment and searches
+every object, status, event, log, argv and /status for them. Here only the operator's environment can
+hold one (test_operator_environment_secrets_never_leak_into_children)."""
 
 from __future__ import annotations
 
@@ -73,8 +78,6 @@ def test_credentials_come_only_from_secrets(source):
             for env in container.get("env", []):
                 if env["name"] in SECRET_ENV:
                     assert set(env) == {"name", "valueFrom"} and set(env["valueFrom"]) == {"secretKeyRef"}, env
-                else:
-                    assert CANARY not in json.dumps(env)
         if obj["kind"] == "Secret":
             pytest.fail(f"{source} creates a Secret")
 
@@ -106,7 +109,6 @@ def test_configmaps_hold_no_credentials():
     assert len(config_maps) >= 4
     for config_map in config_maps:
         text = json.dumps(config_map["data"]).lower()
-        assert CANARY not in text
         for word in ("secret_access_key", "access_key_id", "password", "hf_"):
             assert word not in text, (config_map["metadata"]["name"], word)
     trainer = TrainerConfig.model_validate_json(next(o for o in finetunejob_children() if o["kind"] == "ConfigMap")["data"]["config.json"])
