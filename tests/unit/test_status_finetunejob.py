@@ -246,3 +246,12 @@ def test_preemption_without_checkpoint_or_disruption_condition_says_so():
 def test_pod_being_disrupted_is_saving_a_checkpoint():
     status = derive_status(Observed(1, job(active=1), [pod("p1", conditions=DISRUPTED)]), None, T0)
     assert conds(status)["Running"] == ("True", "Restarting", "Pod p1 is being preempted (PreemptionByScheduler): saving a checkpoint.")
+
+
+def test_preemption_names_the_checkpoint_the_preempted_trainer_saved_not_a_later_one():
+    """The next pod saves newer checkpoints as it trains: N stays the one the preempted pod left behind."""
+    said = "Stopped by SIGTERM at step 36; the checkpoint of step 35 is in s3://out/ns/ftj/checkpoints; the next pod resumes from it."
+    preempted = pod("p1", "Failed", state=terminated(143, said), conditions=DISRUPTED)
+    status = derive_status(Observed(1, job(active=1), [preempted, pod("p2", created="2026-11-23T08:10:00Z")],
+                                    checkpoints=CHECKPOINTS), None, T0)
+    assert conds(status)["Running"][2] == "Training on pod p2. Pod p1 preempted (PreemptionByScheduler), resuming from checkpoint 35."

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from kubetune.api import exit_codes
 from kubetune.api.finetunejob import TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting, TrainerConfig
 
@@ -342,7 +343,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     if callback.stopped_at is not None or (stop.requested and not rank.distributed):
         distributed.barrier()  # rank 0 has uploaded the checkpoint before any rank exits (torchrun kills the rest)
         saved = callback.last_saved_step
-        where = (f"the checkpoint of step {saved} is in {checkpoints.store.uri}; the next pod resumes from it"
+        where = (f"{exit_codes.PREEMPTED_CHECKPOINT.format(step=saved, uri=checkpoints.store.uri)}; the next pod resumes from it"
                  if saved is not None else "no step was trained, so there was nothing to checkpoint")
         raise Preempted(f"Stopped by SIGTERM at step {trainer.state.global_step}; {where}.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -101,10 +102,13 @@ def _last_ended(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _preemption(pod: dict[str, Any], checkpoints: list[dict[str, Any]]) -> str:
-    """'Pod X preempted, resuming from checkpoint N': N is the newest checkpoint the trainer reported."""
+    """'Pod X preempted, resuming from checkpoint N': N is the checkpoint the pod's trainer saved on SIGTERM
+    (its termination message), else the newest one it reported to status.checkpoints."""
     why = _disruption(pod)
     cause = f" ({why.get('reason')})" if why and why.get('reason') else ""
-    steps = [int(cp["step"]) for cp in checkpoints if isinstance(cp, dict) and isinstance(cp.get("step"), int)]
+    said = re.search(exit_codes.PREEMPTED_CHECKPOINT_RE, str(termination_report(pod).get("message") or ""))
+    steps = [int(said.group(1))] if said else [
+        int(cp["step"]) for cp in checkpoints if isinstance(cp, dict) and isinstance(cp.get("step"), int)]
     resume = f"resuming from checkpoint {steps[-1]}" if steps else "restarting from the beginning (no checkpoint was saved yet)"
     counted = ("" if why else " Without a disruption condition this counts against spec.backoffLimit.")
     return f"Pod {pod['metadata']['name']} preempted{cause}, {resume}.{counted}"
