@@ -28,6 +28,9 @@ class OperatorSettings(BaseModel):
     termination_grace_seconds: int = 120
     # Serve Prometheus metrics at /metrics on this port (none when unset).
     metrics_port: int | None = None
+    # file:// URIs name a folder on one machine: accepted only under `kubetune local` (local/run.py sets
+    # KUBETUNE_ALLOW_FILE_URIS=true; the Helm chart never does). Elsewhere they fail with ValidationFailed.
+    allow_file_uris: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:

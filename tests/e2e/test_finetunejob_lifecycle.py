@@ -122,6 +122,8 @@ def test_stuck_pods_are_reported(cluster, operator, pod_status, reason, text):
     # server without CEL support would, to show that the operator still catches it.
     ({**SPEC, "resources": {"nodes": 2, "gpus": 0}}, "resources.nodes > 1 needs resources.gpus > 0"),
     ({**SPEC, "dataset": {"train": "s3://data/../secrets.jsonl"}}, "spec.dataset.train: must not contain '..' path segments"),
+    # file:// passes the CRD (kubetune local uses it) but on a cluster it is a folder inside one pod.
+    ({**SPEC, "output": {"uri": "file:///tmp/adapters"}}, "spec.output.uri: 'file:///tmp/adapters': file:// URIs are for `kubetune local` only"),
 ])
 def test_invalid_spec_fails_once_without_job(cluster, operator, emulator, spec, field):
     """What the API server stores but the operator's own validation rejects: Failed, once, no Job."""

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
+from .constants import DEFAULT_PVC_ROOT
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # A positive decimal number written as a string, e.g. "2e-4", "0.05", "1".
@@ -25,6 +27,33 @@ MODEL_URI = r"^(hf://[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?|(s
 DATA_URI = r"^(hf://[A-Za-z0-9][-._A-Za-z0-9]*/[A-Za-z0-9][-._A-Za-z0-9]*(/[^\s]*)?|(s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|https://[^\s]+|file:///[^\s]*)$"
 STORAGE_URI = r"^((s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|file:///[^\s]*)$"
 URI_SCHEMES_HELP = "Allowed schemes: hf://, s3://, pvc://, file:// (file:// only for `kubetune local`)."
+PVC_SCHEME = "pvc"
+# file:///path names a folder on one machine: on a cluster that is inside one pod, gone with the pod.
+LOCAL_ONLY_SCHEME = "file"
+LOCAL_ONLY_HINT = ("file:// URIs are for `kubetune local` only: on a cluster a file:// path is a folder inside one pod "
+                   "and vanishes with it. Use s3:// or pvc://claim/path.")
+
+
+def uri_scheme(uri: str | None) -> str | None:
+    return uri.split("://", 1)[0] if uri and "://" in uri else None
+
+
+def pvc_claim(uri: str | None) -> str | None:
+    """The PersistentVolumeClaim of a pvc://claim/path URI; None for other schemes."""
+    if uri_scheme(uri) != PVC_SCHEME:
+        return None
+    return uri.split("://", 1)[1].split("/", 1)[0] or None  # type: ignore[union-attr]
+
+
+def pvc_mount_path(claim: str) -> str:
+    """Where pods mount a claim. The trainer and the serving sidecar read pvc://claim/path at
+    $KUBETUNE_PVC_ROOT/claim/path, the root defaulting to DEFAULT_PVC_ROOT: this same place."""
+    return f"{DEFAULT_PVC_ROOT}/{claim}"
+
+
+def local_only_problems(uris: dict[str, str | None]) -> list[str]:
+    """`field: message` for every file:// URI among {field path: URI} (refused outside `kubetune local`)."""
+    return [f"{path}: {uri!r}: {LOCAL_ONLY_HINT}" for path, uri in uris.items() if uri_scheme(uri) == LOCAL_ONLY_SCHEME]
 
 
 class KubeModel(BaseModel):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import constants as c
-from ..api.common import ObjectStorage, SecretRef
+from ..api.common import ObjectStorage, SecretRef, pvc_mount_path
 
 MAX_NAME = 63  # Job, Service and label values are DNS labels.
 
@@ -165,3 +165,20 @@ def storage_env(storage: ObjectStorage) -> list[dict[str, Any]]:
         env.append(secret_env(c.ENV_AWS_ACCESS_KEY_ID, secret, c.SECRET_KEY_ACCESS_KEY_ID))
         env.append(secret_env(c.ENV_AWS_SECRET_ACCESS_KEY, secret, c.SECRET_KEY_SECRET_ACCESS_KEY))
     return env
+
+
+def pvc_volume_name(claim: str) -> str:
+    """A volume name (a DNS label) for a claim name (a DNS subdomain: it may hold dots)."""
+    name = "pvc-" + claim.replace(".", "-")
+    return name if name == f"pvc-{claim}" and len(name) <= MAX_NAME else f"pvc-{claim.replace('.', '-')[:40].rstrip('-')}-{short_hash(claim, 10)}"
+
+
+def pvc_volumes(claims: dict[str, bool]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) for the claims of pvc:// URIs, {claim: read-only}, sorted by claim. Each claim
+    is mounted at pvc_mount_path(claim), where the trainer and the serving sidecar resolve pvc://claim/..."""
+    volumes, mounts = [], []
+    for claim in sorted(claims):
+        read_only = {"readOnly": True} if claims[claim] else {}
+        volumes.append({"name": pvc_volume_name(claim), "persistentVolumeClaim": {"claimName": claim, **read_only}})
+        mounts.append({"name": pvc_volume_name(claim), "mountPath": pvc_mount_path(claim), **read_only})
+    return volumes, mounts

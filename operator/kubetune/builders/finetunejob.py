@@ -12,6 +12,7 @@ from typing import Any
 
 from ..api import constants as c
 from ..api import exit_codes
+from ..api.common import local_only_problems, pvc_claim
 from ..api.finetunejob import FineTuneJobSpec
 from ..api.trainer_config import TrainerConfig, trainer_config
 from ..api.validation import SpecError
@@ -23,6 +24,7 @@ from .common import (
     label_value,
     object_meta,
     pod_security_context,
+    pvc_volumes,
     resources,
     scheduling_fields,
     secret_env,
@@ -72,7 +74,23 @@ def resolve_spec(spec: FineTuneJobSpec, settings: OperatorSettings) -> FineTuneJ
         data.scheduling.queue_name = settings.default_queue
     if data.image is None:
         data.image = settings.trainer_image
+    if not settings.allow_file_uris:
+        problems = local_only_problems({"spec.baseModel.uri": data.base_model.uri, "spec.dataset.train": data.dataset.train,
+                                        "spec.dataset.validation": data.dataset.validation, "spec.output.uri": data.output.uri})
+        if problems:
+            raise SpecError(problems)
     return data
+
+
+def pvc_claims(resolved: FineTuneJobSpec) -> dict[str, bool]:
+    """{claim: read-only} of the spec's pvc:// URIs: model and data are only read, the output is written."""
+    claims: dict[str, bool] = {}
+    for uri in (resolved.base_model.uri, resolved.dataset.train, resolved.dataset.validation):
+        if claim := pvc_claim(uri):
+            claims.setdefault(claim, True)
+    if claim := pvc_claim(resolved.output.uri):
+        claims[claim] = False
+    return claims
 
 
 def spec_hash(resolved: FineTuneJobSpec) -> str:
@@ -182,6 +200,7 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
     pod_labels = labels(parent, resolved)
     nodes = resolved.resources.nodes
     gpu_resource = resolved.resources.gpu_resource_name or settings.gpu_resource_name
+    claim_volumes, claim_mounts = pvc_volumes(pvc_claims(resolved))
     container = {
         "name": c.TRAINER_CONTAINER,
         "image": resolved.image or settings.trainer_image,
@@ -200,6 +219,7 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True},
+            *claim_mounts,
         ],
     }
     pod_spec: dict[str, Any] = {
@@ -216,6 +236,7 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
             {"name": "tmp", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
             service_account_token_volume(),
+            *claim_volumes,
         ],
         **scheduling_fields(resolved.scheduling),
     }

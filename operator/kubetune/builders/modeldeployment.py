@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import constants as c
+from ..api.common import local_only_problems, pvc_claim
 from ..api.modeldeployment import ModelDeploymentSpec
+from ..api.validation import SpecError
 from ..config import OperatorSettings
 from .common import (
     Parent,
@@ -22,6 +24,7 @@ from .common import (
     label_value,
     object_meta,
     pod_security_context,
+    pvc_volumes,
     resources,
     scheduling_fields,
     secret_env,
@@ -79,6 +82,11 @@ def resolve_spec(spec: ModelDeploymentSpec, settings: OperatorSettings) -> Model
         data.resources.gpu_resource_name = settings.gpu_resource_name
     if data.image is None:
         data.image = settings.serving_image
+    if not settings.allow_file_uris:
+        problems = local_only_problems({"spec.baseModel.uri": data.base_model.uri,
+                                        **{f"spec.adapters[{i}].uri": a.uri for i, a in enumerate(data.adapters)}})
+        if problems:
+            raise SpecError(problems)
     return data
 
 
@@ -129,8 +137,17 @@ def _probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 5}
 
 
-def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentSpec, settings: OperatorSettings) -> dict[str, Any]:
+def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentSpec, settings: OperatorSettings,
+                     adapter_uris: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """`adapter_uris`: the resolved adapters' folders (the desired set), for the claims the sidecar mounts. A
+    claim no pod mounts yet changes the pod template (pods roll once); adapters on a mounted claim do not."""
     image = spec.image or settings.serving_image
+    # pvc:// claims, read-only: the base model in vLLM's container, the adapters in the sidecar's (it copies
+    # each verified adapter into the shared cache, which is where vLLM loads it from).
+    model_claim = pvc_claim(spec.base_model.uri)
+    model_volumes, model_mounts = pvc_volumes({model_claim: True} if model_claim else {})
+    adapter_claims = {claim: True for uri in [*(a.uri for a in spec.adapters), *adapter_uris] if (claim := pvc_claim(uri))}
+    adapter_volumes, adapter_mounts = pvc_volumes(adapter_claims)
     common_env = [{"name": "HOME", "value": f"{CACHE_DIR}/home"}, {"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"},
                   {"name": "PYTHONUNBUFFERED", "value": "1"}]
     hub = [secret_env(c.ENV_HF_TOKEN, spec.hub_token_secret_ref.name, spec.hub_token_secret_ref.key)] if spec.hub_token_secret_ref else []
@@ -154,7 +171,7 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
         "livenessProbe": _probe("/health", "http", 10, 6),
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"},
-                         {"name": "dshm", "mountPath": "/dev/shm"}],
+                         {"name": "dshm", "mountPath": "/dev/shm"}, *model_mounts],
     }
     sync_args = ["--desired-configmap", f"{parent.namespace}/{names.config_map}", "--desired-key", DESIRED_KEY,
                  "--vllm-url", f"http://127.0.0.1:{VLLM_PORT}", "--port", str(SYNC_PORT), "--cache-dir", f"{CACHE_DIR}/adapters",
@@ -176,12 +193,15 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"},
-                         {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True}],
+                         {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True},
+                         *adapter_mounts],
     }
     template_hash = short_hash({"image": image, "baseModel": spec.base_model.to_dict(), "vllm": spec.vllm.to_dict(),
                                 "resources": spec.resources.to_dict(), "scheduling": spec.scheduling.to_dict(),
                                 "apiKey": spec.api_key_secret_ref.to_dict() if spec.api_key_secret_ref else None,
-                                "storage": spec.storage.to_dict(), "hub": spec.hub_token_secret_ref.to_dict() if spec.hub_token_secret_ref else None}, 16)
+                                "storage": spec.storage.to_dict(), "hub": spec.hub_token_secret_ref.to_dict() if spec.hub_token_secret_ref else None,
+                                **({"pvcClaims": sorted({*adapter_claims, *([model_claim] if model_claim else [])})}
+                                   if adapter_claims or model_claim else {})}, 16)
     pod_labels = labels(parent)
     return {
         "apiVersion": "apps/v1",
@@ -201,7 +221,8 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
                     "terminationGracePeriodSeconds": 60,
                     "containers": [vllm, sync],
                     "volumes": [{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}},
-                                {"name": "dshm", "emptyDir": {"medium": "Memory"}}, service_account_token_volume()],
+                                {"name": "dshm", "emptyDir": {"medium": "Memory"}}, service_account_token_volume(),
+                                *model_volumes, *(v for v in adapter_volumes if v["name"] not in {m["name"] for m in model_volumes})],
                     **scheduling_fields(spec.scheduling),
                 },
             },
@@ -215,4 +236,5 @@ def build_children(body: dict[str, Any], spec: ModelDeploymentSpec, settings: Op
     parent = Parent.of(body)
     names = ServingNames.of(parent.name)
     return [build_config_map(parent, names, desired), build_service_account(parent, names), build_role(parent, names),
-            build_role_binding(parent, names), build_service(parent, names, spec), build_deployment(parent, names, spec, settings)]
+            build_role_binding(parent, names), build_service(parent, names, spec),
+            build_deployment(parent, names, spec, settings, [a["uri"] for a in desired.get("adapters") or []])]

@@ -10,6 +10,10 @@ Job controller does); suspend (SIGTERM, then Suspended); `disrupt()` plays a pre
 (DisruptionTarget on the pod, then SIGTERM: the trainer checkpoints and exits 143). An Indexed
 Job (a multi-node run) gets one process per index with its completion index, and pod 0's DNS name
 in MASTER_ADDR becomes 127.0.0.1 on a free port; the Job completes when every index succeeded.
+
+PersistentVolumeClaims are host folders: claim X is `pvc_dir/X` (default <workdir>/pvcs/X) unless
+`pvc_map` names another folder. A pod sees only the claims its spec mounts: each mount becomes a link
+under the pod's own PVC root ($KUBETUNE_PVC_ROOT), as a node would mount them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..api import constants as c
@@ -54,9 +58,12 @@ class LocalKubelet:
     """Polls the emulator for trainer Jobs and runs their pods locally, one process per pod."""
 
     def __init__(self, emu: Emulator, workdir: Path, *, python: str = sys.executable, serving_python: str | None = None,
-                 extra_env: dict[str, str] | None = None, poll_seconds: float = 0.2):
+                 extra_env: dict[str, str] | None = None, poll_seconds: float = 0.2,
+                 pvc_dir: Path | None = None, pvc_map: dict[str, Path] | None = None):
         self.emu = emu
         self.workdir = workdir.resolve()  # pods run with their own folder as cwd: every path handed to them is absolute
+        self.pvc_dir = (pvc_dir or self.workdir.parent / "pvcs").resolve()
+        self.pvc_map = {claim: Path(path).resolve() for claim, path in (pvc_map or {}).items()}
         self.python = python
         self.extra_env = extra_env or {}
         self.poll_seconds = poll_seconds
@@ -195,6 +202,7 @@ class LocalKubelet:
             for key, value in (cm.get("data") or {}).items():
                 (mount / key).write_text(value)
             env[c.ENV_CONFIG_PATH] = str(mount / c.TRAINER_CONFIG_KEY)
+        self._mount_claims(container, volumes, poddir, env)
         # Writable paths the image would provide as emptyDirs, and the API the pod would reach.
         for key in ("HOME", "HF_HOME", "TRITON_CACHE_DIR", c.ENV_WORK_DIR):
             if key in env:
@@ -204,6 +212,31 @@ class LocalKubelet:
         env["KUBETUNE_API_URL"] = self.emu.url
         env.update(self.extra_env)
         return env
+
+    def claim_folder(self, claim: str) -> Path:
+        """The host folder that plays PersistentVolumeClaim `claim`."""
+        return self.pvc_map.get(claim) or self.pvc_dir / claim
+
+    def _mount_claims(self, container: dict[str, Any], volumes: list[dict[str, Any]], poddir: Path, env: dict[str, str]) -> None:
+        """The container's PVC mounts (under DEFAULT_PVC_ROOT) as links in the pod's own PVC root: a claim the
+        pod does not mount is not there, as on a cluster."""
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v}
+        root = poddir / "pvc" / container["name"]
+        root.mkdir(parents=True, exist_ok=True)
+        for mount in container.get("volumeMounts") or []:
+            claim = claims.get(mount["name"])
+            if claim is None:
+                continue
+            path = PurePosixPath(mount["mountPath"])
+            if not path.is_relative_to(c.DEFAULT_PVC_ROOT):
+                log.warning("claim %s mounted at %s, outside %s: not reachable by pvc:// URIs", claim, path, c.DEFAULT_PVC_ROOT)
+                continue
+            link = root / path.relative_to(c.DEFAULT_PVC_ROOT)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            self.claim_folder(claim).mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(self.claim_folder(claim), target_is_directory=True)
+        env[c.ENV_PVC_ROOT] = str(root)
 
     def disrupt(self, ns: str, pod: str, reason: str = "PreemptionByScheduler",
                 message: str = "Kubernetes Scheduler: preempting to accommodate a higher priority pod") -> None:

@@ -103,7 +103,7 @@ class LocalServing:
         poddir.mkdir(parents=True, exist_ok=True)
         procs = []
         for ctr in spec["containers"]:
-            env = {**self._resolve_env(ns, pod_name, ctr, poddir), **VLLM_CPU_ENV}
+            env = {**self._resolve_env(ns, pod_name, ctr, poddir, spec.get("volumes", [])), **VLLM_CPU_ENV}
             args = _local_args(ctr, vllm_port, sync_port, poddir)
             procs.append(self._spawn([self.python, *ctr["command"][1:], *args], env, poddir, ctr["name"]))
         self.emu.patch("", "v1", "pods", ns, pod_name, {"status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [

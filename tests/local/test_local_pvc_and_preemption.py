@@ -1,0 +1,74 @@
+"""`kubetune local` with cluster semantics the operator relies on: pvc:// data read from a mounted claim,
+and a preemption (DisruptionTarget, SIGTERM) that the Job's own podFailurePolicy ignores, so training
+resumes from its checkpoint on a new pod. The real operator and the real trainer; the local kubelet plays
+the node (claims are host folders) and the Job controller (the built Job's own policy, evaluated)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kubetune.local.run import LocalRun, condition, finetunejob_outcome
+
+from .test_local_run import _manifests
+
+
+@pytest.mark.slow
+def test_local_run_reads_data_from_a_pvc_and_publishes_to_one(tiny_model_dir, tmp_path):
+    """Data on claim team-data, output on claim adapters: the Job mounts both (data read-only), the trainer
+    reads and writes them through its pvc:// handling, and a claim the pod does not mount is not there."""
+    ftj, _ = _manifests(tmp_path, tiny_model_dir)
+    data = tmp_path / "work" / "pvcs" / "team-data" / "chat" / "identity.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_bytes((tmp_path / "identity.jsonl").read_bytes())
+    (tmp_path / "work" / "pvcs" / "unmounted").mkdir()
+    ftj["spec"]["dataset"]["train"] = "pvc://team-data/chat/identity.jsonl"
+    ftj["spec"]["output"] = {"uri": "pvc://adapters/published"}
+    ftj["spec"]["hyperparameters"]["maxSteps"] = 4
+    with LocalRun(workdir=tmp_path / "work") as lr:
+        lr.apply(ftj)
+        outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome, lambda _: None, timeout=300)
+        obj = lr.get("FineTuneJob", "tiny")
+        assert outcome == "Succeeded", json.dumps(obj.get("status"), indent=1)
+        assert obj["status"]["adapter"]["uri"] == "pvc://adapters/published/default/tiny"
+        assert (tmp_path / "work" / "pvcs" / "adapters" / "published" / "default" / "tiny" / "manifest.json").exists()
+        pod_root = tmp_path / "work" / "pods" / "default" / "tiny-train-0" / "pvc" / "trainer"
+        assert sorted(p.name for p in pod_root.iterdir()) == ["adapters", "team-data"]
+
+
+@pytest.mark.slow
+def test_preempted_trainer_is_not_a_failure_and_the_next_pod_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
+    """A running trainer pod is disrupted as the scheduler's preemption does it: DisruptionTarget on the pod,
+    then SIGTERM. The trainer checkpoints and exits 143; the Job's podFailurePolicy ignores the pod (no
+    failure counted, even with backoffLimit 0), status says it is resuming from that checkpoint, and a new
+    pod resumes from it and finishes."""
+    ftj, _ = _manifests(tmp_path, tiny_model_dir)
+    ftj["spec"]["backoffLimit"] = 0  # a counted failure would end the Job
+    ftj["spec"]["checkpointing"] = {"intervalSteps": 10}
+    ftj["spec"]["hyperparameters"]["maxSteps"] = 200
+    messages: list[str] = []
+    with LocalRun(workdir=tmp_path / "work") as lr:
+        lr.apply(ftj)
+
+        def checkpointed(obj: dict) -> str | None:
+            steps = [cp["step"] for cp in (obj.get("status") or {}).get("checkpoints") or []]
+            return "yes" if steps and steps[-1] >= 10 else finetunejob_outcome(obj)
+
+        assert lr.wait("FineTuneJob", "tiny", checkpointed, lambda _: None, timeout=300) == "yes"
+        lr.kubelet.disrupt("default", "tiny-train-0")
+        outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome,
+                          lambda obj: messages.append((condition(obj, "Running") or {}).get("message", "")), timeout=300)
+        obj = lr.get("FineTuneJob", "tiny")
+        assert outcome == "Succeeded", json.dumps(obj.get("status"), indent=1)
+        job = lr.emu.get("batch", "v1", "jobs", "default", "tiny-train")
+        assert job["status"]["failed"] == 0 and job["status"]["succeeded"] == 1
+        first = lr.emu.get("", "v1", "pods", "default", "tiny-train-0")
+        assert first["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
+        assert [c["type"] for c in first["status"]["conditions"]] == ["DisruptionTarget"]
+        saved = int(first["status"]["containerStatuses"][0]["state"]["terminated"]["message"].split("checkpoint of step ")[1].split()[0])
+        log = (tmp_path / "work" / "pods" / "default" / "tiny-train-1" / "trainer.log").read_text()
+        assert f"resume: from checkpoint step {saved}" in log
+    preempted = [m for m in messages if "preempted (PreemptionByScheduler), resuming from checkpoint" in m]
+    assert preempted and all(f"resuming from checkpoint {saved}." in m for m in preempted), messages
+    assert not [m for m in messages if "failed" in m], messages
