@@ -84,6 +84,7 @@ class Syncer:
         self.source_error: str | None = None
         self.records: dict[str, Record] = {}
         self.vllm_ready = False
+        self.vllm_problem: str | None = None  # why vLLM is not ready, when known (it rejects our API key)
         self.last_pass = 0.0  # monotonic; /healthz checks the loop is alive
         self._tasks: dict[str, asyncio.Task] = {}
         self._wake = asyncio.Event()
@@ -98,7 +99,7 @@ class Syncer:
         """Readiness: vLLM up, a desired set read, and no adapter still Loading (Failed and Rejected
         ones cannot be loaded now and must not keep a replica out of service)."""
         if not self.vllm_ready:
-            return False, "vLLM is not ready"
+            return False, self.vllm_problem or "vLLM is not ready"
         if self.desired is None:
             return False, self.source_error or "no desired set read yet"
         loading = sorted(name for name, r in self.records.items() if r.state == "Loading")
@@ -161,13 +162,15 @@ class Syncer:
         asked = time.monotonic()
         listing = await self.vllm.served_adapters()
         if listing is None:
-            if self.vllm_ready:
-                log.warning("vLLM at %s is not ready", self.vllm.base_url)
-            self.vllm_ready = False
+            problem = self.vllm.rejected
+            if self.vllm_ready or (problem and problem != self.vllm_problem):
+                log.warning("vLLM at %s is not ready%s", self.vllm.base_url, f": {problem}" if problem else "")
+            self.vllm_ready, self.vllm_problem = False, problem
             for record in self.records.values():
                 if record.state == "Ready":
-                    self._set(record, "Loading", "vLLM is not ready; the adapter is restored when it is back")
+                    self._set(record, "Loading", f"{problem or 'vLLM is not ready'}; the adapter is restored when it is back")
             return
+        self.vllm_problem = None
         if not self.vllm_ready:
             log.info("vLLM is ready; serving adapters %s", sorted(listing) or "none")
         self.vllm_ready = True

@@ -24,13 +24,20 @@ class VLLMClient:
         self._probe = aiohttp.ClientTimeout(total=probe_timeout)
         self._load = aiohttp.ClientTimeout(total=load_timeout)
         self.last_load_seconds: float | None = None
+        self.rejected: str | None = None  # why vLLM refused the last listing, when it refused our API key
 
     async def served_adapters(self) -> dict[str, str | None] | None:
         """``{adapter name: path it was loaded from}`` from ``GET /v1/models``; None if vLLM is not
-        up (unreachable or not answering 200)."""
+        up (unreachable or not answering 200), with ``rejected`` set when it answered 401/403."""
+        self.rejected = None
         try:
             async with self._session.get(f"{self.base_url}/v1/models", headers=self._headers,
                                          timeout=self._probe) as resp:
+                if resp.status in (401, 403):
+                    self.rejected = (f"vLLM rejects the sidecar's API key (HTTP {resp.status}): "
+                                     + ("$VLLM_API_KEY differs from the key vLLM started with (was the Secret changed "
+                                        "since one of the pod's containers started?)" if self._headers
+                                        else "vLLM wants a key and the sidecar has no $VLLM_API_KEY"))
                 if resp.status != 200:
                     return None
                 body = await resp.json()

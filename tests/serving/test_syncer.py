@@ -313,3 +313,30 @@ async def test_restarted_sidecar_keeps_a_loaded_unpinned_adapter(harness: Harnes
     await fresh.reconcile_once()
     assert ([(r.manifest_sha256, r.state) for r in fresh.status().adapters], harness.fake.calls) == (
         [(sha, "Ready")], [("load", "u")])
+
+
+@pytest.mark.parametrize(("key", "why"), [
+    (None, "vLLM wants a key and the sidecar has no $VLLM_API_KEY"),
+    ("old-key", "$VLLM_API_KEY differs from the key vLLM started with (was the Secret changed since one of the pod's "
+                "containers started?)"),
+])
+async def test_a_vllm_that_rejects_the_key_is_not_ready_with_the_reason(key: str | None, why: str, tmp_path: Path) -> None:
+    """vLLM answers 401 when the sidecar's key is not its own: readiness says so instead of "not ready"."""
+    seen: list[str | None] = []
+
+    async def models(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"error": {"message": "Unauthorized"}}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner, url = await serve(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            vllm = VLLMClient(session, url, key)
+            syncer = Syncer(vllm, AdapterCache(tmp_path / "cache", Storage({}), Admission(max_lora_rank=16)))
+            await syncer.reconcile_once()
+    finally:
+        await runner.cleanup()
+    assert seen == [f"Bearer {key}" if key else None]
+    assert syncer.ready() == (False, f"vLLM rejects the sidecar's API key (HTTP 401): {why}")

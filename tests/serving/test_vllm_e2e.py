@@ -153,6 +153,17 @@ def test_without_the_api_key_vllm_answers_401_and_the_sidecar_has_loaded_with_it
     for proc in (stack.vllm, stack.sync):
         assert API_KEY.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         assert f"VLLM_API_KEY={API_KEY}".encode() in Path(f"/proc/{proc.pid}/environ").read_bytes()
+    # A sidecar whose key is not vLLM's (a Secret changed after one container started) says so.
+    port = free_port()
+    wrong_key = start_sync(stack.desired_file, stack.vllm_port, port, stack.root / "cache-wrong", stack.root / "sync-wrong.log",
+                           env={"VLLM_API_KEY": "not-the-key"})
+    try:
+        message = "vLLM rejects the sidecar's API key (HTTP 401): $VLLM_API_KEY differs from the key vLLM started with"
+        wait_until(lambda: message in http_get(f"http://127.0.0.1:{port}/readyz")[1]["message"], 10, what="401 explained")
+        assert http_get(f"http://127.0.0.1:{port}/readyz")[0] == 503
+        assert message in wrong_key.tail()
+    finally:
+        wrong_key.stop()
 
 
 def _post(url: str, body: dict) -> int:
