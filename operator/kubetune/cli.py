@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-f", "--file", action="append", required=True, help="manifest file (repeatable)")
     run.add_argument("--map", action="append", metavar="PREFIX=TARGET",
                      help="rewrite URIs, e.g. hf://org/model=file:///models/model (repeatable)")
+    run.add_argument("--pvc", action="append", metavar="CLAIM=DIR",
+                     help="the folder that plays PersistentVolumeClaim CLAIM for pvc://CLAIM/... URIs "
+                     "(repeatable; default <workdir>/pvcs/CLAIM)")
     run.add_argument("--ask", default=None, help="after serving, ask every model this question")
     run.add_argument("--serving-python", default=None, help="python of the vLLM venv (default .venv-serving)")
     quick = local_sub.add_parser("quickstart", help="the README's command 1: fine-tune, publish, serve, ask")

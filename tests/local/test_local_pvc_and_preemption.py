@@ -17,16 +17,17 @@ from .test_local_run import _manifests
 @pytest.mark.slow
 def test_local_run_reads_data_from_a_pvc_and_publishes_to_one(tiny_model_dir, tmp_path):
     """Data on claim team-data, output on claim adapters: the Job mounts both (data read-only), the trainer
-    reads and writes them through its pvc:// handling, and a claim the pod does not mount is not there."""
+    reads and writes them through its pvc:// handling, and a claim the pod does not mount is not there.
+    team-data is a folder of the user's choice (`--pvc team-data=DIR`), adapters the default <workdir>/pvcs/adapters."""
     ftj, _ = _manifests(tmp_path, tiny_model_dir)
-    data = tmp_path / "work" / "pvcs" / "team-data" / "chat" / "identity.jsonl"
+    data = tmp_path / "nfs-share" / "chat" / "identity.jsonl"
     data.parent.mkdir(parents=True)
     data.write_bytes((tmp_path / "identity.jsonl").read_bytes())
-    (tmp_path / "work" / "pvcs" / "unmounted").mkdir()
+    (tmp_path / "work" / "pvcs" / "unmounted").mkdir(parents=True)
     ftj["spec"]["dataset"]["train"] = "pvc://team-data/chat/identity.jsonl"
     ftj["spec"]["output"] = {"uri": "pvc://adapters/published"}
     ftj["spec"]["hyperparameters"]["maxSteps"] = 4
-    with LocalRun(workdir=tmp_path / "work") as lr:
+    with LocalRun(workdir=tmp_path / "work", pvc_map={"team-data": tmp_path / "nfs-share"}) as lr:
         lr.apply(ftj)
         outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome, lambda _: None, timeout=300)
         obj = lr.get("FineTuneJob", "tiny")

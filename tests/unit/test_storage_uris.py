@@ -3,6 +3,8 @@ look for them (read-only where only read); file:// is refused unless the operato
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kubetune.api import constants as c
@@ -126,3 +128,13 @@ def _uri(spec: dict, field: str) -> str:
     for part in field.split(".")[1:]:
         node = node[part]
     return node
+
+
+def test_kubetune_local_run_takes_a_folder_per_claim(monkeypatch, tmp_path):
+    from kubetune import cli
+    from kubetune.local import cli as local_cli
+
+    seen = {}
+    monkeypatch.setattr(local_cli, "run", lambda *args, **kwargs: seen.update(kwargs) or 0)
+    assert cli.main(["local", "run", "-f", "ftj.yaml", "--pvc", f"team-data={tmp_path}", "--pvc", "adapters=out"]) == 0
+    assert seen["pvc_map"] == {"team-data": tmp_path, "adapters": Path("out")}

@@ -91,8 +91,8 @@ def ask(port: int, model: str, question: str, max_tokens: int = 40, api_key: str
 
 
 def run(files: list[Path], workdir: Path, uri_map: dict[str, str], serving_python: str | None, timeout: float,
-        question: str | None = None, serve: bool = False) -> int:
-    lr = LocalRun(workdir=workdir, uri_map=uri_map, serving_python=serving_python)
+        question: str | None = None, serve: bool = False, pvc_map: dict[str, Path] | None = None) -> int:
+    lr = LocalRun(workdir=workdir, uri_map=uri_map, serving_python=serving_python, pvc_map=pvc_map or {})
     try:
         docs = lr.load(files)
     except SpecError as exc:
@@ -242,5 +242,6 @@ def main(args: Any) -> int:
         return quickstart(workdir, args.timeout, args.serve)
     uri_map = dict(item.split("=", 1) for item in args.map or [])
     return run([Path(f) for f in args.file], workdir, uri_map, args.serving_python or default_serving_python(), args.timeout,
-               question=args.ask, serve=args.serve)
+               question=args.ask, serve=args.serve,
+               pvc_map={claim: Path(folder) for claim, folder in (item.split("=", 1) for item in getattr(args, "pvc", None) or [])})
 
