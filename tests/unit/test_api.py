@@ -33,6 +33,7 @@ def test_minimal_spec_gets_documented_defaults():
         "scheduling": {},
         "backoffLimit": 3,
         "suspend": False,
+        "cancel": False,
     }
 
 

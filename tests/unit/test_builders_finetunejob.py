@@ -9,7 +9,7 @@ import pytest
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.validation import SpecError, parse
 from kubetune.builders.common import child_name, label_value
-from kubetune.builders.finetunejob import build_children, resolve_spec, spec_hash
+from kubetune.builders.finetunejob import HoldPlan, build_children, plan_hold, resolve_spec, spec_hash
 from kubetune.config import OperatorSettings
 
 SETTINGS = OperatorSettings(
@@ -64,7 +64,7 @@ def test_job_whole_object():
         "metadata": {"name": "support-bot-train", "namespace": "ml", "labels": pod_labels, "ownerReferences": OWNER,
                      "annotations": {"kubetune.io/spec-hash": spec_hash(resolved)}},
         "spec": {
-            "suspend": False,
+            "suspend": True,  # queued (the platform's default queue team-a): Kueue un-suspends it on admission
             "backoffLimit": 3,
             "completions": 1,
             "parallelism": 1,
@@ -167,6 +167,8 @@ def test_builders_are_deterministic_and_suspend_does_not_change_the_hash():
     resolved_s, children = _children(suspended)
     assert children[-1]["spec"]["suspend"] is True
     assert spec_hash(resolved_s) == spec_hash(resolved)
+    cancelled = {**BODY, "spec": {**BODY["spec"], "cancel": True}}
+    assert spec_hash(_children(cancelled)[0]) == spec_hash(resolved)
     changed = {**BODY, "spec": {**BODY["spec"], "adapter": {"rank": 8}}}
     assert spec_hash(_children(changed)[0]) != spec_hash(resolved)
 
@@ -203,3 +205,58 @@ def test_long_names_are_shortened_deterministically():
     assert len(job_name) <= 63 and job_name.endswith("-train") and job_name == child_name(name, "train")
     assert child_name("b" * 250, "train") != job_name
     assert len(label_value(name)) <= 63
+
+
+UNQUEUED = SETTINGS.model_copy(update={"default_queue": None})
+HOLD = "kubetune.io/user-hold"
+
+
+def test_without_a_queue_the_job_starts_unsuspended_and_carries_no_hold():
+    _, children = _children(settings=UNQUEUED)
+    job = children[-1]
+    assert job["spec"]["suspend"] is False
+    assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    assert HOLD not in job["metadata"]["annotations"]
+
+
+def test_a_queued_job_created_on_hold_records_the_users_hold():
+    _, children = _children({**BODY, "spec": {**BODY["spec"], "suspend": True}})
+    job = children[-1]
+    assert job["spec"]["suspend"] is True and job["metadata"]["annotations"][HOLD] == "true"
+    _, plain = _children()
+    assert HOLD not in plain[-1]["metadata"]["annotations"]  # suspended for Kueue only
+
+
+def _job(suspend: bool, queue: str | None = "team-a", hold: bool = False) -> dict:
+    return {"metadata": {"name": "j", "labels": {"kueue.x-k8s.io/queue-name": queue} if queue else {},
+                         "annotations": {HOLD: "true"} if hold else {}},
+            "spec": {"suspend": suspend}}
+
+
+def _spec(**fields) -> FineTuneJobSpec:
+    return parse(FineTuneJobSpec, {**BODY["spec"], **fields})
+
+
+@pytest.mark.parametrize(("job", "spec", "plan"), [
+    # No queue: the Job's suspend is the user's.
+    (_job(False, queue=None), _spec(), HoldPlan()),
+    (_job(False, queue=None), _spec(suspend=True), HoldPlan({"spec": {"suspend": True}})),
+    (_job(True, queue=None), _spec(), HoldPlan({"spec": {"suspend": False}})),
+    (_job(False, queue=None), _spec(cancel=True), HoldPlan({"spec": {"suspend": True}})),
+    # Queued and held by Kueue (or admitted and running): the operator never un-suspends it.
+    (_job(True), _spec(), HoldPlan()),
+    (_job(False), _spec(), HoldPlan()),
+    # The user holds a queued job: suspend it, record the hold, deactivate its Workload.
+    (_job(False), _spec(suspend=True),
+     HoldPlan({"metadata": {"annotations": {HOLD: "true"}}, "spec": {"suspend": True}}, workload_active=False)),
+    (_job(True), _spec(cancel=True),
+     HoldPlan({"metadata": {"annotations": {HOLD: "true"}}, "spec": {"suspend": True}}, workload_active=False)),
+    (_job(True, hold=True), _spec(suspend=True), HoldPlan(None, workload_active=False)),
+    # Resume: release only the user's hold; Kueue un-suspends the Job when it admits it again.
+    (_job(True, hold=True), _spec(), HoldPlan({"metadata": {"annotations": {HOLD: None}}}, workload_active=True)),
+], ids=["plain", "plain-suspend", "plain-resume", "plain-cancel", "queued-held-by-kueue", "queued-running",
+        "queued-suspend", "queued-cancel", "queued-held-already", "queued-resume"])
+def test_plan_hold(job, spec, plan):
+    assert plan_hold(job, spec) == plan
+    if job["metadata"]["labels"]:  # a queued Job is never un-suspended by the operator
+        assert (plan.job_patch or {}).get("spec", {}).get("suspend") is not False

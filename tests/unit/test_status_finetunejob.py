@@ -248,6 +248,79 @@ def test_pod_being_disrupted_is_saving_a_checkpoint():
     assert conds(status)["Running"] == ("True", "Restarting", "Pod p1 is being preempted (PreemptionByScheduler): saving a checkpoint.")
 
 
+def queued_job(suspend=True, hold=False, **status):
+    j = job(suspend=suspend, **status)
+    j["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    if hold:
+        j["metadata"]["annotations"] = {"kubetune.io/user-hold": "true"}
+    return j
+
+
+def test_a_job_kueue_holds_is_queued_naming_the_queue_not_suspended():
+    status = derive_status(Observed(1, queued_job()), None, T0)
+    running, succeeded, suspended = conds(status)["Running"], conds(status)["Succeeded"], conds(status)["Suspended"]
+    assert running[:2] == ("False", "Queued") and "Kueue LocalQueue team-a" in running[2]
+    assert "spec.suspend" not in running[2]
+    assert succeeded[:2] == ("Unknown", "Queued") and suspended[:2] == ("False", "Queued")
+    assert conds(status)["Failed"][:2] == ("False", "NoFailure")
+
+
+def test_an_admitted_queued_job_trains_and_an_evicted_one_is_queued_again():
+    admitted = derive_status(Observed(1, queued_job(suspend=False, active=1), [pod("p1")]), None, T0)
+    assert conds(admitted)["Running"] == ("True", "Training", "Training on pod p1.")
+    evicted = [pod("p1", "Failed", state=terminated(143, "", "Error"))]
+    again = derive_status(Observed(1, queued_job(failed=1), evicted), admitted, T1)
+    assert conds(again)["Running"][:2] == ("False", "Queued")
+
+
+def test_a_user_hold_on_a_queued_job_reads_suspended():
+    status = derive_status(Observed(2, queued_job(hold=True)), None, T0)
+    suspended = conds(status)["Suspended"]
+    assert suspended[:2] == ("True", "Suspended")
+    assert "set spec.suspend=false" in suspended[2] and "Kueue LocalQueue team-a" in suspended[2]
+
+
+def test_cancel_is_cancelling_until_the_job_is_gone_then_failed_cancelled_keeping_the_rest():
+    cancelling = derive_status(Observed(3, job(suspend=True, active=1), [pod("p1")], cancel=True), None, T0)
+    assert conds(cancelling)["Running"][:2] == ("False", "Cancelling")
+    assert conds(cancelling)["Failed"][:2] == ("False", "NoFailure")
+    previous = {**cancelling, "progress": {"step": 40}, "checkpoints": [{"step": 40, "uri": "s3://o/ck-40"}]}
+    done = derive_status(Observed(3, None, [], cancel=True), previous, T1)
+    assert conds(done)["Failed"][:2] == ("True", "Cancelled")
+    assert conds(done)["Succeeded"][:2] == ("False", "Cancelled")  # kubectl get ftj: Succeeded False, Reason Cancelled
+    assert conds(done)["Running"][:2] == ("False", "Cancelled")
+    assert "training Job was removed" in conds(done)["Failed"][2]
+    assert done["completionTime"] == "2026-11-23T09:00:00Z"
+    # the trainer's part of status is not the operator's to write: a merge patch leaves it in place
+    assert not {"progress", "checkpoints", "jobName"} & set(done)
+    # terminal: unsetting spec.cancel does not bring the job back to Pending
+    later = derive_status(Observed(4, None, [], cancel=False), {**previous, **done}, T1)
+    assert conds(later)["Failed"][:2] == ("True", "Cancelled")
+
+
+def test_cancel_before_the_job_exists_says_so():
+    status = derive_status(Observed(1, None, [], cancel=True), None, T0)
+    assert conds(status)["Failed"] == ("True", "Cancelled", "Cancelled (spec.cancel) before training started.")
+
+
+@pytest.mark.parametrize(("conditions", "kept"), [([("Complete", "")], ("Succeeded", "True", "Completed")),
+                                                  ([("Failed", "BackoffLimitExceeded")], ("Failed", "True", "BackoffLimitExceeded"))])
+def test_cancelling_a_finished_job_does_nothing_and_says_so(conditions, kept):
+    status = derive_status(Observed(2, job(conditions), [], cancel=True), None, T0)
+    type_, value, reason = kept
+    assert conds(status)[type_][:2] == (value, reason)
+    assert conds(status)[type_][2].endswith("spec.cancel has no effect: the job had already finished.")
+
+
+def test_cancelled_job_may_be_removed_once_no_pod_runs():
+    from kubetune.status.finetunejob import cancel_complete
+    assert not cancel_complete(job(suspend=False), [])
+    assert not cancel_complete(job(suspend=True, active=1), [pod("p1")])
+    assert not cancel_complete(job(suspend=True), [pod("p1", "Running")])  # still checkpointing after SIGTERM
+    assert cancel_complete(job(suspend=True), [pod("p1", "Failed", state=terminated(143))])
+    assert cancel_complete(job(suspend=True), [])
+
+
 def test_preemption_names_the_checkpoint_the_preempted_trainer_saved_not_a_later_one():
     """The next pod saves newer checkpoints as it trains: N stays the one the preempted pod left behind."""
     said = "Stopped by SIGTERM at step 36; the checkpoint of step 35 is in s3://out/ns/ftj/checkpoints; the next pod resumes from it."

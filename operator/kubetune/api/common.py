@@ -200,7 +200,9 @@ class Scheduling(KubeModel):
 
     queue_name: str | None = Field(
         default=None,
-        description="Kueue LocalQueue name; sets the kueue.x-k8s.io/queue-name label. Empty: the platform default.",
+        description="Kueue LocalQueue name; sets the kueue.x-k8s.io/queue-name label on the training Job (Kueue's "
+        "batch/Job integration) or on the serving Deployment and its pods (Kueue's deployment integration). "
+        "Empty: a FineTuneJob gets the platform default queue, a ModelDeployment none.",
         max_length=63,
         pattern=DNS_LABEL,
     )

@@ -45,6 +45,11 @@ class Reason:
     NO_FAILURE = "NoFailure"
     SUSPENDED = "Suspended"
     NOT_SUSPENDED = "NotSuspended"
+    QUEUED = "Queued"  # Kueue holds the Job (suspended) until its queue has quota for it
+    # Cancellation (spec.cancel).
+    CANCELLING = "Cancelling"  # the trainer checkpoints and stops; then the Job is removed
+    CANCELLED = "Cancelled"  # terminal: Failed=True; status, checkpoints and metrics are kept
+    CANCEL_IGNORED = "CancelIgnored"  # spec.cancel on a job that had already finished
     # Servable (DoRA jobs).
     DORA_NOT_SERVABLE = "DoRANotServable"
     MERGED_MODEL_SERVABLE = "MergedModelServable"

@@ -20,6 +20,16 @@ LABEL_FINETUNEJOB = "kubetune.io/finetunejob"
 LABEL_MODELDEPLOYMENT = "kubetune.io/modeldeployment"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
+# Kueue (https://kueue.sigs.k8s.io/docs/tasks/run/jobs/): it creates one Workload per queued Job, labelled
+# with the Job's uid, and un-suspends the Job when it admits the Workload. An admitted Job that is merely
+# suspended is started again by Kueue; a Workload with spec.active=false is evicted and not re-queued.
+KUEUE_API_VERSION = "kueue.x-k8s.io/v1beta1"
+KUEUE_WORKLOAD_KIND = "Workload"
+LABEL_KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
+# On a queued training Job: "true" while the user holds it (spec.suspend or spec.cancel). The operator
+# only ever releases a hold it recorded here; every other suspension of a queued Job is Kueue's.
+ANNOTATION_USER_HOLD = "kubetune.io/user-hold"
+
 COMPONENT_TRAINER = "trainer"
 COMPONENT_SERVING = "serving"
 

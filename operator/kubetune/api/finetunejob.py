@@ -221,9 +221,9 @@ class Resources(ComputeResources):
 
 
 class FineTuneJobSpec(KubeModel):
-    """Desired fine-tune. Once the training Job exists, only `suspend` takes effect: other spec changes are
-    ignored (a SpecChangeIgnored Warning event says so) and training goes on with the original spec;
-    delete and re-create the FineTuneJob to train with a new one."""
+    """Desired fine-tune. Once the training Job exists, only `suspend` and `cancel` take effect: other spec
+    changes are ignored (a SpecChangeIgnored Warning event says so) and training goes on with the original
+    spec; delete and re-create the FineTuneJob to train with a new one."""
 
     model_config = KubeModel.model_config | {
         "json_schema_extra": {
@@ -271,7 +271,18 @@ class FineTuneJobSpec(KubeModel):
     backoff_limit: int = Field(
         default=3, description="Retries after internal errors or crashes. User errors (bad data/config) never retry.", ge=0, le=20
     )
-    suspend: bool = Field(default=False, description="Pause: stops the training pods; false resumes from the last checkpoint.")
+    suspend: bool = Field(
+        default=False,
+        description="Pause: stops the training pods (the trainer checkpoints first); false resumes from the last "
+        "checkpoint. With a Kueue queue (scheduling.queueName), false releases only this hold: the job then "
+        "waits in its queue until Kueue admits it.",
+    )
+    cancel: bool = Field(
+        default=False,
+        description="Cancel: the trainer checkpoints and stops, the training Job is removed, and the job ends "
+        "Failed with reason Cancelled, keeping its status, checkpoints and metrics. Final: setting it back to "
+        "false does not restart the job. No effect on a job that already finished.",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:

@@ -93,9 +93,41 @@ def pvc_claims(resolved: FineTuneJobSpec) -> dict[str, bool]:
     return claims
 
 
+MUTABLE_FIELDS = ("suspend", "cancel")  # the spec fields that act on a Job that already exists
+
+
 def spec_hash(resolved: FineTuneJobSpec) -> str:
-    """Identity of everything a running Job cannot change (all but `suspend`)."""
-    return short_hash({k: v for k, v in resolved.to_dict().items() if k != "suspend"}, 16)
+    """Identity of everything a running Job cannot change (all but `suspend` and `cancel`)."""
+    return short_hash({k: v for k, v in resolved.to_dict().items() if k not in MUTABLE_FIELDS}, 16)
+
+
+@dataclass(frozen=True)
+class HoldPlan:
+    """How the training Job follows spec.suspend / spec.cancel: a merge patch for the Job (or None) and the
+    `spec.active` its Kueue Workload must have (None: leave the Workload alone)."""
+
+    job_patch: dict[str, Any] | None = None
+    workload_active: bool | None = None
+
+
+def plan_hold(job: dict[str, Any], resolved: FineTuneJobSpec) -> HoldPlan:
+    """Without a queue the Job's `suspend` is the user's. With a Kueue queue it is Kueue's: the operator
+    suspends the Job for the user (recorded in ANNOTATION_USER_HOLD) and deactivates its Workload, since
+    Kueue starts an admitted Job that is merely suspended again; it releases only a hold it recorded, by
+    re-activating the Workload. It never sets `suspend: false` on a queued Job: Kueue does, on admission."""
+    stop = resolved.suspend or resolved.cancel
+    meta = job.get("metadata") or {}
+    suspended = bool((job.get("spec") or {}).get("suspend"))
+    if c.LABEL_KUEUE_QUEUE not in (meta.get("labels") or {}):
+        return HoldPlan({"spec": {"suspend": stop}} if suspended != stop else None)
+    held = (meta.get("annotations") or {}).get(c.ANNOTATION_USER_HOLD) == "true"
+    if stop:
+        patch = None if held and suspended else {"metadata": {"annotations": {c.ANNOTATION_USER_HOLD: "true"}},
+                                                 "spec": {"suspend": True}}
+        return HoldPlan(patch, workload_active=False)
+    if held:
+        return HoldPlan({"metadata": {"annotations": {c.ANNOTATION_USER_HOLD: None}}}, workload_active=True)
+    return HoldPlan()
 
 
 def labels(parent: Parent, resolved: FineTuneJobSpec | None = None) -> dict[str, str]:
@@ -138,7 +170,7 @@ def build_role(parent: Parent, names: TrainerNames) -> dict[str, Any]:
                 "apiGroups": [c.GROUP],
                 "resources": [f"{c.FINETUNEJOB_PLURAL}/status"],
                 "resourceNames": [parent.name],
-                "verbs": ["get", "patch"],
+                "verbs": ["patch"],
             }
         ],
     }
@@ -242,8 +274,10 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
     }
     if nodes > 1:
         pod_spec["subdomain"] = names.headless_service
+    queued = bool(resolved.scheduling.queue_name)
     job_spec: dict[str, Any] = {
-        "suspend": resolved.suspend,
+        # A queued Job starts suspended: Kueue un-suspends it when it admits it.
+        "suspend": resolved.suspend or resolved.cancel or queued,
         "backoffLimit": resolved.backoff_limit,
         "completions": nodes,
         "parallelism": nodes,
@@ -261,10 +295,13 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
     }
     if resolved.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = resolved.active_deadline_seconds
+    annotations = {SPEC_HASH_ANNOTATION: spec_hash(resolved)}
+    if queued and (resolved.suspend or resolved.cancel):
+        annotations[c.ANNOTATION_USER_HOLD] = "true"
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": object_meta(parent, names.job, pod_labels, {SPEC_HASH_ANNOTATION: spec_hash(resolved)}),
+        "metadata": object_meta(parent, names.job, pod_labels, annotations),
         "spec": job_spec,
     }
 

@@ -203,6 +203,10 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
                                 **({"pvcClaims": sorted({*adapter_claims, *([model_claim] if model_claim else [])})}
                                    if adapter_claims or model_claim else {})}, 16)
     pod_labels = labels(parent)
+    if spec.scheduling.queue_name:
+        # Kueue's deployment integration (https://kueue.sigs.k8s.io/docs/tasks/run/deployment/): the label on the
+        # Deployment selects the LocalQueue; on the pod template, each pod is queued as its own Workload.
+        pod_labels[c.LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

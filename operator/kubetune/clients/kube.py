@@ -37,6 +37,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "deployments",
     ("kubetune.io/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("kubetune.io/v1alpha1", "ModelDeployment"): "modeldeployments",
+    ("kueue.x-k8s.io/v1beta1", "Workload"): "workloads",  # a queued Job's Kueue Workload (spec.active)
 }
 
 

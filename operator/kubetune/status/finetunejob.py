@@ -10,7 +10,7 @@ from typing import Any
 
 from ..api import exit_codes
 from ..api.conditions import FAILED, FALSE, RUNNING, SERVABLE, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN, Reason
-from ..api.constants import TRAINER_CONTAINER
+from ..api.constants import ANNOTATION_USER_HOLD, LABEL_KUEUE_QUEUE, TRAINER_CONTAINER
 from .conditions import Cond, merge_conditions
 
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -30,6 +30,7 @@ class Observed:
     adapter_type: str | None = None  # from the parsed spec (None when it does not parse)
     merged_model: bool = False
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # status.checkpoints, reported by the trainer
+    cancel: bool = False  # spec.cancel
 
 
 @dataclass(frozen=True)
@@ -149,13 +150,31 @@ def _stuck(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
+def job_finished(job: dict[str, Any]) -> bool:
+    """The Job reached a terminal condition (Complete or Failed, or their *Target/SuccessCriteriaMet forerunners)."""
+    return any(_job_condition(job, t) for t in ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget"))
+
+
+def cancel_complete(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """A cancelled Job may be removed: it is suspended and none of its pods still runs (the trainer has
+    checkpointed and exited, or never started)."""
+    if not (job.get("spec") or {}).get("suspend") or (job.get("status") or {}).get("active"):
+        return False
+    return not any((p.get("status") or {}).get("phase") in ("Pending", "Running") for p in pods)
+
+
+def _was_cancelled(previous: dict[str, Any]) -> bool:
+    return any(c.get("type") == FAILED and c.get("status") == TRUE and c.get("reason") == Reason.CANCELLED
+               for c in previous.get("conditions") or [])
+
+
 def _running_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pods whose trainer runs and that are not being deleted, oldest first."""
     return [pod for pod in _by_age(pods)
             if "running" in (_trainer_status(pod).get("state") or {}) and not pod["metadata"].get("deletionTimestamp")]
 
 
-def _verdict(obs: Observed) -> Verdict:
+def _verdict(obs: Observed, previous: dict[str, Any]) -> Verdict:
     def v(running: tuple[str, str, str], succeeded: tuple[str, str, str], failed: tuple[str, str, str],
           suspended: tuple[str, str, str]) -> Verdict:
         return Verdict(Cond(RUNNING, *running), Cond(SUCCEEDED, *succeeded), Cond(FAILED, *failed), Cond(SUSPENDED, *suspended))
@@ -166,11 +185,22 @@ def _verdict(obs: Observed) -> Verdict:
         failed = (TRUE, Reason.VALIDATION_FAILED, obs.validation_error)
         return v((FALSE, Reason.VALIDATION_FAILED, ""), (FALSE, Reason.VALIDATION_FAILED, obs.validation_error), failed, not_suspended)
     job = obs.job
+    if job is None and (obs.cancel or _was_cancelled(previous)):
+        msg = ("Cancelled (spec.cancel): training stopped after its last checkpoint and the training Job was removed. "
+               "Status, checkpoints and metrics are kept." if previous.get("jobName") else
+               "Cancelled (spec.cancel) before training started.")
+        cancelled = (FALSE, Reason.CANCELLED, msg)
+        return v(cancelled, cancelled, (TRUE, Reason.CANCELLED, msg), not_suspended)
+    if job is not None and obs.cancel and not job_finished(job):
+        msg = "Cancelling (spec.cancel): the trainer checkpoints and stops, then the training Job is removed."
+        return v((FALSE, Reason.CANCELLING, msg), (UNKNOWN, Reason.CANCELLING, msg), no_failure, not_suspended)
     if job is None:
         msg = "Creating the training Job."
         return v((FALSE, Reason.PENDING, msg), (UNKNOWN, Reason.PENDING, msg), no_failure, not_suspended)
+    ignored = " spec.cancel has no effect: the job had already finished." if obs.cancel else ""
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
         msg = f"Training finished; adapter published to {obs.output_prefix}." if obs.output_prefix else "Training finished."
+        msg += ignored
         return v((FALSE, Reason.COMPLETED, msg), (TRUE, Reason.COMPLETED, msg), no_failure, not_suspended)
     failed_cond = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
     if failed_cond:
@@ -189,9 +219,19 @@ def _verdict(obs: Observed) -> Verdict:
             if job_reason == "BackoffLimitExceeded" and reason not in (Reason.OOM_KILLED, Reason.USER_ERROR):
                 reason = Reason.BACKOFF_LIMIT_EXCEEDED
                 msg = f"Gave up after {job['spec'].get('backoffLimit', 0) + 1} attempt(s). Last: {msg}"
+        msg += ignored
         return v((FALSE, reason, msg), (FALSE, reason, msg), (TRUE, reason, msg), not_suspended)
+    meta = job.get("metadata") or {}
+    queue = (meta.get("labels") or {}).get(LABEL_KUEUE_QUEUE)
+    held = (meta.get("annotations") or {}).get(ANNOTATION_USER_HOLD) == "true"
+    if job["spec"].get("suspend") and queue and not held:  # Kueue's suspension, not the user's
+        msg = (f"Queued in Kueue LocalQueue {queue}: the Job waits, suspended, until Kueue admits it when the queue "
+               "has quota; training then starts (or resumes from its last checkpoint after an eviction).")
+        return v((FALSE, Reason.QUEUED, msg), (UNKNOWN, Reason.QUEUED, msg), no_failure, (FALSE, Reason.QUEUED, msg))
     if job["spec"].get("suspend"):
         msg = "Suspended: training pods are stopped; set spec.suspend=false to resume from the last checkpoint."
+        if queue:
+            msg += f" It then waits in Kueue LocalQueue {queue} until Kueue admits it again."
         if job_reason := (_job_condition(job, "Suspended") or {}).get("reason"):
             msg = f"{msg} ({job_reason})"
         return v((FALSE, Reason.SUSPENDED, msg), (UNKNOWN, Reason.SUSPENDED, msg), no_failure, (TRUE, Reason.SUSPENDED, msg))
@@ -261,7 +301,7 @@ def _servable(obs: Observed) -> Cond | None:
 def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime | None = None) -> dict[str, Any]:
     """The operator-owned part of status (the trainer owns progress/evaluation/checkpoints)."""
     previous = previous or {}
-    verdict = _verdict(obs)
+    verdict = _verdict(obs, previous)
     servable = _servable(obs)
     desired = [verdict.running, verdict.succeeded, verdict.failed, verdict.suspended, *([servable] if servable else [])]
     status: dict[str, Any] = {
@@ -283,6 +323,10 @@ def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime 
                  and c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")), None)
             if done:
                 status["completionTime"] = done
+    if verdict.failed.reason == Reason.CANCELLED and "completionTime" not in status:
+        failed = next((c for c in status["conditions"] if c["type"] == FAILED), {})
+        if failed.get("lastTransitionTime"):
+            status["completionTime"] = failed["lastTransitionTime"]
     if verdict.succeeded.status == TRUE:
         winner = next((p for p in reversed(_by_age(obs.pods)) if (_terminated(p) or {}).get("exitCode") == 0), None)
         report = termination_report(winner) if winner else {}
