@@ -1,15 +1,30 @@
-"""Local stand-in for the Deployment controller and kubelet for kubetune serving Deployments: one pod
-per Deployment, its two containers (vLLM via `kubetune_serving.launch`, and the adapter-sync sidecar)
-run as local processes on free ports, the pod marked Ready when the sidecar's /readyz says so."""
+"""Local stand-in for the Deployment controller and kubelet for kubetune serving Deployments.
+
+Deployment controller: `spec.replicas` pods per Deployment, named like a ReplicaSet's
+(`<deployment>-<template hash>-<5 chars>`); a new pod template rolls them within the Deployment's
+RollingUpdate `maxSurge`/`maxUnavailable` (a new pod first, an old one removed once the new one is
+Ready); scaling down removes not-Ready pods first, then the newest; status
+replicas/updatedReplicas/readyReplicas/availableReplicas counted from the pods.
+
+Kubelet: each pod's two containers (vLLM via `kubetune_serving.launch`, and the adapter-sync
+sidecar) run as local processes on the pod's own free ports; a container whose process exits is
+started again alone (restartPolicy Always, restartCount counted, CrashLoopBackOff-style delay from
+the second restart on) while the pod's other container and every other pod keep running; the
+sidecar's readinessProbe (/readyz) is run every periodSeconds and flips the pod's Ready condition.
+Status is written only when it changes (each write is an event the operator reacts to).
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
+import secrets
 import socket
 import subprocess
+import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +37,8 @@ log = logging.getLogger("kubetune.local")
 # vLLM on CPU, as the serving tests run it (see docs/serving.md).
 VLLM_CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the ReplicaSet controller draws pod name suffixes from
+BACKOFF_SECONDS, BACKOFF_MAX_SECONDS = 10.0, 300.0
 
 
 def free_port() -> int:
@@ -30,98 +47,208 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Container:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen
+    started_at: str
+    restarts: int = 0
+    exited_at: float | None = None  # monotonic time its process was seen dead (waiting for its restart)
+    last_state: dict[str, Any] | None = None  # the previous run's `terminated` state
+
+
 @dataclass
 class ServingPod:
+    namespace: str
     name: str
+    deployment: str
     template_hash: str
     vllm_port: int
     sync_port: int
-    procs: list[subprocess.Popen]
+    poddir: Path
+    probe_period: float
+    containers: dict[str, Container] = field(default_factory=dict)
     ready: bool = False
+    probed_at: float = 0.0
+    written: dict[str, Any] | None = None  # the pod status last written
+
+    @property
+    def procs(self) -> list[subprocess.Popen]:
+        return [ctr.proc for ctr in self.containers.values()]
 
 
 class LocalServing:
     def __init__(self, emu: Emulator, workdir: Path, python: str, resolve_env, spawn, terminate):
         self.emu, self.workdir, self.python = emu, workdir, python
         self._resolve_env, self._spawn, self._terminate = resolve_env, spawn, terminate
-        self.pods: dict[tuple[str, str], ServingPod] = {}
+        self.pods: dict[tuple[str, str], ServingPod] = {}  # (namespace, pod name) -> pod
+        self._dep_status: dict[tuple[str, str], dict[str, Any]] = {}  # Deployment status last written
+
+    def pods_of(self, namespace: str, deployment: str) -> list[ServingPod]:
+        """The Deployment's pods, oldest first."""
+        return [p for p in self.pods.values() if p.namespace == namespace and p.deployment == deployment]
 
     def sync_once(self) -> None:
+        live = set()
         for dep in self.emu.list("apps", "v1", "deployments"):
             labels = dep["metadata"].get("labels") or {}
             if labels.get(c.LABEL_MANAGED_BY) == c.MANAGED_BY_VALUE and labels.get(c.LABEL_COMPONENT) == c.COMPONENT_SERVING:
+                live.add((dep["metadata"]["namespace"], dep["metadata"]["name"]))
                 self._sync(dep)
-        live = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in self.emu.list("apps", "v1", "deployments")}
-        for key in [k for k in self.pods if k not in live]:
-            self._stop(key)
+        for pod in [p for p in self.pods.values() if (p.namespace, p.deployment) not in live]:
+            self._remove(pod, delete_object=False)  # the Deployment is gone; garbage collection takes its pods
 
     def stop(self) -> None:
-        for key in list(self.pods):
-            self._stop(key)
+        for pod in list(self.pods.values()):
+            self._remove(pod, delete_object=False)
 
-    def _stop(self, key: tuple[str, str]) -> None:
-        pod = self.pods.pop(key)
-        for proc in pod.procs:
-            self._terminate(proc)
-
+    # ---------------------------------------------------------------------- Deployment controller
     def _sync(self, dep: dict[str, Any]) -> None:
-        key = (dep["metadata"]["namespace"], dep["metadata"]["name"])
-        template = dep["spec"]["template"]
-        wanted = (template["metadata"].get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION, "")
-        pod = self.pods.get(key)
-        if pod is not None and (pod.template_hash != wanted or dep["spec"].get("replicas", 1) == 0):
-            self._stop(key)  # a new template (or scaled to zero): replace the pod
-            pod = None
-        if pod is None:
-            if dep["spec"].get("replicas", 1) > 0:
-                self.pods[key] = self._start(dep, wanted)
-            return
-        if any(proc.poll() is not None for proc in pod.procs):
-            log.warning("serving pod %s exited; restarting it", pod.name)
-            self._stop(key)
-            return
-        if not pod.ready and _get(f"http://127.0.0.1:{pod.sync_port}/readyz") == 200:
-            pod.ready = True
-            self._mark(dep, pod)
+        ns, name = dep["metadata"]["namespace"], dep["metadata"]["name"]
+        for pod in self.pods_of(ns, name):
+            self._tend(pod)
+        want = int(dep["spec"].get("replicas", 1))
+        wanted_hash = (dep["spec"]["template"]["metadata"].get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION, "")
+        surge, unavailable = _rolling(dep, want)
+        pods = self.pods_of(ns, name)
+        new = [p for p in pods if p.template_hash == wanted_hash]
+        old = [p for p in pods if p.template_hash != wanted_hash]
+        excess = sorted(new, key=lambda p: (p.ready, -pods.index(p)))[:max(0, len(new) - want)]
+        for pod in excess:  # scale down: not-Ready pods first, then the newest
+            self._remove(pod)
+            new.remove(pod)
+        while len(new) < want and len(new) + len(old) < want + (surge or not unavailable):
+            new.append(self._start(dep, wanted_hash))
+        ready = sum(1 for p in new + old if p.ready)
+        for pod in sorted(old, key=lambda p: p.ready):
+            if not pod.ready or ready - 1 >= want - unavailable:
+                ready -= pod.ready
+                self._remove(pod)
+        self._deployment_status(dep, want, wanted_hash, unavailable)
+
+    def _deployment_status(self, dep: dict[str, Any], want: int, wanted_hash: str, unavailable: int) -> None:
+        ns, name = dep["metadata"]["namespace"], dep["metadata"]["name"]
+        pods = self.pods_of(ns, name)
+        ready = sum(1 for p in pods if p.ready)
+        available = ready >= want - unavailable
+        status = {"observedGeneration": dep["metadata"].get("generation", 1), "replicas": len(pods),
+                  "updatedReplicas": sum(1 for p in pods if p.template_hash == wanted_hash), "readyReplicas": ready,
+                  "availableReplicas": ready, "unavailableReplicas": max(0, want - ready), "conditions": [
+                      {"type": "Available", "status": "True" if available else "False",
+                       "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+                       "message": "Deployment has minimum availability." if available
+                       else "Deployment does not have minimum availability."}]}
+        if self._dep_status.get((ns, name)) != status:
+            self.emu.patch("apps", "v1", "deployments", ns, name, {"status": status}, subresource="status")
+            self._dep_status[(ns, name)] = status
 
     def _start(self, dep: dict[str, Any], template_hash: str) -> ServingPod:
         ns, name = dep["metadata"]["namespace"], dep["metadata"]["name"]
-        pod_name = f"{name}-{template_hash[:5]}"
-        spec = copy.deepcopy(dep["spec"]["template"]["spec"])
+        pod_name = f"{name}-{template_hash[:10]}-{''.join(secrets.choice(NAME_CHARS) for _ in range(5))}"
+        template = dep["spec"]["template"]
+        spec = copy.deepcopy(template["spec"])
         vllm_port, sync_port = free_port(), free_port()
+        period = 10.0
         for ctr in spec["containers"]:
             if ctr["name"] == SYNC_CONTAINER:
                 ctr["ports"] = [{"name": "sync", "containerPort": sync_port}]
+                period = float((ctr.get("readinessProbe") or {}).get("periodSeconds", 10))
             if ctr["name"] == VLLM_CONTAINER:
                 ctr["ports"] = [{"name": "http", "containerPort": vllm_port}]
         self.emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": pod_name, "namespace": ns, "labels": dep["spec"]["template"]["metadata"]["labels"],
-            "annotations": dep["spec"]["template"]["metadata"].get("annotations", {}),
+            "name": pod_name, "namespace": ns, "labels": {**template["metadata"]["labels"], "pod-template-hash": template_hash[:10]},
+            "annotations": template["metadata"].get("annotations", {}),
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": dep["metadata"]["uid"],
                                  "controller": True}]}, "spec": spec})
         poddir = self.workdir / ns / pod_name
         poddir.mkdir(parents=True, exist_ok=True)
-        procs = []
+        pod = ServingPod(ns, pod_name, name, template_hash, vllm_port, sync_port, poddir, period)
         for ctr in spec["containers"]:
             env = {**self._resolve_env(ns, pod_name, ctr, poddir, spec.get("volumes", [])), **VLLM_CPU_ENV}
-            args = _local_args(ctr, vllm_port, sync_port, poddir)
-            procs.append(self._spawn([self.python, *ctr["command"][1:], *args], env, poddir, ctr["name"]))
-        self.emu.patch("", "v1", "pods", ns, pod_name, {"status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [
-            {"type": "Ready", "status": "False", "reason": "ContainersNotReady"}]}}, subresource="status")
-        self.emu.patch("apps", "v1", "deployments", ns, name, {"status": {
-            "observedGeneration": dep["metadata"].get("generation", 1), "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0}},
-            subresource="status")
+            argv = [self.python, *ctr["command"][1:], *_local_args(ctr, vllm_port, sync_port, poddir)]
+            pod.containers[ctr["name"]] = Container(ctr["name"], argv, env, self._spawn(argv, env, poddir, ctr["name"]), _now())
+        self.pods[(ns, pod_name)] = pod
+        self._pod_status(pod)
         log.info("started serving pod %s/%s (vLLM :%s, sidecar :%s)", ns, pod_name, vllm_port, sync_port)
-        return ServingPod(pod_name, template_hash, vllm_port, sync_port, procs)
+        return pod
 
-    def _mark(self, dep: dict[str, Any], pod: ServingPod) -> None:
-        ns, name = dep["metadata"]["namespace"], dep["metadata"]["name"]
-        self.emu.patch("", "v1", "pods", ns, pod.name, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
-                       subresource="status")
-        self.emu.patch("apps", "v1", "deployments", ns, name, {"status": {
-            "observedGeneration": dep["metadata"].get("generation", 1), "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
-            "availableReplicas": 1, "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}},
-            subresource="status")
+    def _remove(self, pod: ServingPod, *, delete_object: bool = True) -> None:
+        del self.pods[(pod.namespace, pod.name)]
+        if delete_object:  # gone from the API first: the operator stops counting it while it shuts down
+            self.emu.delete("", "v1", "pods", pod.namespace, pod.name)
+        for proc in pod.procs:
+            self._terminate(proc)
+        log.info("removed serving pod %s/%s", pod.namespace, pod.name)
+
+    # ----------------------------------------------------------------------------------- kubelet
+    def _tend(self, pod: ServingPod) -> None:
+        """Restart exited containers (that container only), run the readiness probe, write pod status."""
+        now = time.monotonic()
+        for ctr in pod.containers.values():
+            code = ctr.proc.poll()
+            if code is None:
+                continue
+            if ctr.exited_at is None:
+                ctr.exited_at = now
+                code = 128 - code if code < 0 else code  # killed by a signal, as a container runtime reports it
+                ctr.last_state = {"terminated": {"exitCode": code, "reason": "Error" if code else "Completed",
+                                                 "startedAt": ctr.started_at, "finishedAt": _now()}}
+                log.warning("serving pod %s/%s: container %s exited (%s); restarting it", pod.namespace, pod.name, ctr.name, code)
+            delay = min(BACKOFF_SECONDS * 2 ** (ctr.restarts - 1), BACKOFF_MAX_SECONDS) if ctr.restarts else 0.0
+            if now - ctr.exited_at >= delay:
+                ctr.restarts += 1
+                ctr.exited_at, ctr.started_at = None, _now()
+                ctr.proc = self._spawn(ctr.argv, ctr.env, pod.poddir, ctr.name)
+        running = all(ctr.proc.poll() is None and ctr.exited_at is None for ctr in pod.containers.values())
+        if not running:
+            pod.ready = False
+        elif now - pod.probed_at >= pod.probe_period:
+            pod.probed_at = now
+            pod.ready = _get(f"http://127.0.0.1:{pod.sync_port}{c.SYNC_READYZ_PATH}") == 200
+        self._pod_status(pod)
+
+    def _pod_status(self, pod: ServingPod) -> None:
+        ready = "True" if pod.ready else "False"
+        statuses = []
+        for ctr in pod.containers.values():
+            up = ctr.exited_at is None and ctr.proc.poll() is None
+            status = {"name": ctr.name, "restartCount": ctr.restarts, "started": up,
+                      "ready": up and (pod.ready or ctr.name != SYNC_CONTAINER),
+                      "state": {"running": {"startedAt": ctr.started_at}} if up else {"waiting": {"reason": "CrashLoopBackOff"}}}
+            if ctr.last_state:
+                status["lastState"] = ctr.last_state
+            statuses.append(status)
+        status = {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": statuses, "conditions": [
+            {"type": "Ready", "status": ready, **({} if pod.ready else {"reason": "ContainersNotReady"})},
+            {"type": "ContainersReady", "status": ready}]}
+        if status == pod.written:
+            return
+        previous = {cond["type"]: cond for cond in (pod.written or {}).get("conditions", [])}
+        for cond in status["conditions"]:  # lastTransitionTime moves only when the status flips
+            before = previous.get(cond["type"])
+            cond["lastTransitionTime"] = before["lastTransitionTime"] if before and before["status"] == cond["status"] else _now()
+        self.emu.patch("", "v1", "pods", pod.namespace, pod.name, {"status": status}, subresource="status")
+        pod.written = status
+
+
+def _rolling(dep: dict[str, Any], replicas: int) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) of a RollingUpdate Deployment as pod counts (percentages as Kubernetes rounds them)."""
+    rolling = ((dep["spec"].get("strategy") or {}).get("rollingUpdate")) or {}
+
+    def count(value: Any, default: str, round_up: bool) -> int:
+        value = default if value is None else value
+        if isinstance(value, str) and value.endswith("%"):
+            exact = replicas * int(value[:-1]) / 100
+            return int(-(-exact // 1)) if round_up else int(exact)
+        return int(value)
+
+    return count(rolling.get("maxSurge"), "25%", True), count(rolling.get("maxUnavailable"), "25%", False)
 
 
 def _local_args(ctr: dict[str, Any], vllm_port: int, sync_port: int, poddir: Path) -> list[str]:
