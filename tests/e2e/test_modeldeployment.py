@@ -140,18 +140,19 @@ def test_adapters_by_uri_and_by_finetunejob_become_ready_without_restart(cluster
     status = get_md(cluster, "chat")["status"]
     assert status["adaptersReady"] == "2/2" and status["readyReplicas"] == 1 and status["endpoint"] == "http://chat.default.svc:8000/v1"
     assert adapter_status(cluster, "chat", "by-job") == {"name": "by-job", "source": "fineTuneJob/tuned", "state": "Ready",
-                                                         "replicasLoaded": 1, "uri": "s3://adapters/test/default/tuned", "sha256": SHA_A}
+                                                         "replicasLoaded": "1/1", "uri": "s3://adapters/test/default/tuned", "sha256": SHA_A,
+                                                         "pods": {"chat-vllm-1": "Ready"}}
     # Adding an adapter never touched the pod template: no restart.
     dep = cluster.raw("GET", "/apis/apps/v1/namespaces/default/deployments/chat-vllm")
     assert dep["spec"]["template"]["metadata"]["annotations"]["kubetune.io/template-hash"] == template_hash
 
 
-def test_adapter_is_not_ready_until_every_ready_replica_has_it(cluster, operator, sidecar):
+def test_adapter_is_not_ready_until_every_replica_has_it(cluster, operator, sidecar):
     md(cluster, "chat", {"baseModel": BASE, "adapters": [{"name": "a", "uri": "s3://adapters/x/a"}]})
     play_ready_pod(cluster, "chat", "chat-vllm-1", sidecar)
     sidecar.report = {"generation": 1, "vllmReady": True, "adapters": [
         {"name": "a", "uri": "s3://adapters/x/a", "manifestSha256": "0" * 64, "state": "Loading"}]}
-    loading = wait_for(lambda: (a := adapter_status(cluster, "chat", "a")) and a.get("message") == "loaded on 0/1 ready replicas" and a,
+    loading = wait_for(lambda: (a := adapter_status(cluster, "chat", "a")) and a.get("message") == "loaded on 0/1 replicas; waiting for pod chat-vllm-1 Loading" and a,
                        timeout=15)
     assert loading["state"] == "Loading"
     sidecar.report = {"generation": 1, "vllmReady": True, "adapters": [

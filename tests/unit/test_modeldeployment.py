@@ -118,17 +118,19 @@ def test_resolution_states():
     assert (failed[0].state, failed[0].message) == ("Failed", "FineTuneJob support-bot failed (OOMKilled): Pod p was OOMKilled.")
 
 
-def test_status_ready_only_when_every_ready_replica_has_the_adapter():
+def test_status_ready_only_when_every_replica_has_the_adapter_and_names_the_pod_that_lags():
     spec = parse(ModelDeploymentSpec, {**SPEC, "replicas": 2, "adapters": [{"name": "legal", "uri": "s3://adapters/legal"}]})
     resolved = [Resolved("legal", "s3://adapters/legal", "Loading", uri="s3://adapters/legal")]
     dep = {"metadata": {"generation": 1}, "spec": {}, "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 1, "observedGeneration": 1}}
     ready = {"type": "Ready", "status": "True"}
     pods = [{"metadata": {"name": p}, "status": {"conditions": [ready]}} for p in ("p1", "p2")]
-    report = lambda state: {"generation": 4, "adapters": [{"name": "legal", "manifestSha256": "1" * 64, "state": state}]}  # noqa: E731
-    obs = ServingObserved(3, 4, dep, pods, {"p1": report("Ready"), "p2": report("Loading")}, "http://chat.ml.svc:8000/v1", "sel")
+    report = lambda state, message=None: {"generation": 4, "adapters": [  # noqa: E731
+        {"name": "legal", "manifestSha256": "1" * 64, "state": state, "message": message}]}
+    obs = ServingObserved(3, 4, dep, pods, {"p1": report("Ready"), "p2": report("Loading", "fetching")}, "http://chat.ml.svc:8000/v1", "sel")
     status = derive_status(obs, spec, resolved, None, T0)
-    assert status["adapters"] == [{"name": "legal", "source": "s3://adapters/legal", "state": "Loading", "replicasLoaded": 1,
-                                   "uri": "s3://adapters/legal", "message": "loaded on 1/2 ready replicas"}]
+    assert status["adapters"] == [{"name": "legal", "source": "s3://adapters/legal", "state": "Loading", "replicasLoaded": "1/2",
+                                   "uri": "s3://adapters/legal", "pods": {"p1": "Ready", "p2": "Loading"},
+                                   "message": "loaded on 1/2 replicas; waiting for pod p2 Loading (fetching)"}]
     conds = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conds == {"Ready": ("False", "AdaptersLoading"), "Available": ("True", "ReplicasReady"),
                      "AdaptersReady": ("False", "AdaptersLoading"), "Progressing": ("True", "RollingOut")}
@@ -137,10 +139,34 @@ def test_status_ready_only_when_every_ready_replica_has_the_adapter():
     status = derive_status(obs, spec, resolved, status, T0)
     conds = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conds["Ready"] == ("True", "Ready") and conds["Progressing"] == ("False", "RolloutComplete")
-    assert status["adaptersReady"] == "1/1" and status["adapters"][0]["replicasLoaded"] == 2
+    assert status["adaptersReady"] == "1/1"
+    assert status["adapters"][0] == {"name": "legal", "source": "s3://adapters/legal", "state": "Ready", "replicasLoaded": "2/2",
+                                          "uri": "s3://adapters/legal", "pods": {"p1": "Ready", "p2": "Ready"}}
     # A pod still on an older desired set does not count for an unpinned adapter.
     obs.reports = {"p1": report("Ready"), "p2": {**report("Ready"), "generation": 3}}
-    assert derive_status(obs, spec, resolved, status, T0)["adapters"][0]["state"] == "Loading"
+    lagging = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    assert (lagging["state"], lagging["replicasLoaded"], lagging["pods"]) == ("Loading", "1/2", {"p1": "Ready", "p2": "Loading"})
+    assert lagging["message"] == "loaded on 1/2 replicas; waiting for pod p2 Loading (has not picked up this version yet)"
+    # A replica that is not Ready (its vLLM restarting) still counts: the adapter is not on every replica.
+    pods[1]["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    obs.reports = {"p1": report("Ready"), "p2": {**report("Loading", "vLLM is not ready"), "vllmReady": False}}
+    restarting = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    assert (restarting["state"], restarting["replicasLoaded"]) == ("Loading", "1/2")
+    # A sidecar that does not answer: Unknown there, named.
+    obs.reports = {"p1": report("Ready"), "p2": None}
+    unknown = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    assert unknown["pods"] == {"p1": "Ready", "p2": "Unknown"} and "pod p2 Unknown (its adapter-sync sidecar does not answer)" in unknown["message"]
+    # Fewer pods than spec.replicas (one not created yet, one terminating): the missing replica has nothing.
+    pods[1]["metadata"]["deletionTimestamp"] = "2026-11-23T08:00:00Z"
+    obs.reports = {"p1": report("Ready"), "p2": report("Ready")}
+    missing = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    assert (missing["state"], missing["replicasLoaded"], missing["pods"]) == ("Loading", "1/2", {"p1": "Ready"})
+    assert missing["message"] == "loaded on 1/2 replicas; waiting for 1 replica(s) not created yet"
+    # One pod rejects it: Rejected, with that pod's reason.
+    del pods[1]["metadata"]["deletionTimestamp"]
+    obs.reports = {"p1": report("Ready"), "p2": report("Rejected", "manifest sha256 mismatch")}
+    rejected = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    assert (rejected["state"], rejected["message"]) == ("Rejected", "pod p2 Rejected (manifest sha256 mismatch)")
 
 
 def test_service_drift_patches_type_and_ports_only_when_they_differ():

@@ -23,6 +23,9 @@ from .common import (
 )
 
 AdapterState = Literal["WaitingForFineTuneJob", "Loading", "Ready", "Failed", "Rejected"]
+# An adapter in one pod: its sidecar's report (kubetune_serving.protocol.SyncState), Unknown when it does not answer.
+PodAdapterState = Literal["Loading", "Ready", "Failed", "Rejected", "Unknown"]
+MAX_PODS_LISTED = 128  # spec.replicas (<= 64) plus the rollout's surge pod, with room to spare
 
 
 class FineTuneJobRef(KubeModel):
@@ -183,8 +186,15 @@ class AdapterStatus(KubeModel):
     uri: str | None = Field(default=None, description="Resolved adapter folder.", max_length=2048)
     sha256: str | None = Field(default=None, description="sha256 of its manifest.json.", max_length=64)
     state: AdapterState = Field(description="WaitingForFineTuneJob, Loading, Ready, Failed or Rejected.")
-    replicas_loaded: int = Field(default=0, description="Ready replicas that have it loaded.", ge=0)
-    message: str | None = Field(default=None, description="Why it is not Ready.", max_length=4096)
+    replicas_loaded: str | None = Field(
+        default=None, max_length=16, pattern=r"^[0-9]+/[0-9]+$",
+        description="Replicas that serve it out of the deployment's replicas (its live pods, or spec.replicas while "
+                    "fewer exist), e.g. 1/2. The adapter is Ready only when every replica serves it.")
+    pods: dict[str, PodAdapterState] | None = Field(
+        default=None, description="Each live pod's state of this adapter (pod name -> Loading, Ready, Failed, Rejected, or "
+                                  "Unknown when its adapter-sync sidecar does not answer): which pod lags.",
+        json_schema_extra={"maxProperties": MAX_PODS_LISTED})
+    message: str | None = Field(default=None, description="Why it is not Ready (naming the pods that lag).", max_length=4096)
 
 
 class ModelDeploymentStatus(KubeModel):

@@ -1,7 +1,9 @@
 """ModelDeployment: adapter resolution and status from the observed Deployment, Pods and the pods'
 adapter-sync reports. Pure: no I/O, no clock reads.
 
-An adapter is Ready only when every ready replica reports it loaded (from the same manifest).
+An adapter is Ready only when every replica reports it loaded (from the same manifest): each
+adapter's status counts the replicas that serve it (`replicasLoaded: 1/2`) and names each pod's
+state, so a lagging pod (restarting, still restoring its adapters) shows by name.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from ..api.conditions import ADAPTERS_READY, AVAILABLE, FALSE, PROGRESSING, READY, TRUE
-from ..api.modeldeployment import ModelDeploymentSpec
+from ..api.modeldeployment import MAX_PODS_LISTED, ModelDeploymentSpec
 from .conditions import Cond, find, is_true, merge_conditions
 
 WAITING = "WaitingForFineTuneJob"
 LOADING, READY_STATE, FAILED, REJECTED = "Loading", "Ready", "Failed", "Rejected"
+UNKNOWN = "Unknown"  # one pod's state of an adapter when its sidecar does not answer
 
 
 @dataclass(frozen=True)
@@ -104,37 +107,39 @@ class ServingObserved:
     validation_error: str | None = None
 
 
-def _pod_ready(pod: dict[str, Any]) -> bool:
-    if pod["metadata"].get("deletionTimestamp"):
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+def _on_pod(res: Resolved, report: dict[str, Any] | None, desired_generation: int) -> tuple[str, str | None]:
+    """(state, message) of one sendable adapter in one pod, from that pod's sidecar report."""
+    if report is None:
+        return UNKNOWN, "its adapter-sync sidecar does not answer"
+    entry = next((a for a in report.get("adapters") or [] if a.get("name") == res.name), None)
+    # Pinned adapters match by manifest sha; unpinned (by URI) ones need a pod on the current set.
+    same = entry is not None and ((entry.get("manifestSha256") == res.sha256) if res.sha256
+                                  else (report.get("generation") or 0) >= desired_generation)
+    if not same:
+        return LOADING, "has not picked up this version yet"
+    state = entry.get("state")  # type: ignore[union-attr]
+    return (state if state in (LOADING, READY_STATE, FAILED, REJECTED) else UNKNOWN), entry.get("message")  # type: ignore[union-attr]
 
 
-def _adapter_state(res: Resolved, ready_pods: list[str], reports: dict[str, dict[str, Any] | None],
-                   desired_generation: int) -> tuple[str, int, str | None]:
-    """(state, replicas that have it loaded, message) for one sendable adapter."""
-    loaded = 0
-    problem: tuple[str, str] | None = None
-    for pod in ready_pods:
-        report = reports.get(pod) or {}
-        entry = next((a for a in report.get("adapters") or [] if a.get("name") == res.name), None)
-        if entry is None:
-            continue
-        # Pinned adapters match by manifest sha; unpinned (by URI) ones need a pod on the current set.
-        same = (entry.get("manifestSha256") == res.sha256) if res.sha256 else (report.get("generation") or 0) >= desired_generation
-        if entry.get("state") == READY_STATE and same:
-            loaded += 1
-        elif entry.get("state") in (FAILED, REJECTED) and same:
-            problem = (entry["state"], f"pod {pod}: {entry.get('message') or entry['state']}")
-    if problem and problem[0] == REJECTED:
-        return REJECTED, loaded, problem[1]
-    if ready_pods and loaded == len(ready_pods):
-        return READY_STATE, loaded, None
-    if problem:
-        return FAILED, loaded, f"{problem[1]} (retrying)"
-    if not ready_pods:
-        return LOADING, 0, "no ready replica yet"
-    return LOADING, loaded, f"loaded on {loaded}/{len(ready_pods)} ready replicas"
+def _adapter_state(res: Resolved, pods: list[str], want: int, reports: dict[str, dict[str, Any] | None],
+                   desired_generation: int) -> tuple[str, int, int, dict[str, str], str | None]:
+    """(state, replicas that serve it, replicas, pod name -> its state there, message) for one sendable
+    adapter. Replicas: the live pods, or spec.replicas while fewer exist (a missing pod has nothing)."""
+    per_pod = {pod: _on_pod(res, reports.get(pod), desired_generation) for pod in sorted(pods)}
+    states = {pod: state for pod, (state, _) in per_pod.items()}
+    total = max(want, len(pods))
+    loaded = sum(1 for state in states.values() if state == READY_STATE)
+    lagging = {pod: f"pod {pod} {state}" + (f" ({msg})" if msg else "") for pod, (state, msg) in per_pod.items() if state != READY_STATE}
+    for worst in (REJECTED, FAILED):
+        pod = next((pod for pod in lagging if states[pod] == worst), None)
+        if pod is not None:
+            return worst, loaded, total, states, lagging[pod] + (", retrying" if worst == FAILED else "")
+    if total and loaded == total:
+        return READY_STATE, loaded, total, states, None
+    if not total:
+        return LOADING, 0, 0, states, "no replica (spec.replicas is 0)"
+    missing = [f"{total - len(pods)} replica(s) not created yet"] if total > len(pods) else []
+    return LOADING, loaded, total, states, f"loaded on {loaded}/{total} replicas; waiting for {', '.join([*lagging.values(), *missing])}"
 
 
 def derive_status(obs: ServingObserved, spec: ModelDeploymentSpec | None, resolved: list[Resolved],
@@ -147,15 +152,17 @@ def derive_status(obs: ServingObserved, spec: ModelDeploymentSpec | None, resolv
         return {"observedGeneration": obs.generation, "conditions": merge_conditions(previous.get("conditions"), conds, obs.generation, now)}
     dep = obs.deployment or {}
     dep_status = dep.get("status") or {}
-    ready_pods = [p["metadata"]["name"] for p in obs.pods if _pod_ready(p)]
+    live_pods = [p["metadata"]["name"] for p in obs.pods if not p["metadata"].get("deletionTimestamp")]
     adapters = []
     for res in resolved:
+        pods: dict[str, str] = {}
         if res.sendable:
-            state, loaded, message = _adapter_state(res, ready_pods, obs.reports, obs.desired_generation)
+            state, loaded, total, pods, message = _adapter_state(res, live_pods, spec.replicas, obs.reports, obs.desired_generation)
         else:
-            state, loaded, message = res.state, 0, res.message
-        entry = {"name": res.name, "source": res.source, "state": state, "replicasLoaded": loaded}
-        entry.update({k: v for k, v in (("uri", res.uri), ("sha256", res.sha256), ("message", message)) if v})
+            state, loaded, total, message = res.state, 0, max(spec.replicas, len(live_pods)), res.message
+        entry: dict[str, Any] = {"name": res.name, "source": res.source, "state": state, "replicasLoaded": f"{loaded}/{total}"}
+        listed = dict(sorted(pods.items())[:MAX_PODS_LISTED])  # bounded like the CRD field (spec.replicas <= 64 + surge)
+        entry.update({k: v for k, v in (("uri", res.uri), ("sha256", res.sha256), ("message", message), ("pods", listed)) if v})
         adapters.append(entry)
     ready_count = sum(1 for a in adapters if a["state"] == READY_STATE)
 
@@ -174,7 +181,7 @@ def derive_status(obs: ServingObserved, spec: ModelDeploymentSpec | None, resolv
                    if rolling or not dep else Cond(PROGRESSING, FALSE, "RolloutComplete", "All replicas run the current spec."))
     not_ready = [a for a in adapters if a["state"] != READY_STATE]
     if not not_ready:
-        adapters_cond = Cond(ADAPTERS_READY, TRUE, "AllAdaptersReady", f"{ready_count}/{len(adapters)} adapters loaded on every ready replica.")
+        adapters_cond = Cond(ADAPTERS_READY, TRUE, "AllAdaptersReady", f"{ready_count}/{len(adapters)} adapters loaded on every replica.")
     else:
         worst = next((a for s in (REJECTED, FAILED, WAITING, LOADING) for a in not_ready if a["state"] == s))
         reason = {REJECTED: "AdapterRejected", FAILED: "AdapterFailed", WAITING: WAITING, LOADING: "AdaptersLoading"}[worst["state"]]
