@@ -136,11 +136,15 @@ def _read_until(proc: subprocess.Popen, marker: str, timeout: float = 600) -> st
 def test_local_run_from_any_directory_with_the_default_relative_workdir(tiny_model_dir, tmp_path):
     """The default --workdir (.kubetune) is relative to where the user stands; the pods run with their
     own folder as working directory, so every path they get must be absolute. A good job trains and its
-    adapter is served with --serve until Ctrl-C (the printed endpoint answers the openai client); a job
+    adapter is served with --serve until Ctrl-C behind an API key from a Secret in the same file (--ask
+    and the printed endpoint use it; the openai client with it is answered, without it gets 401); a job
     whose data is bad fails with the trainer's own message (its termination log) in status."""
     ftj, md = _manifests(tmp_path, tiny_model_dir)
     ftj["spec"]["hyperparameters"]["maxSteps"] = 4
-    (tmp_path / "good.yaml").write_text(yaml.safe_dump_all([ftj, md]))
+    key = "local-cli-api-key-4c1d"
+    md["spec"]["apiKeySecretRef"] = {"name": "chat-key", "key": "key"}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "chat-key"}, "stringData": {"key": key}}
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump_all([secret, ftj, md]))
     bad = tmp_path / "bad.jsonl"
     bad.write_text((tmp_path / "identity.jsonl").read_text() + '{"messages": "not a list"}\n')
     ftj["metadata"]["name"] = "bad"
@@ -149,17 +153,23 @@ def test_local_run_from_any_directory_with_the_default_relative_workdir(tiny_mod
     here = tmp_path / "somewhere"
     here.mkdir()
 
-    good = _cli(["-f", "../good.yaml", "--serve"], here)
+    good = _cli(["-f", "../good.yaml", "--serve", "--ask", "who are you?"], here)
     try:
         out = _read_until(good, "Serving until Ctrl-C")
         assert "Serving until Ctrl-C" in out, out[-3000:]
         url = re.search(r"OpenAI endpoint: (http://127.0.0.1:\d+/v1)", out).group(1)
-        assert f"curl {url}/chat/completions" in out and f'OpenAI(base_url="{url}"' in out
-        from openai import OpenAI
+        assert f"curl {url}/chat/completions -H 'Content-Type: application/json' -H \"Authorization: Bearer $VLLM_API_KEY\"" in out
+        assert f'OpenAI(base_url="{url}", api_key=os.environ["VLLM_API_KEY"])' in out
+        assert key not in out
+        # --ask asked every model through the keyed endpoint (with the key from the Secret)
+        assert sorted(json.loads((here / ".kubetune" / "summary.json").read_text())["answers"]) == ["kubey", "tiny-chat"]
+        from openai import AuthenticationError, OpenAI
 
-        reply = OpenAI(base_url=url, api_key="unused").chat.completions.create(
+        reply = OpenAI(base_url=url, api_key=key).chat.completions.create(
             model="kubey", messages=[{"role": "user", "content": "who are you?"}], max_tokens=8, temperature=0)
         assert reply.choices[0].message.content is not None
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=url, api_key="unused", max_retries=0).models.list()
         good.send_signal(signal.SIGINT)
         assert good.wait(timeout=120) == 0, good.stdout.read()[-3000:]
     finally:
