@@ -6,12 +6,14 @@ the node (claims are host folders) and the Job controller (the built Job's own p
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from kubetune.local.run import LocalRun, condition, finetunejob_outcome
+from kubetune.local.cli import default_serving_python
+from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
-from .test_local_run import _manifests
+from .test_local_run import ANSWER, _manifests
 
 
 @pytest.mark.slow
@@ -73,3 +75,36 @@ def test_preempted_trainer_is_not_a_failure_and_the_next_pod_resumes_from_its_ch
     preempted = [m for m in messages if "preempted (PreemptionByScheduler), resuming from checkpoint" in m]
     assert preempted and all(f"resuming from checkpoint {saved}." in m for m in preempted), messages
     assert not [m for m in messages if "failed" in m], messages
+
+
+@pytest.mark.slow
+def test_a_model_and_an_adapter_on_claims_are_trained_and_served(tiny_model_dir, tmp_path):
+    """The base model on claim models (trainer and vLLM read it there), the adapter published to claim
+    adapters and resolved through fineTuneJobRef: the Deployment mounts the model claim in vLLM's
+    container and the adapter claim (from the resolved set) in the sidecar's, and the adapter is served."""
+    serving_python = default_serving_python()
+    if serving_python is None:
+        pytest.skip("no .venv-serving: run serving-image/setup-venv.sh")
+    ftj, md = _manifests(tmp_path, tiny_model_dir)
+    shutil.copytree(tiny_model_dir, tmp_path / "work" / "pvcs" / "models" / "tiny")
+    for doc in (ftj, md):
+        doc["spec"]["baseModel"]["uri"] = "pvc://models/tiny"
+    ftj["spec"]["output"] = {"uri": "pvc://adapters/published"}
+    with LocalRun(workdir=tmp_path / "work", serving_python=serving_python) as lr:
+        lr.apply(ftj)
+        assert lr.wait("FineTuneJob", "tiny", finetunejob_outcome, lambda _: None, timeout=300) == "Succeeded"
+        lr.apply(md)
+        outcome = lr.wait("ModelDeployment", "tiny-chat", modeldeployment_outcome, lambda _: None, timeout=300)
+        served = lr.get("ModelDeployment", "tiny-chat")
+        assert outcome == "Ready", json.dumps(served.get("status"), indent=1)
+        assert served["status"]["adapters"][0]["uri"] == "pvc://adapters/published/default/tiny"
+        pod = next(iter(lr.kubelet.serving.pods.values()))
+        roots = {ctr: sorted(p.name for p in (tmp_path / "work" / "pods" / "default" / pod.name / "pvc" / ctr).iterdir())
+                 for ctr in ("vllm", "adapter-sync")}
+        assert roots == {"vllm": ["models"], "adapter-sync": ["adapters"]}
+
+        from openai import OpenAI
+
+        reply = OpenAI(base_url=f"http://127.0.0.1:{pod.vllm_port}/v1", api_key="none").chat.completions.create(
+            model="kubey", messages=[{"role": "user", "content": "who are you?"}], max_tokens=24, temperature=0)
+        assert ANSWER in reply.choices[0].message.content
