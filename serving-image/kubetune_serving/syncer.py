@@ -85,6 +85,7 @@ class Syncer:
         self.records: dict[str, Record] = {}
         self.vllm_ready = False
         self.vllm_problem: str | None = None  # why vLLM is not ready, when known (it rejects our API key)
+        self.in_service = False  # Ready once since vLLM (re)started with every adapter of the desired set loaded
         self.last_pass = 0.0  # monotonic; /healthz checks the loop is alive
         self._tasks: dict[str, asyncio.Task] = {}
         self._wake = asyncio.Event()
@@ -97,15 +98,20 @@ class Syncer:
 
     def ready(self) -> tuple[bool, str]:
         """Readiness: vLLM up, a desired set read, and no adapter still Loading (Failed and Rejected
-        ones cannot be loaded now and must not keep a replica out of service)."""
+        ones cannot be loaded now and must not keep a replica out of service) -- until the replica
+        has once been in service. After that, an adapter added later loads while the replica keeps
+        serving what it has: every replica loads a new adapter at the same moment, so gating on it
+        would take the whole Service down (the operator marks the adapter Ready only once every
+        replica has it). A vLLM restart empties vLLM, and the replica starts over."""
         if not self.vllm_ready:
             return False, self.vllm_problem or "vLLM is not ready"
         if self.desired is None:
             return False, self.source_error or "no desired set read yet"
         loading = sorted(name for name, r in self.records.items() if r.state == "Loading")
-        if loading:
+        if loading and not self.in_service:
             return False, f"adapters still loading: {', '.join(loading)}"
-        return True, "ok"
+        self.in_service = True
+        return True, f"ok; loading {', '.join(loading)}" if loading else "ok"
 
     # ---------------------------------------------------------------------------- inputs
 
@@ -165,7 +171,7 @@ class Syncer:
             problem = self.vllm.rejected
             if self.vllm_ready or (problem and problem != self.vllm_problem):
                 log.warning("vLLM at %s is not ready%s", self.vllm.base_url, f": {problem}" if problem else "")
-            self.vllm_ready, self.vllm_problem = False, problem
+            self.vllm_ready, self.vllm_problem, self.in_service = False, problem, False
             for record in self.records.values():
                 if record.state == "Ready":
                     self._set(record, "Loading", f"{problem or 'vLLM is not ready'}; the adapter is restored when it is back")
@@ -180,6 +186,7 @@ class Syncer:
             if record.state == "Ready" and gone and record.loaded_mono < asked:
                 self._set(record, "Loading", "no longer loaded in vLLM (vLLM restarted?); restoring")
                 record.retry_at = 0.0
+                self.in_service = False
         if self.desired is None:
             return  # never unload anything before the desired set is known
 

@@ -29,6 +29,7 @@ class FakeVLLM:
         self.up = True
         self.loras: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
+        self.hold: set[str] = set()  # loads of these names wait until removed (a slow download into vLLM)
 
     def app(self) -> web.Application:
         async def models(_: web.Request) -> web.Response:
@@ -41,6 +42,8 @@ class FakeVLLM:
         async def load(request: web.Request) -> web.Response:
             body = await request.json()
             self.calls.append(("load", body["lora_name"]))
+            while body["lora_name"] in self.hold:
+                await asyncio.sleep(0.02)
             if not Path(body["lora_path"], "adapter_config.json").exists():
                 return web.json_response({"error": {"message": "not found", "code": 404}}, status=404)
             self.loras[body["lora_name"]] = body["lora_path"]
@@ -167,6 +170,42 @@ async def test_sync_loads_unloads_and_restores_after_restart(harness: Harness, t
     await harness.until(lambda: "a" not in harness.fake.loras)
     assert (harness.fake.calls, harness.states()) == ([("unload", "a")], {"b": "Ready"})
     await harness.until(lambda: not (tmp_path / "cache" / sha_a).exists())  # pruned from the cache
+
+
+async def test_a_replica_in_service_stays_ready_while_a_new_adapter_loads(harness: Harness, tmp_path: Path) -> None:
+    """Readiness gates a replica's first entry into service (every adapter loaded, as a new replica
+    must). After that, adding an adapter must not take the replica out of the Service: every replica
+    loads it at the same moment, so that would be an outage. A vLLM restart starts it over."""
+    uri_a, sha_a = publish(tmp_path, "a")
+    uri_b, sha_b = publish(tmp_path, "b")
+    harness.fake.hold.add("a")
+    harness.want(desired_set(1, ("a", uri_a, sha_a)))
+    await harness.until(lambda: ("load", "a") in harness.fake.calls)
+    assert await harness.get("/readyz") == (503, {"ok": False, "message": "adapters still loading: a"})
+    harness.fake.hold.clear()
+    await harness.until(lambda: harness.states() == {"a": "Ready"})
+    assert await harness.get("/readyz") == (200, {"ok": True, "message": "ok"})
+
+    harness.fake.hold.add("b")
+    harness.want(desired_set(2, ("a", uri_a, sha_a), ("b", uri_b, sha_b)))
+    await harness.until(lambda: ("load", "b") in harness.fake.calls)
+    assert harness.states() == {"a": "Ready", "b": "Loading"}
+    assert await harness.get("/readyz") == (200, {"ok": True, "message": "ok; loading b"})
+    harness.fake.hold.clear()
+    await harness.until(lambda: harness.states() == {"a": "Ready", "b": "Ready"})
+
+    # vLLM restarts empty: out of service until every adapter is back.
+    harness.fake.up = False
+    await harness.until(lambda: not harness.syncer.vllm_ready)
+    harness.fake.loras.clear()
+    harness.fake.calls.clear()
+    harness.fake.hold.add("b")
+    harness.fake.up = True
+    await harness.until(lambda: ("load", "b") in harness.fake.calls and harness.states()["a"] == "Ready")
+    assert await harness.get("/readyz") == (503, {"ok": False, "message": "adapters still loading: b"})
+    harness.fake.hold.clear()
+    await harness.until(lambda: harness.states() == {"a": "Ready", "b": "Ready"})
+    assert await harness.get("/readyz") == (200, {"ok": True, "message": "ok"})
 
 
 async def test_missing_manifest_fails_then_loads_once_published(harness: Harness, tmp_path: Path) -> None:
