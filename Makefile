@@ -5,7 +5,7 @@ SERVING_VENV := .venv-serving
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test venv serving-venv crds lint clean
+.PHONY: quickstart test venv serving-venv crds local-rbac lint clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml trainer-image/requirements.txt
@@ -32,6 +32,10 @@ test: venv serving-venv
 
 crds: venv
 	$(VENV)/bin/kubetune crds
+
+# The chart's rendered operator RBAC that `kubetune local` installs (checked for drift by tests/chart).
+local-rbac: venv
+	KUBETUNE_UPDATE_RENDERED=1 $(PY) -m pytest -q tests/chart/test_rbac.py -k rendered_rbac
 
 clean:
 	rm -rf $(VENV) $(SERVING_VENV) .pytest_cache .hypothesis

@@ -2,20 +2,28 @@
 
 "Everything it does" is derived from the code, not restated: the resources kopf watches come from
 kopf's handler registry, the objects it creates from the builders, the Roles it hands to pods from
-the builders too (RBAC lets it grant only what it holds).
+the builders too (RBAC lets it grant only what it holds). What the operator, the trainer and the
+sidecar actually do is enforced where they run: the e2e tests and `kubetune local` run them against
+the emulator with RBAC on (the operator as the chart's ServiceAccount with the chart's rendered RBAC,
+pods with their own ServiceAccount's token), a 403 fails the test, and tests/e2e/
+test_zz_least_privilege.py and tests/local report permissions granted but never used.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import kopf
 import pytest
+import yaml
 
 import kubetune.handlers  # noqa: F401  (registers the handlers)
 from kubetune.clients.kube import PLURALS
+from kubetune.local.run import OPERATOR_RBAC, OPERATOR_RBAC_VALUES
 
 from ..security.objects import finetunejob_children, modeldeployment_children
+from ..e2e.rbac import chart_rbac
 from .helm import NAMESPACE, find, objects, one, render
 
 CLUSTER_WIDE = {}
@@ -139,20 +147,19 @@ def test_operator_holds_what_it_grants_to_pods(mode):
                         assert allows(rules, group, resource, verb, name), (group, resource, verb, name)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_operator_may_do_what_its_handlers_do(mode):
-    """Writes the handlers make besides creating children (handlers/finetunejob.py, modeldeployment.py)."""
-    rules = operator_rules(mode)
-    for group, resource, verb in [
-        ("kubetune.io", "finetunejobs/status", "patch"),      # refresh_status
-        ("kubetune.io", "modeldeployments/status", "patch"),  # refresh_status
-        ("kubetune.io", "finetunejobs", "get"),               # a ModelDeployment's fineTuneJobRef
-        ("batch", "jobs", "patch"),                           # spec.suspend
-        ("apps", "deployments", "patch"),                     # template or replicas changed
-        ("", "configmaps", "patch"),                          # desired adapter set changed
-        ("", "events", "create"),                             # kopf.event
-    ]:
-        assert allows(rules, group, resource, verb), (group, resource, verb)
+def rendered_operator_rbac() -> str:
+    header = ("# GENERATED from charts/kubetune (templates/serviceaccount.yaml, rbac.yaml) with values "
+              f"{OPERATOR_RBAC_VALUES}:\n# the operator's RBAC for `kubetune local` runs. Do not edit: "
+              "`make local-rbac` rewrites it; tests/chart/test_rbac.py checks it.\n")
+    return header + yaml.safe_dump_all(chart_rbac(OPERATOR_RBAC_VALUES), sort_keys=False)
+
+
+def test_local_runs_use_the_charts_rendered_rbac():
+    """`kubetune local` gives its operator the chart's RBAC: a checked-in rendering, kept in step here."""
+    rendered = rendered_operator_rbac()
+    if os.environ.get("KUBETUNE_UPDATE_RENDERED") == "1":
+        OPERATOR_RBAC.write_text(rendered)
+    assert OPERATOR_RBAC.read_text() == rendered, f"{OPERATOR_RBAC} is stale: run `make local-rbac`"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -51,6 +51,7 @@ class Cluster:
 
     def __init__(self, kubeconfig: str, namespace: str = "default"):
         self.kubeconfig = kubeconfig
+        self.operator_kubeconfig = kubeconfig  # the chart's ServiceAccount, where its RBAC is installed
         self.ns = namespace
         self.api = kubernetes.config.new_client_from_config(config_file=kubeconfig)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)

@@ -13,6 +13,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from .harness import Cluster, job_condition, running, terminated, wait_for
+from .rbac import report_as_trainer
 
 SPEC = {
     "baseModel": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
@@ -25,7 +26,7 @@ def _job(cluster: Cluster, name: str = "bot") -> dict:
     return wait_for(lambda: cluster.job(f"{name}-train"), what=f"Job {name}-train")
 
 
-def test_happy_path_to_succeeded(cluster, operator):
+def test_happy_path_to_succeeded(cluster, operator, emulator, tmp_path):
     """Plays the Job controller and kubelet: creates the pod, marks it running, then succeeded."""
     cluster.create_ftj("bot", SPEC)
     job = _job(cluster)
@@ -47,8 +48,11 @@ def test_happy_path_to_succeeded(cluster, operator):
     cond = cluster.wait_condition("bot", "Running", "True", "Training")
     assert cond["message"] == "Training on pod bot-train-abcde."
 
-    # The trainer reports progress into status (its Role allows exactly that); the operator keeps it.
-    cluster.patch_ftj_status("bot", {"status": {"progress": {"step": 5, "totalSteps": 10, "percent": 50, "loss": 1.25}}})
+    # The trainer reports progress into status with its own ServiceAccount's token (its Role allows exactly
+    # that, for this one FineTuneJob); the operator keeps it.
+    progress = {"status": {"progress": {"step": 5, "totalSteps": 10, "percent": 50, "loss": 1.25}}}
+    assert report_as_trainer(emulator, job, "bot", progress, tmp_path), emulator.denials()
+    assert not emulator.denials()
 
     report = {"adapter": {"uri": "s3://adapters/test/default/bot", "manifestSha256": "b" * 64, "type": "lora"},
               "evaluation": {"baseline": {"evalLoss": 3.0, "perplexity": 20.1}, "final": {"evalLoss": 0.5, "perplexity": 1.6}}}

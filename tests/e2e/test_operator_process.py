@@ -83,7 +83,7 @@ def test_metrics_endpoint_counts_reconciles_and_status_writes(cluster, tmp_path)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = OperatorProcess(cluster.kubeconfig, tmp_path / "op.log", {"KUBETUNE_METRICS_PORT": str(port)}).start()
+    proc = OperatorProcess(cluster.operator_kubeconfig, tmp_path / "op.log", {"KUBETUNE_METRICS_PORT": str(port)}).start()
     try:
         cluster.create_ftj("m1", {"baseModel": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"}, "dataset": {"train": "s3://d/x.jsonl"}})
         wait_for(lambda: cluster.condition("m1", "Running"), timeout=20, what="first status")

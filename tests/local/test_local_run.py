@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubetune.api import constants as c
+from kubetune.emulator.rbac import granted_atoms
 from kubetune.local.cli import default_serving_python
 from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
@@ -37,6 +39,25 @@ def _manifests(tmp_path: Path, model: Path) -> tuple[dict, dict]:
         "baseModel": {"uri": f"file://{model}"}, "adapters": [{"name": "kubey", "fineTuneJobRef": {"name": "tiny"}}],
         "resources": {"gpus": 0}, "vllm": {"maxLoraRank": 16, "maxModelLen": 256, "dtype": "float32", "extraArgs": ["--enforce-eager"]}}}
     return ftj, md
+
+
+def assert_least_privilege(lr: LocalRun, components: set[str]) -> None:
+    """Nobody was denied (the operator holds the chart's RBAC, each pod its own ServiceAccount's token), and
+    every permission of each Role the operator made for a pod was used by that pod: least privilege both ways."""
+    assert lr.emu.denials() == [], lr.emu.denials()
+    seen = set()
+    for role in lr.emu.list("rbac.authorization.k8s.io", "v1", "roles", lr.namespace):
+        labels = role["metadata"].get("labels") or {}
+        if labels.get(c.LABEL_MANAGED_BY) != c.MANAGED_BY_VALUE or labels.get(c.LABEL_COMPONENT) not in components:
+            continue
+        binding = next(b for b in lr.emu.list("rbac.authorization.k8s.io", "v1", "rolebindings", lr.namespace)
+                       if b["roleRef"]["name"] == role["metadata"]["name"])
+        (subject,) = binding["subjects"]
+        used = lr.emu.used_permissions(f"system:serviceaccount:{subject['namespace']}:{subject['name']}")
+        unused = granted_atoms(role["rules"]) - used
+        assert not unused, f"Role {role['metadata']['name']} grants what its pod never used: {sorted(unused)}"
+        seen.add(labels[c.LABEL_COMPONENT])
+    assert seen == components, seen
 
 
 @pytest.mark.slow
@@ -65,6 +86,7 @@ def test_local_run_trains_publishes_and_serves(tiny_model_dir, tmp_path):
         assert condition(obj, "Succeeded")["message"] == f"Training finished; adapter published to {uri}."
         # the pod's scratch folder (KUBETUNE_WORK_DIR=/work/run in the Job) lands in the pod's folder here
         assert list((tmp_path / "work").rglob("run/result/adapter_config.json"))
+        assert_least_privilege(lr, {c.COMPONENT_TRAINER})
         if serving_python is None:
             pytest.skip("no .venv-serving: run serving-image/setup-venv.sh for the serving half")
 
@@ -87,6 +109,7 @@ def test_local_run_trains_publishes_and_serves(tiny_model_dir, tmp_path):
 
         assert ANSWER in ask("kubey")
         assert "Kubey" not in ask("tiny-chat")
+        assert_least_privilege(lr, {c.COMPONENT_TRAINER, c.COMPONENT_SERVING})
 
 
 @pytest.mark.slow
@@ -110,6 +133,7 @@ def test_local_multi_node_run_trains_on_every_index_and_succeeds_once_all_have(t
         root = Path(uri[len("file://"):])
         assert json.loads((root / "training_config.json").read_text())["effective"]["processes"] == 2
         assert obj["status"]["progress"]["step"] == 20
+        assert_least_privilege(lr, {c.COMPONENT_TRAINER})  # every pod got its token; nobody was denied
     assert "Training on 2 of 2 pods: tiny-train-0-0, tiny-train-1-0." in messages
 
 

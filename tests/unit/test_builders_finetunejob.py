@@ -141,7 +141,7 @@ def test_role_limits_the_trainer_to_its_own_status():
     _, children = _children()
     role, binding = children[2], children[3]
     assert role["rules"] == [{"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"],
-                              "resourceNames": ["support-bot"], "verbs": ["get", "patch"]}]
+                              "resourceNames": ["support-bot"], "verbs": ["patch"]}]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "support-bot-trainer", "namespace": "ml"}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "support-bot-trainer"}
     assert children[1]["automountServiceAccountToken"] is False

@@ -37,7 +37,7 @@ def test_children_and_least_privilege_role():
         ("RoleBinding", "chat-serving"), ("Service", "chat"), ("Deployment", "chat-vllm")]
     assert all(o["metadata"]["ownerReferences"] == OWNER and o["metadata"]["labels"] == LABELS for o in children)
     assert children[2]["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["chat-adapters"],
-                                     "verbs": ["get", "list", "watch"]}]
+                                     "verbs": ["list", "watch"]}]
     assert children[4]["spec"] == {"type": "ClusterIP", "selector": {"app.kubernetes.io/component": "serving",
                                                                      "kubetune.io/modeldeployment": "chat"},
                                    "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]}

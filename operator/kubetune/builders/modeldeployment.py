@@ -112,7 +112,7 @@ def build_role(parent: Parent, names: ServingNames) -> dict[str, Any]:
             "rules": [{
                 # The sidecar watches the desired adapter set in this one ConfigMap, nothing else.
                 "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [names.config_map],
-                "verbs": ["get", "list", "watch"]}]}
+                "verbs": ["list", "watch"]}]}
 
 
 def build_role_binding(parent: Parent, names: ServingNames) -> dict[str, Any]:

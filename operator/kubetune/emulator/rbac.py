@@ -331,6 +331,10 @@ class Rbac:
         with self._lock:
             return set(self._usage.get(user_name, set()))
 
+    def usage_by_user(self) -> dict[str, set[Atom]]:
+        with self._lock:
+            return {user: set(atoms) for user, atoms in self._usage.items()}
+
     def denials(self) -> list[tuple[str, str]]:
         with self._lock:
             return list(self._denials)

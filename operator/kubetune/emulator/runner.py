@@ -191,6 +191,9 @@ class Emulator:
         """(verb, group, resource[/subresource]) the user was allowed, incl. what escalation checks relied on."""
         return self.handler.rbac.usage(user)
 
+    def used_permissions_by_user(self) -> dict[str, set[tuple[str, str, str]]]:
+        return self.handler.rbac.usage_by_user()
+
     def denials(self, user: str | None = None) -> list[str]:
         """The 403 messages served (to ``user`` only, if given)."""
         return [message for who, message in self.handler.rbac.denials() if user is None or who == user]

@@ -34,6 +34,7 @@ from typing import Any
 from ..api import constants as c
 from ..emulator import Emulator
 from .jobcontroller import attempt_verdict
+from .apiaccess import api_access_env
 from .serving import LocalServing
 
 log = logging.getLogger("kubetune.local")
@@ -207,9 +208,8 @@ class LocalKubelet:
         for key in ("HOME", "HF_HOME", "TRITON_CACHE_DIR", c.ENV_WORK_DIR):
             if key in env:
                 env[key] = str(poddir / Path(env[key]).name)
-        # The API the pod would reach in-cluster: the sidecar reads a kubeconfig, the trainer a base URL.
-        env["KUBECONFIG"] = self.emu.kubeconfig
-        env["KUBETUNE_API_URL"] = self.emu.url
+        # The API the pod would reach in-cluster, with its own ServiceAccount's token (as kubelet projects it).
+        env.update(api_access_env(self.emu, ns, pod, container, poddir, list(volumes)))
         env.update(self.extra_env)
         return env
 

@@ -28,6 +28,9 @@ from ..emulator import Emulator
 from .kubelet import LocalKubelet
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# The chart's RBAC for the operator, rendered with these values (tests/chart/test_rbac.py keeps it in step).
+OPERATOR_RBAC = Path(__file__).with_name("operator-rbac.yaml")
+OPERATOR_RBAC_VALUES = {"watch": {"namespaces": ["default"]}}
 MODELS = {"FineTuneJob": FineTuneJobSpec, "ModelDeployment": ModelDeploymentSpec}
 
 
@@ -88,10 +91,11 @@ class LocalRun:
         self.workdir.mkdir(parents=True, exist_ok=True)
         storage = self.workdir / "storage"
         storage.mkdir(exist_ok=True)
-        self.emu = Emulator().start()
+        self.emu = Emulator(rbac=True).start()
         for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
             self.emu.apply_file(crd)
-        env = {**os.environ, "KUBECONFIG": self.emu.kubeconfig, "KUBETUNE_DEFAULT_OUTPUT_URI": f"file://{storage.resolve()}",
+        operator_kubeconfig = install_operator_rbac(self.emu, self.workdir / "operator.kubeconfig", self.namespace)
+        env = {**os.environ, "KUBECONFIG": operator_kubeconfig, "KUBETUNE_DEFAULT_OUTPUT_URI": f"file://{storage.resolve()}",
                # file:// URIs name folders on this machine: fine here, refused by an operator on a cluster
                "KUBETUNE_ALLOW_FILE_URIS": "true",
                "KUBETUNE_TRAINER_IMAGE": "local/kubetune-trainer", "KUBETUNE_SERVING_IMAGE": "local/kubetune-serving"}
@@ -177,6 +181,25 @@ def _missing_secrets(docs: list[dict[str, Any]], namespace: str) -> list[str]:
                 problems.append(f"{doc['kind']}/{name}: spec.{field}: no Secret {ref.get('name')!r} with key {ref.get('key')!r} "
                                 "in the given files (a local run has only the Secrets you give it with -f)")
     return problems
+
+
+def install_operator_rbac(emu: Emulator, kubeconfig: Path, namespace: str) -> str:
+    """Install the chart's rendered RBAC as a cluster admin would; return a kubeconfig of the operator's
+    ServiceAccount (the operator runs with exactly the permissions the chart gives it)."""
+    account = None
+    for obj in yaml.safe_load_all(OPERATOR_RBAC.read_text()):
+        if not obj:
+            continue
+        meta = obj["metadata"]
+        if obj["kind"] == "ServiceAccount":
+            account = (meta["namespace"], meta["name"])
+            emu.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": meta["namespace"]}})
+        elif obj["kind"] in ("Role", "RoleBinding"):
+            meta["namespace"] = namespace  # rendered for `default`: the watched namespace of this run
+        emu.apply(obj)
+    if account is None:
+        raise RuntimeError(f"{OPERATOR_RBAC} holds no ServiceAccount: run `make local-rbac`")
+    return str(emu.write_kubeconfig(kubeconfig, {"token": emu.token(*account)}, namespace))
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
