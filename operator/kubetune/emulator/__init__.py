@@ -7,6 +7,10 @@ A realistic Kubernetes API emulator for tests, built on kmock (``pip install kmo
         emu.kubeconfig            # a kubeconfig file pointing at it (namespace "default")
         emu.requests              # every HTTP request served (RecordedRequest)
 
+    with Emulator(rbac=True) as emu:  # HTTPS; bearer tokens; RBAC enforced from the stored Roles/bindings
+        emu.token("ns", "sa")      # a ServiceAccount token (TokenRequest), for a kubeconfig or a token file
+        emu.denials(), emu.used_permissions("system:serviceaccount:ns:sa")
+
 See ``server.py`` for what it emulates and ``pytest_plugin.py`` for the fixtures.
 """
 

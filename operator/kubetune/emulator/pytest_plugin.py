@@ -3,7 +3,8 @@ Pytest fixtures for the Kubernetes API emulator. Register with
 ``pytest_plugins = ["kubetune.emulator.pytest_plugin"]``.
 
 * ``emulator``: a fresh :class:`~kubetune.emulator.Emulator` per test (options via
-  ``@pytest.mark.emulator(check_schemas=False)``), with ``$KUBECONFIG``
+  ``@pytest.mark.emulator(check_schemas=False)``; ``rbac=True`` for authentication and RBAC over
+  HTTPS, the kubeconfig then holds the admin token and the CA), with ``$KUBECONFIG``
   pointing at it for the duration of the test. The ``kubernetes`` client reads ``$KUBECONFIG``
   once at import, so its default location is patched too: ``kubernetes.config.load_kube_config()``
   (and kopf's login) find the emulator when called after the fixture is set up. The test fails
