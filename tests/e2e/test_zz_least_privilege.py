@@ -2,8 +2,9 @@
 operator grants a trainer, was used by some e2e test of this session (a missing one already fails the
 test that needed it: the emulator enforces RBAC and every 403 to the operator fails its test).
 
-"Used" is what the emulator recorded for that identity: allowed requests, and the permissions an RBAC
-escalation check relied on when the operator created a pod's Role. The file runs last (pytest's order)
+"Used" is what the emulator recorded for that identity: allowed requests, and the permissions admission
+relied on: RBAC escalation prevention when the operator created a pod's Role, OwnerReferencesPermission-
+Enforcement (update on the owner's finalizers) when it created a child with blockOwnerDeletion. The file runs last (pytest's order)
 and judges only a session that ran every e2e test; a partial run skips it.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.api import constants as c
 from kubetune.emulator.rbac import granted_atoms
 
 from ..security.objects import finetunejob_children
@@ -19,10 +19,6 @@ from .rbac import CHART_VALUES, DESELECTED, RECORDED, USAGE, chart_rbac
 
 # Granted though no e2e test makes the operator use them; each says why it is needed anyway.
 NOT_EXERCISED = {
-    # OwnerReferencesPermissionEnforcement (an admission plugin some clusters enable; not emulated) lets only
-    # who may update the owner's finalizers set blockOwnerDeletion=true on a child's ownerReference.
-    ("update", c.GROUP, "finetunejobs/finalizers"),
-    ("update", c.GROUP, "modeldeployments/finalizers"),
     # Kube.ensure reads the Job or Deployment after a 409 on create, when the operator's index of them lags
     # behind its own create: a race no test forces (test_operator_resume.py forces it for the other children).
     ("get", "batch", "jobs"),

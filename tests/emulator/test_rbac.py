@@ -142,3 +142,28 @@ def test_kubectl_shows_the_api_servers_forbidden_error(emulator, kubectl, bot, t
     assert (f'Error from server (Forbidden): configmaps is forbidden: User "{SA}" cannot list resource "configmaps" '
             f'in API group "" in the namespace "default"') in result.stderr
     assert kubectl("get", "configmaps").returncode == 0  # the admin kubeconfig
+
+
+def test_block_owner_deletion_needs_update_on_the_owners_finalizers(emulator, bot):
+    """OwnerReferencesPermissionEnforcement, as OpenShift runs it."""
+    emulator.create(CRD)
+    owner = emulator.create({"apiVersion": "example.com/v1", "kind": "Widget",
+                             "metadata": {"name": "w", "namespace": "default"}})
+    emulator.create(role("cm-writer", {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"]}))
+    emulator.create(binding("bot-cm-writer", "cm-writer"))
+    ref = {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": owner["metadata"]["uid"],
+           "controller": True, "blockOwnerDeletion": True}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "child", "ownerReferences": [ref]}}
+    code, body = emulator.http("POST", "/api/v1/namespaces/default/configmaps", cm, token=bot)
+    assert (code, body["message"]) == (403, 'configmaps "child" is forbidden: cannot set blockOwnerDeletion if an '
+                                            "ownerReference refers to a resource you can't set finalizers on: , <nil>")
+    emulator.create(role("finalizers", {"apiGroups": ["example.com"], "resources": ["widgets/finalizers"],
+                                        "resourceNames": ["w"], "verbs": ["update"]}))
+    emulator.create(binding("bot-finalizers", "finalizers"))
+    assert emulator.http("POST", "/api/v1/namespaces/default/configmaps", cm, token=bot)[0] == 201
+    assert ("update", "example.com", "widgets/finalizers") in emulator.used_permissions(SA)
+    # Changing the ownerReferences of an existing object needs delete on it.
+    code, body = emulator.http("PATCH", "/api/v1/namespaces/default/configmaps/child",
+                               {"metadata": {"ownerReferences": None}}, MERGE, token=bot)
+    assert (code, body["message"]) == (403, 'configmaps "child" is forbidden: cannot set an ownerRef on a resource '
+                                            "you can't delete: , <nil>")

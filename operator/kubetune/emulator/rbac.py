@@ -28,6 +28,11 @@ Authentication and RBAC for the emulator (opt-in: ``Emulator(rbac=True)``), as t
   ClusterRoleBinding needs the referenced role's rules to be held (or ``bind`` on it). Message:
   ``roles.rbac.authorization.k8s.io "x" is forbidden: user "..." (groups=[...]) is attempting to grant
   RBAC permissions not currently held:\\n{APIGroups:[...], Resources:[...], Verbs:[...]}``.
+* **OwnerReferencesPermissionEnforcement** (an admission plugin OpenShift and hardened clusters enable;
+  on here with RBAC): a new ``blockOwnerDeletion: true`` ownerReference needs ``update`` on the owner's
+  ``finalizers`` subresource, and changing ownerReferences of an existing object needs ``delete`` on it
+  (``jobs.batch "x" is forbidden: cannot set blockOwnerDeletion if an ownerReference refers to a resource
+  you can't set finalizers on: , <nil>``).
 * **Usage**: every allowed request, and every permission an escalation check relied on, is recorded per
   user as ``(verb, group, resource)`` with ``resource`` like ``finetunejobs/status``, so tests can
   compare what an identity used with what its roles grant (least privilege both ways).
@@ -283,8 +288,46 @@ class Rbac:
 
     def admit(self, rtype: Any, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
         user = current_user.get()
-        if user is None or rtype.group != RBAC_GROUP or MASTERS in user.groups:
+        if user is None or MASTERS in user.groups:
             return
+        self._owner_references(user, rtype, obj, old)
+        if rtype.group == RBAC_GROUP:
+            self._escalation(user, rtype, obj, old)
+
+    def _owner_references(self, user: User, rtype: Any, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
+        """The OwnerReferencesPermissionEnforcement admission plugin (plugin/pkg/admission/gc)."""
+        meta = obj.get("metadata") or {}
+        refs = list(meta.get("ownerReferences") or [])
+        old_refs = list(((old or {}).get("metadata") or {}).get("ownerReferences") or [])
+        if refs == old_refs or (old is None and not refs):
+            return
+        name, namespace = meta.get("name", ""), meta.get("namespace") or ""
+        attrs = Attributes(user, "create" if old is None else "update", True, rtype.group, rtype.plural, "",
+                           namespace, name)
+        # Whoever creates an object could have not created it: only a change needs delete on the object.
+        if old is not None and not self.allows(dataclasses.replace(attrs, verb="delete")):
+            self._deny(forbidden(attrs, "cannot set an ownerRef on a resource you can't delete: , <nil>"))
+        was_blocking = {ref.get("uid") for ref in old_refs if ref.get("blockOwnerDeletion")}
+        for ref in refs:
+            if not ref.get("blockOwnerDeletion") or ref.get("uid") in was_blocking:
+                continue
+            owner = self.registry.by_kind(str(ref.get("apiVersion", "")), str(ref.get("kind", "")))
+            if owner is None:
+                continue
+            check = Attributes(user, "update", True, owner.group, owner.plural, "finalizers", namespace,
+                               ref.get("name", ""))
+            if not self.allows(check):
+                self._deny(forbidden(attrs, "cannot set blockOwnerDeletion if an ownerReference refers to a "
+                                            "resource you can't set finalizers on: , <nil>"))
+            self._record(user, [("update", owner.group, f"{owner.plural}/finalizers")])
+
+    def _deny(self, error: errors.ApiError) -> None:
+        with self._lock:
+            self._denials.append((current_user.get().name if current_user.get() else "", error.message))
+        raise error
+
+    def _escalation(self, user: User, rtype: Any, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
+        """The RBAC registry's escalation check on Roles, ClusterRoles and their bindings."""
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace") or ""
         if rtype.plural in ("roles", "clusterroles"):

@@ -27,13 +27,13 @@ handling with :class:`~kubetune.emulator.store.Store`. What it emulates:
   "children first", orphan); namespace termination; Job/Pod/Deployment defaulting and validation;
 * opt-in (``Emulator(rbac=True)``): bearer-token authentication (401), TokenRequest for ServiceAccount
   tokens, the RBAC authorizer over the stored Roles/ClusterRoles/bindings with the API server's 403
-  messages, RBAC escalation prevention, and a per-user record of the permissions used (see rbac.py).
+  messages, RBAC escalation prevention, the OwnerReferencesPermissionEnforcement admission plugin, and
+  a per-user record of the permissions used (see rbac.py).
   In-process helpers of ``Emulator`` (``emu.create`` etc.) are not authorized: they play the control plane.
 
 Not emulated: kubelet and the built-in controllers (tests patch child status themselves),
 protobuf (``kubectl create <kind>``: use ``kubectl apply -f``), client certificates, impersonation,
-ClusterRole aggregation, admission plugins other than RBAC's escalation check (e.g.
-OwnerReferencesPermissionEnforcement), admission webhooks, managedFields, OpenAPI v2 and full
+ClusterRole aggregation, other admission plugins, admission webhooks, managedFields, OpenAPI v2 and full
 schemas of built-in kinds (their unknown fields are kept).
 """
 
