@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,10 +70,21 @@ def configmap(name: str, data: dict) -> dict:
 
 async def test_configmap_watch_propagates_in_under_a_second() -> None:
     emulator_module = pytest.importorskip("kubetune.emulator", reason="the Kubernetes API emulator is not available")
-    with emulator_module.Emulator() as emu:
+    from kubetune.builders import modeldeployment as md_builders
+    from kubetune.builders.common import Parent
+
+    with emulator_module.Emulator(rbac=True) as emu, tempfile.TemporaryDirectory() as tmp:
         emu.create(configmap("chat-adapters", ONE))
         emu.create(configmap("other", ONE))
-        source = ConfigMapSource(from_kubeconfig(Path(emu.kubeconfig)), "default", "chat-adapters", "adapters.json")
+        # The sidecar's identity as the operator builds it: its own ServiceAccount, Role and RoleBinding,
+        # enforced by the emulator (a request the Role does not allow gets the API server's 403).
+        parent = Parent("kubetune.io/v1alpha1", "ModelDeployment", "default", "chat", "0" * 8)
+        names = md_builders.ServingNames.of("chat")
+        for child in (md_builders.build_service_account(parent, names), md_builders.build_role(parent, names),
+                      md_builders.build_role_binding(parent, names)):
+            emu.create({**child, "metadata": {k: v for k, v in child["metadata"].items() if k != "ownerReferences"}})
+        kubeconfig = emu.service_account_kubeconfig(Path(tmp) / "config", "default", names.service_account)
+        source = ConfigMapSource(from_kubeconfig(kubeconfig), "default", "chat-adapters", "adapters.json")
         updates = source.updates()
         assert await next_update(updates) == Update(parsed(ONE))
 
@@ -98,9 +110,12 @@ async def test_configmap_watch_propagates_in_under_a_second() -> None:
 
         mine = [(r.verb, r.resource, r.namespace, r.query.get("fieldSelector")) for r in emu.requests
                 if r.resource == "configmaps" and r.verb in ("get", "list", "watch")]
-        # Only what RBAC with resourceNames=[chat-adapters] allows: list + watch by that name.
+        # Only what RBAC with resourceNames=[chat-adapters] allows: list + watch by that name; all of it used.
         assert set(mine) == {("list", "configmaps", "default", "metadata.name=chat-adapters"),
                              ("watch", "configmaps", "default", "metadata.name=chat-adapters")}
+        assert emu.denials() == []
+        user = f"system:serviceaccount:default:{names.service_account}"
+        assert emu.used_permissions(user) == {("list", "", "configmaps"), ("watch", "", "configmaps")}
 
 
 async def test_configmap_source_reports_an_unreachable_api() -> None:
