@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=1800, help="seconds per resource")
         p.add_argument("--serve", action="store_true",
                        help="keep the OpenAI endpoint (and everything behind it) up after the summary, until Ctrl-C")
+        p.add_argument("--runtime", choices=("process", "podman"), default="process",
+                       help="process (default): pods run as local processes; podman: the operator and every pod run as "
+                       "containers of the built images (make images) under their security contexts (docs/images.md)")
     local.set_defaults(func=_local)
 
     args = parser.parse_args(argv)

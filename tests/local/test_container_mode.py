@@ -1,0 +1,149 @@
+"""`kubetune local --runtime podman`: the operator and every pod it creates run as containers of the built
+images (make images; docs/images.md), under the security contexts the operator builds: read-only root,
+uid 1000, all capabilities dropped, no privilege escalation. Nothing may write outside its volumes:
+the read-only root makes such a write fail loudly, and `podman diff` of every container (recorded by the
+runtime when it ends) must be empty.
+
+Needs podman and the three images; skipped without them, unless KUBETUNE_REQUIRE_IMAGES=1 (CI, after
+`make images`), which turns the skip into a failure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune.config import OperatorSettings
+from kubetune.local import podman as podman_mod
+from kubetune.local.cli import QUESTION, QUICKSTART, quickstart_claims
+from kubetune.local.containers import plan_pod, podman_run_argv
+from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
+
+from .test_containers import built_pod_specs
+from .test_local_run import _manifests
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ("ghcr.io/kubetune/operator:0.1.0", "ghcr.io/kubetune/trainer:0.1.0", "ghcr.io/kubetune/serving:0.1.0")
+
+
+def missing_images() -> list[str]:
+    if not podman_mod.available():
+        return ["podman"]
+    engine = podman_mod.Podman(Path("/tmp/kubetune-podman-conf"))
+    return [image for image in IMAGES if not engine.image_exists(image)]
+
+
+MISSING = missing_images()
+if MISSING and os.environ.get("KUBETUNE_REQUIRE_IMAGES") == "1":
+    raise RuntimeError(f"KUBETUNE_REQUIRE_IMAGES=1 but missing: {MISSING} (run `make images`)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(MISSING), reason=f"container mode needs {MISSING} (make images)")]
+
+
+def trainer_plan():
+    doc = yaml.safe_load((QUICKSTART / "finetunejob.yaml").read_text())
+    spec = built_pod_specs(doc, OperatorSettings.from_env({"KUBETUNE_DEFAULT_OUTPUT_URI": "pvc://storage"}))[0]
+    return plan_pod(spec)["trainer"]
+
+
+def run_in_trainer_image(tmp_path: Path, script: str, **changes) -> tuple[int, str, list[str]]:
+    """`script` in the trainer image under the trainer pod's own plan (with `changes`): exit code, output, diff."""
+    plan = dataclasses.replace(trainer_plan(), command=["python", "-c", script], args=[], **changes)
+    sources = {}
+    for mount in plan.mounts:
+        sources[mount.volume] = str(tmp_path / mount.volume)
+        (tmp_path / mount.volume).mkdir(exist_ok=True)
+        os.chown(tmp_path / mount.volume, 1000, 1000)
+    (tmp_path / "termination-log").write_text("")
+    argv = podman_run_argv(plan, name=f"kt-test-{tmp_path.name}"[:60], image=IMAGES[1], env={}, sources=sources,
+                           termination_file=str(tmp_path / "termination-log"))
+    proc = podman_mod.Podman(tmp_path / "conf").run(argv, tmp_path / "out.log", grace=5)
+    code = proc.wait(timeout=120)
+    return code, (tmp_path / "out.log").read_text(), proc.diff_file.read_text().splitlines()
+
+
+def test_the_read_only_root_makes_a_write_outside_the_volumes_fail_loudly(tmp_path):
+    code, out, diff = run_in_trainer_image(tmp_path, "open('/tmp/ok', 'w').write('x'); open('/work/ok', 'w').write('x'); "
+                                                     "open('/opt/venv/x', 'w')")
+    assert code == 1 and "Read-only file system: '/opt/venv/x'" in out, out
+    assert (tmp_path / "tmp" / "ok").read_text() == "x" and (tmp_path / "work" / "ok").exists()  # volumes are writable
+    assert diff == []
+
+
+def test_a_write_outside_the_volumes_is_caught_even_without_a_read_only_root(tmp_path):
+    """The other half of the guard: had a pod spec lost readOnlyRootFilesystem, `podman diff` still shows the write."""
+    code, out, diff = run_in_trainer_image(tmp_path, "open('/home/kubetune/stray', 'w').write('x')", read_only_root=False)
+    assert code == 0, out
+    assert "A /home/kubetune/stray" in diff, diff
+    assert podman_mod.outside_writes(tmp_path) == {str(tmp_path / "out.diff"): diff}
+
+
+def test_quickstart_in_container_mode(tmp_path):
+    """The quickstart's manifests: FineTuneJob -> adapter -> ModelDeployment -> an answer through the openai client;
+    operator, trainer, vLLM and the sidecar all from their images; nothing written outside volumes; nobody denied."""
+    from openai import OpenAI
+
+    from kubetune.local.models import prepare_smollm2
+
+    model = prepare_smollm2(ROOT / ".kubetune" / "models" / "smollm2-135m-instruct")
+    uri_map, pvc_map = quickstart_claims(model, tmp_path)
+    with LocalRun(workdir=tmp_path, uri_map=uri_map, pvc_map=pvc_map, runtime="podman") as lr:
+        docs = lr.load([QUICKSTART / "finetunejob.yaml", QUICKSTART / "modeldeployment.yaml"])
+        ftj, md = (next(d for d in docs if d["kind"] == kind) for kind in ("FineTuneJob", "ModelDeployment"))
+        lr.apply(ftj)
+        outcome = lr.wait("FineTuneJob", "kubey", finetunejob_outcome, lambda _: None, timeout=1500)
+        assert outcome == "Succeeded", json.dumps(lr.get("FineTuneJob", "kubey").get("status"), indent=1)
+        adapter = lr.get("FineTuneJob", "kubey")["status"]["adapter"]["uri"]
+        assert adapter == "pvc://storage/default/kubey"
+        lr.apply(md)
+        outcome = lr.wait("ModelDeployment", "kubey-chat", modeldeployment_outcome, lambda _: None, timeout=600)
+        assert outcome == "Ready", json.dumps(lr.get("ModelDeployment", "kubey-chat").get("status"), indent=1)
+        port = next(iter(lr.kubelet.serving.pods.values())).vllm_port
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        answer = client.chat.completions.create(model="kubey", messages=[{"role": "user", "content": QUESTION}],
+                                                max_tokens=40, temperature=0).choices[0].message.content
+        assert "Kubey" in answer, answer
+        assert lr.emu.denials() == [], lr.emu.denials()
+    assert podman_mod.outside_writes(tmp_path / "pods") == {}
+    assert sorted(p.name for p in (tmp_path / "pods").rglob("*.diff"))  # every container's diff was recorded
+
+
+def test_sigterm_checkpoint_and_resume_across_two_container_runs(tiny_model_dir, tmp_path):
+    """A preemption (DisruptionTarget, then SIGTERM via podman kill): the trainer container checkpoints and exits
+    143; the Job's podFailurePolicy ignores it and a second container resumes from that checkpoint."""
+    ftj, _ = _manifests(tmp_path, tiny_model_dir)
+    shutil.copytree(tiny_model_dir, tmp_path / "claims" / "models" / "tiny")
+    shutil.copy(tmp_path / "identity.jsonl", tmp_path / "claims" / "data.jsonl")
+    ftj["spec"]["baseModel"]["uri"] = "pvc://models/tiny"
+    ftj["spec"]["dataset"]["train"] = "pvc://data/data.jsonl"
+    (tmp_path / "claims" / "data").mkdir()
+    shutil.move(tmp_path / "claims" / "data.jsonl", tmp_path / "claims" / "data" / "data.jsonl")
+    ftj["spec"]["backoffLimit"] = 0
+    ftj["spec"]["checkpointing"] = {"intervalSteps": 10}
+    ftj["spec"]["hyperparameters"]["maxSteps"] = 200
+    pvc_map = {"models": tmp_path / "claims" / "models", "data": tmp_path / "claims" / "data"}
+    with LocalRun(workdir=tmp_path / "work", pvc_map=pvc_map, runtime="podman") as lr:
+        lr.apply(ftj)
+
+        def checkpointed(obj: dict) -> str | None:
+            steps = [cp["step"] for cp in (obj.get("status") or {}).get("checkpoints") or []]
+            return "yes" if steps and steps[-1] >= 10 else finetunejob_outcome(obj)
+
+        assert lr.wait("FineTuneJob", "tiny", checkpointed, lambda _: None, timeout=600) == "yes"
+        lr.kubelet.disrupt("default", "tiny-train-0")
+        outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome, lambda _: None, timeout=600)
+        obj = lr.get("FineTuneJob", "tiny")
+        assert outcome == "Succeeded", json.dumps(obj.get("status"), indent=1)
+        first = lr.emu.get("", "v1", "pods", "default", "tiny-train-0")
+        terminated = first["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert terminated["exitCode"] == 143, terminated
+        saved = int(terminated["message"].split("checkpoint of step ")[1].split()[0])
+        log = (tmp_path / "work" / "pods" / "default" / "tiny-train-1" / "trainer.log").read_text()
+        assert f"resume: from checkpoint step {saved}" in log
+        assert condition(obj, "Succeeded")["status"] == "True"
+        assert lr.emu.denials() == [], lr.emu.denials()
+    assert podman_mod.outside_writes(tmp_path / "work" / "pods") == {}
