@@ -5,7 +5,7 @@ SERVING_VENV := .venv-serving
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test venv serving-venv crds local-rbac lint clean
+.PHONY: quickstart test venv serving-venv crds local-rbac lint clean images
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml trainer-image/requirements.txt
@@ -36,6 +36,12 @@ crds: venv
 # The chart's rendered operator RBAC that `kubetune local` installs (checked for drift by tests/chart).
 local-rbac: venv
 	KUBETUNE_UPDATE_RENDERED=1 $(PY) -m pytest -q tests/chart/test_rbac.py -k rendered_rbac
+
+# The operator, trainer and serving images (podman, or docker where that is the engine); on the local
+# Debian base when no registry is reachable. Variables: ENGINE LOCAL_BASE IMAGE_REGISTRY IMAGE_TAG IMAGES
+# (docs/images.md). tests/images checks what it built.
+images:
+	images/build.sh
 
 clean:
 	rm -rf $(VENV) $(SERVING_VENV) .pytest_cache .hypothesis

