@@ -10,7 +10,7 @@ import pytest
 
 from kubetune.local.run import LocalRun, condition, finetunejob_outcome
 
-from .test_local_run import _manifests
+from .test_local_run import _manifests, wait_for_checkpoint
 
 
 @pytest.mark.slow
@@ -23,12 +23,7 @@ def test_cancel_stops_the_trainer_after_a_checkpoint_and_keeps_it(tiny_model_dir
     ftj["spec"]["hyperparameters"]["maxSteps"] = 400
     with LocalRun(workdir=tmp_path / "work") as lr:
         lr.apply(ftj)
-
-        def checkpointed(obj: dict) -> str | None:
-            steps = [cp["step"] for cp in (obj.get("status") or {}).get("checkpoints") or []]
-            return "yes" if steps and steps[-1] >= 10 else finetunejob_outcome(obj)
-
-        assert lr.wait("FineTuneJob", "tiny", checkpointed, lambda _: None, timeout=300) == "yes"
+        wait_for_checkpoint(lr, "tiny", step=10)
         lr.emu.patch("kubetune.io", "v1alpha1", "finetunejobs", "default", "tiny", {"spec": {"cancel": True}})
         outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome, lambda _: None, timeout=120)
         obj = lr.get("FineTuneJob", "tiny")

@@ -13,7 +13,7 @@ import pytest
 from kubetune.local.cli import default_serving_python
 from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
-from .test_local_run import ANSWER, _manifests
+from .test_local_run import ANSWER, _manifests, wait_for_checkpoint
 
 
 @pytest.mark.slow
@@ -53,12 +53,7 @@ def test_preempted_trainer_is_not_a_failure_and_the_next_pod_resumes_from_its_ch
     messages: list[str] = []
     with LocalRun(workdir=tmp_path / "work") as lr:
         lr.apply(ftj)
-
-        def checkpointed(obj: dict) -> str | None:
-            steps = [cp["step"] for cp in (obj.get("status") or {}).get("checkpoints") or []]
-            return "yes" if steps and steps[-1] >= 10 else finetunejob_outcome(obj)
-
-        assert lr.wait("FineTuneJob", "tiny", checkpointed, lambda _: None, timeout=300) == "yes"
+        wait_for_checkpoint(lr, "tiny", step=10)
         lr.kubelet.disrupt("default", "tiny-train-0")
         outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome,
                           lambda obj: messages.append((condition(obj, "Running") or {}).get("message", "")), timeout=300)

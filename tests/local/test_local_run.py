@@ -60,6 +60,15 @@ def assert_least_privilege(lr: LocalRun, components: set[str]) -> None:
     assert seen == components, seen
 
 
+
+def wait_for_checkpoint(lr: LocalRun, name: str, step: int, timeout: float = 300) -> None:
+    """Until the FineTuneJob lists a checkpoint at `step` or later (fails if the job ends first)."""
+    def checkpointed(obj: dict) -> str | None:
+        steps = [cp["step"] for cp in (obj.get("status") or {}).get("checkpoints") or []]
+        return "yes" if steps and steps[-1] >= step else finetunejob_outcome(obj)
+
+    assert lr.wait("FineTuneJob", name, checkpointed, lambda _: None, timeout=timeout) == "yes"
+
 @pytest.mark.slow
 def test_local_run_trains_publishes_and_serves(tiny_model_dir, tmp_path):
     ftj, md = _manifests(tmp_path, tiny_model_dir)
