@@ -88,6 +88,7 @@ FTJ_CASES = {
     "out of memory": (derived(Observed(1, job([("Failed", "PodFailurePolicy")], failed=1),
                                        [pod({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}, "Failed")])),
                       1, "Degraded", "Pod support-bot-train-p1 was OOMKilled. The trainer ran out of memory. Try adapter.type qlora"),
+    "cancelled": (derived(Observed(1, cancel=True)), 1, "Suspended", "Cancelled (spec.cancel)"),
     "invalid spec": (derived(Observed(3, validation_error="spec.dataset.train: required field is missing")),
                      3, "Degraded", "spec.dataset.train: required field is missing"),
     "succeeded, then spec edited": (derived(Observed(1, job([("Complete", "")], succeeded=1))), 2, "Progressing",

@@ -1,5 +1,7 @@
 -- Argo CD health of a kubetune.io FineTuneJob (argocd-cm: resource.customizations.health.kubetune.io_FineTuneJob).
--- Healthy: Succeeded=True. Degraded: Failed=True (the condition's message). Suspended: Suspended=True.
+-- Healthy: Succeeded=True. Degraded: Failed=True (the condition's message), except a user's cancel
+-- (reason Cancelled), which is Suspended like a user's pause: stopped on purpose, not broken.
+-- Suspended: Suspended=True.
 -- Progressing otherwise, and always while the operator has not observed the latest generation.
 local hs = {status = "Progressing", message = "Waiting for the kubetune operator"}
 
@@ -35,6 +37,9 @@ end
 local failed = condition(status, "Failed")
 if failed ~= nil and failed.status == "True" then
   hs.status = "Degraded"
+  if failed.reason == "Cancelled" then
+    hs.status = "Suspended"
+  end
   hs.message = describe(failed)
   return hs
 end
