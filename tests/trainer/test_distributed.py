@@ -203,8 +203,8 @@ def test_two_processes_train_one_adapter_together(tmp_path, tiny_model_dir, trai
     # pod 0's launcher reports until rank 0 takes over, then rank 0 alone: the phases never go back
     phases = [p["progress"]["phase"] for p in progress_lines(progress)]
     assert list(dict.fromkeys(phases)) == ["Starting", "ValidatingData", "DownloadingModel", "LoadingModel",
-                                           "TokenizingData", "BaselineEvaluation", "Training", "FinalEvaluation",
-                                           "Publishing", "Done"]
+                                           "TokenizingData", "BaselineEvaluation", "Training", "SavingCheckpoint",
+                                           "FinalEvaluation", "Publishing", "Done"]
     assert "did not hand over reporting" not in text
     assert text.count("+ manifest.json (sha256") == 1  # rank 0 alone publishes
     newest = sorted((root / "checkpoints").glob("*/COMPLETE"))[-1].parent

@@ -75,7 +75,7 @@ def test_sft_lora_chat_learns_publishes_and_reports(tmp_path, tiny_model_dir):
     assert lines[0]["progress"]["step"] == 0
     assert list(dict.fromkeys(x["progress"]["phase"] for x in lines)) == [
         "Starting", "ValidatingData", "DownloadingModel", "LoadingModel", "TokenizingData", "BaselineEvaluation",
-        "Training", "FinalEvaluation", "Publishing", "Done"]  # each phase reported when it begins, in order
+        "Training", "SavingCheckpoint", "FinalEvaluation", "Publishing", "Done"]  # each phase reported when it begins, in order
     last = lines[-1]
     assert {k: last["progress"][k] for k in ("step", "totalSteps", "percent")} == {"step": 30, "totalSteps": 30, "percent": 100}
     assert last["progress"]["trainedTokens"] > 10000 and last["progress"]["tokensPerSecond"] > 0

@@ -15,6 +15,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from kubetune.api.finetunejob import TrainerPhase
+
 from .checkpoints import Checkpoints
 from .errors import StopFlag
 from .reporting import Reporter, Tracker, _finite
@@ -80,12 +82,14 @@ class KubetuneCallback(TrainerCallback):
         local = Path(args.output_dir) / f"checkpoint-{step}"
         self.barrier()  # every rank has written its own RNG state into the folder before rank 0 uploads it
         if self.checkpoints is not None and local.is_dir():
+            self.reporter.enter(TrainerPhase.SAVING_CHECKPOINT)  # an upload of a large model takes minutes
             uri = self.checkpoints.save(step, local, self.extra_state)
             log.info("checkpoint: step %d saved to %s", step, uri)
             listing = self.checkpoints.listing()
             with self.tracker.lock:
                 self.tracker.checkpoints = listing
         self.last_saved_step = step
+        self.tracker.enter(TrainerPhase.TRAINING)
         self.reporter.report(force=True)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -314,6 +314,7 @@ class TrainerPhase(StrEnum):
     TOKENIZING_DATA = "TokenizingData"  # the trainer tokenizes (and packs) the dataset
     BASELINE_EVALUATION = "BaselineEvaluation"  # the base model on the held-out data
     TRAINING = "Training"
+    SAVING_CHECKPOINT = "SavingCheckpoint"  # uploading a checkpoint to object storage; training goes on after it
     FINAL_EVALUATION = "FinalEvaluation"  # the fine-tuned model on the held-out data
     PUBLISHING = "Publishing"  # saving, merging and uploading the result, manifest.json last
     DONE = "Done"  # published; the pod exits
