@@ -22,6 +22,7 @@ from kubetune.config import OperatorSettings
 from kubetune.local import podman as podman_mod
 from kubetune.local.cli import QUESTION, QUICKSTART, quickstart_claims
 from kubetune.local.containers import plan_pod, podman_run_argv
+from kubetune.local.models import readable
 from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
 from .test_containers import built_pod_specs
@@ -33,7 +34,7 @@ IMAGES = ("ghcr.io/kubetune/operator:0.1.0", "ghcr.io/kubetune/trainer:0.1.0", "
 
 def missing_images() -> list[str]:
     if not podman_mod.available():
-        return ["podman"]
+        return ["podman", *IMAGES]
     engine = podman_mod.Podman(Path("/tmp/kubetune-podman-conf"))
     return [image for image in IMAGES if not engine.image_exists(image)]
 
@@ -41,7 +42,12 @@ def missing_images() -> list[str]:
 MISSING = missing_images()
 if MISSING and os.environ.get("KUBETUNE_REQUIRE_IMAGES") == "1":
     raise RuntimeError(f"KUBETUNE_REQUIRE_IMAGES=1 but missing: {MISSING} (run `make images`)")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(MISSING), reason=f"container mode needs {MISSING} (make images)")]
+pytestmark = pytest.mark.slow
+
+
+def needs(*images: str):
+    missing = [m for m in MISSING if m == "podman" or any(m.startswith(f"ghcr.io/kubetune/{i}:") for i in images)]
+    return pytest.mark.skipif(bool(missing), reason=f"container mode needs {missing} (make images)")
 
 
 def trainer_plan():
@@ -66,6 +72,7 @@ def run_in_trainer_image(tmp_path: Path, script: str, **changes) -> tuple[int, s
     return code, (tmp_path / "out.log").read_text(), proc.diff_file.read_text().splitlines()
 
 
+@needs("trainer")
 def test_the_read_only_root_makes_a_write_outside_the_volumes_fail_loudly(tmp_path):
     code, out, diff = run_in_trainer_image(tmp_path, "open('/tmp/ok', 'w').write('x'); open('/work/ok', 'w').write('x'); "
                                                      "open('/opt/venv/x', 'w')")
@@ -74,6 +81,7 @@ def test_the_read_only_root_makes_a_write_outside_the_volumes_fail_loudly(tmp_pa
     assert diff == []
 
 
+@needs("trainer")
 def test_a_write_outside_the_volumes_is_caught_even_without_a_read_only_root(tmp_path):
     """The other half of the guard: had a pod spec lost readOnlyRootFilesystem, `podman diff` still shows the write."""
     code, out, diff = run_in_trainer_image(tmp_path, "open('/home/kubetune/stray', 'w').write('x')", read_only_root=False)
@@ -82,6 +90,7 @@ def test_a_write_outside_the_volumes_is_caught_even_without_a_read_only_root(tmp
     assert podman_mod.outside_writes(tmp_path) == {str(tmp_path / "out.diff"): diff}
 
 
+@needs("operator", "trainer", "serving")
 def test_quickstart_in_container_mode(tmp_path):
     """The quickstart's manifests: FineTuneJob -> adapter -> ModelDeployment -> an answer through the openai client;
     operator, trainer, vLLM and the sidecar all from their images; nothing written outside volumes; nobody denied."""
@@ -112,11 +121,12 @@ def test_quickstart_in_container_mode(tmp_path):
     assert sorted(p.name for p in (tmp_path / "pods").rglob("*.diff"))  # every container's diff was recorded
 
 
+@needs("operator", "trainer")
 def test_sigterm_checkpoint_and_resume_across_two_container_runs(tiny_model_dir, tmp_path):
     """A preemption (DisruptionTarget, then SIGTERM via podman kill): the trainer container checkpoints and exits
     143; the Job's podFailurePolicy ignores it and a second container resumes from that checkpoint."""
     ftj, _ = _manifests(tmp_path, tiny_model_dir)
-    shutil.copytree(tiny_model_dir, tmp_path / "claims" / "models" / "tiny")
+    readable(shutil.copytree(tiny_model_dir, tmp_path / "claims" / "models" / "tiny"))  # safetensors writes 0600
     shutil.copy(tmp_path / "identity.jsonl", tmp_path / "claims" / "data.jsonl")
     ftj["spec"]["baseModel"]["uri"] = "pvc://models/tiny"
     ftj["spec"]["dataset"]["train"] = "pvc://data/data.jsonl"

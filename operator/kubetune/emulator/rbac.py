@@ -248,9 +248,10 @@ class Rbac:
         return {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     def authenticate(self, header: str | None) -> User | None:
-        if not header or not header.startswith("Bearer "):
-            return None
-        found = self._tokens.get(header.removeprefix("Bearer ").strip())
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer":  # case-insensitive, as the API server's bearer authenticator (the kubernetes
+            return None                 # client's in-cluster config sends "bearer")
+        found = self._tokens.get(token.strip())
         if found is None:
             return None
         if found.sa_uid is not None and found.sa_uid not in self.store.uids:

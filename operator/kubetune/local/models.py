@@ -26,7 +26,7 @@ def smollm2_gguf() -> Path:
 def prepare_smollm2(dest: Path) -> Path:
     """Convert the GGUF into `dest` (idempotent: a finished conversion leaves a marker file)."""
     if (dest / MARKER).exists():
-        return dest
+        return readable(dest)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -42,4 +42,12 @@ def prepare_smollm2(dest: Path) -> Path:
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     (dest / MARKER).write_text(json.dumps({"source": SMOLLM2_GGUF, "license": "Apache-2.0"}))
-    return dest
+    return readable(dest)
+
+
+def readable(folder: Path) -> Path:
+    """Every file readable by all: safetensors writes model.safetensors 0600, which the containers' uid 1000 cannot
+    read from a read-only claim (kubelet applies fsGroup only to volumes mounted read-write)."""
+    for path in folder.rglob("*"):
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+    return folder

@@ -118,7 +118,7 @@ class ContainerProcess:
 def _runtime_made(path: str, mounts: tuple[str, ...]) -> bool:
     """A path the runtime made (its own files, a volume's mount point and the folders above it) or inside a
     volume: not a write by the container's processes to its root filesystem."""
-    return any(path == own or path.startswith(own + "/") for own in PODMAN_OWN) or \
+    return any(path == own or path.startswith(own + "/") or own.startswith(path.rstrip("/") + "/") for own in PODMAN_OWN) or \
         any(path == m or m.startswith(path.rstrip("/") + "/") or path.startswith(m + "/") for m in mounts)
 
 
