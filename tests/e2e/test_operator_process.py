@@ -74,9 +74,11 @@ def test_operator_killed_mid_reconcile_creates_no_duplicates(cluster, operator_p
 
 
 def test_metrics_endpoint_counts_reconciles_and_status_writes(cluster, tmp_path):
-    """`kubetune operator` with KUBETUNE_METRICS_PORT serves Prometheus text at /metrics."""
+    """`kubetune operator` with KUBETUNE_METRICS_PORT serves Prometheus text at /metrics (+ process_*)."""
     import socket
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     from .harness import OperatorProcess
 
@@ -92,8 +94,12 @@ def test_metrics_endpoint_counts_reconciles_and_status_writes(cluster, tmp_path)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
                 return response.read().decode()
         text = wait_for(lambda: 'kubetune_status_writes_total{kind="FineTuneJob"}' in scrape() and scrape(), timeout=10)
-        assert 'kubetune_reconciles_total{kind="FineTuneJob"} 1' in text
-        assert 'kubetune_children_created_total{kind="Job"} 1' in text
-        assert "# TYPE kubetune_status_writes_total counter" in text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        samples = {(s.name, s.labels.get("kind")): s.value for f in families.values() for s in f.samples}
+        assert samples[("kubetune_reconciles_total", "FineTuneJob")] == 1
+        assert samples[("kubetune_children_created_total", "Job")] == 1
+        assert samples[("kubetune_status_writes_total", "FineTuneJob")] >= 1
+        assert families["kubetune_status_writes"].type == "counter"
+        assert samples[("process_resident_memory_bytes", None)] > 0 and ("process_open_fds", None) in samples
     finally:
         proc.kill()

@@ -9,13 +9,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api import exit_codes
 from kubetune.api.finetunejob import FineTuneJobStatus, TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting
 from kubetune_trainer import run as run_module
 from kubetune_trainer.main import execute
-from kubetune_trainer.metrics import MetricsServer, render
+from kubetune_trainer.metrics import MetricsServer, registry
 from kubetune_trainer.reporting import KubeSender, Reporter, ReportingHandover, Tracker, take_over_reporting
 from tests.fixtures.tiny_data import chat_records, write_jsonl
 from tests.trainer.helpers import FakeApi, make_config, progress_lines
@@ -220,22 +222,47 @@ def test_launcher_hands_reporting_over_to_rank_zero(tmp_path: Path):
     assert take_over_reporting(tmp_path / "nobody", timeout=0.2) is False  # no launcher: rank 0 goes on
 
 
-def test_metrics_render_and_serve():
+def _scrape(port: int) -> tuple[str, dict[str, tuple[str, dict[tuple[str, tuple], float]]]]:
+    """(Content-Type, {family: (type, {(sample name, sorted labels): value})}) parsed by prometheus_client."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        content_type, text = response.headers["Content-Type"], response.read().decode()
+    return content_type, {f.name: (f.type, {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples})
+                          for f in text_string_to_metric_families(text)}
+
+
+def test_metrics_serve_the_tracker_and_the_process():
     tracker = _tracker()
-    text = render(tracker, {"namespace": "team-a", "finetunejob": "job1"})
-    assert 'kubetune_trainer_step{finetunejob="job1",namespace="team-a"} 40\n' in text
-    assert 'kubetune_trainer_loss{finetunejob="job1",namespace="team-a"} 0.8123\n' in text
-    assert 'kubetune_trainer_trained_tokens{finetunejob="job1",namespace="team-a"} 204800\n' in text
-    assert 'kubetune_trainer_checkpoints{finetunejob="job1",namespace="team-a"} 1\n' in text
-    assert "# TYPE kubetune_trainer_eval_loss gauge" in text
-    server = MetricsServer(tracker, {"finetunejob": "job1"})
+    server = MetricsServer(tracker, {"namespace": "team-a", "finetunejob": "job1"})
     port = server.start()  # KUBETUNE_METRICS_PORT=0 (trainer_env): a free port
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            assert 'kubetune_trainer_total_steps{finetunejob="job1"} 100' in response.read().decode()
+        content_type, families = _scrape(port)
+        assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+        job = (("finetunejob", "job1"), ("namespace", "team-a"))
+        ours = {name: family for name, family in families.items() if name.startswith("kubetune_")}
+        assert ours == {
+            "kubetune_trainer_step": ("gauge", {("kubetune_trainer_step", job): 40}),
+            "kubetune_trainer_total_steps": ("gauge", {("kubetune_trainer_total_steps", job): 100}),
+            "kubetune_trainer_epoch": ("gauge", {("kubetune_trainer_epoch", job): 1.25}),
+            "kubetune_trainer_loss": ("gauge", {("kubetune_trainer_loss", job): 0.8123}),
+            "kubetune_trainer_eval_loss": ("gauge", {("kubetune_trainer_eval_loss", job): 0.9012}),
+            "kubetune_trainer_trained_tokens": ("gauge", {("kubetune_trainer_trained_tokens", job): 204800}),
+            "kubetune_trainer_checkpoints": ("gauge", {("kubetune_trainer_checkpoints", job): 1}),
+            "kubetune_trainer_tokens_per_second": ("gauge", {("kubetune_trainer_tokens_per_second", job): pytest.approx(
+                tracker.tokens_per_second)}),
+            "kubetune_trainer_eta_seconds": ("gauge", {("kubetune_trainer_eta_seconds", job): tracker.eta_seconds}),
+        }
+        # the standard collectors: this process's CPU, memory and file descriptors, Python's GC
+        assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds",
+                "python_info", "python_gc_collections"} <= set(families)
+        assert families["process_resident_memory_bytes"][1][("process_resident_memory_bytes", ())] > 0
+        tracker.update(step=41, epoch=1.3, tokens=210000)  # read at scrape time
+        assert _scrape(port)[1]["kubetune_trainer_step"][1] == {("kubetune_trainer_step", job): 41}
     finally:
         server.stop()
+    # values not known yet are left out (no made-up 0); the family is still described
+    fresh = {f.name: f for f in text_string_to_metric_families(generate_latest(registry(Tracker(), {})).decode())}
+    assert (fresh["kubetune_trainer_loss"].type, fresh["kubetune_trainer_loss"].samples) == ("gauge", [])
+    assert [s.value for s in fresh["kubetune_trainer_step"].samples] == [0]
 
 
 def test_metrics_port_off_and_busy(monkeypatch):
