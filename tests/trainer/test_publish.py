@@ -1,19 +1,19 @@
-"""Atomic publish (manifest last), manifest content, loss-curve PNG (no training: a staged result)."""
+"""Atomic publish (manifest last), manifest content (no training: a staged result). The loss curve's
+own tests: test_losscurve.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from kubetune.api.manifest import AdapterManifest
 from kubetune.api.trainer_config import TrainerConfig
+from kubetune_trainer import publish as publish_module
 from kubetune_trainer.errors import TransientError
-from kubetune_trainer.pngplot import loss_curve_png
 from kubetune_trainer.publish import Result, publish
 from kubetune_trainer.storage import LocalStore, open_store
 from tests.trainer.helpers import make_config
@@ -73,6 +73,8 @@ def test_publish_layout_manifest_and_report(tmp_path: Path):
     card = (root / "README.md").read_text()
     assert card.startswith("---\nbase_model: org/base\nlibrary_name: peft\n")
     assert "| baseline | 7.0 | 1096.6 |" in card and "| final | 0.6 | 1.8221 |" in card
+    with Image.open(root / "loss_curve.png") as curve:
+        assert (curve.format, curve.size) == ("PNG", (1280, 720))
 
 
 class _FailingStore(LocalStore):
@@ -113,27 +115,10 @@ def test_checkpoints_survive_publish(tmp_path: Path):
     assert ckpt.exists()
 
 
-def _png_chunks(data: bytes) -> dict[bytes, bytes]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    chunks, pos = {}, 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
-        chunks[kind] = body
-        pos += 12 + length
-    return chunks
-
-
-def test_loss_curve_png_is_valid_and_draws_both_series():
-    data = loss_curve_png([(1, 7.0), (10, 2.0), (20, 0.1)], [(10, 2.5), (20, float("nan"))])
-    chunks = _png_chunks(data)
-    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (width, height, depth, color) == (640, 360, 8, 2)
-    pixels = zlib.decompress(chunks[b"IDAT"])
-    assert len(pixels) == height * (1 + 3 * width)
-    rows = [pixels[r * (1 + 3 * width) + 1:(r + 1) * (1 + 3 * width)] for r in range(height)]
-    colors = {bytes(row[i:i + 3]) for row in rows for i in range(0, len(row), 3)}
-    assert bytes((31, 119, 180)) in colors and bytes((255, 127, 14)) in colors  # train line, eval dots
-    assert loss_curve_png([], [])[:8] == b"\x89PNG\r\n\x1a\n"  # no points: still a valid image
+def test_the_loss_curve_gets_train_and_eval_points_the_baseline_and_the_job(tmp_path: Path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(publish_module, "loss_curve_png", lambda *args, **kwargs: calls.append((args, kwargs)) or b"")
+    config = _config(tmp_path)
+    publish(config, _result(tmp_path), open_store(config.output_prefix), tmp_path / "w")
+    assert calls == [(([(1, 7.1), (10, 0.5), (20, 0.01)], [(0, 7.0), (10, 0.6)]),
+                      {"baseline": 7.0, "title": "team-a/pub"})]

@@ -30,7 +30,7 @@ from kubetune.api.storage_layout import (
 )
 from kubetune.api.trainer_config import TrainerConfig
 
-from .pngplot import loss_curve_png
+from .losscurve import loss_curve_png
 from .storage import Store, Uri
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,9 @@ def stage(config: TrainerConfig, result: Result, dest: Path) -> list[Path]:
             handle.write(json.dumps(entry, sort_keys=True) + "\n")
     train = [(int(e["step"]), float(e["loss"])) for e in result.log_history if "loss" in e and "step" in e]
     evals = [(int(e["step"]), float(e["eval_loss"])) for e in result.log_history if "eval_loss" in e and "step" in e]
-    (dest / LOSS_CURVE).write_bytes(loss_curve_png(train, evals))
+    baseline = (result.evaluation.get("baseline") or {}).get("evalLoss")
+    title = f"{config.job.namespace}/{config.job.name}"
+    (dest / LOSS_CURVE).write_bytes(loss_curve_png(train, evals, baseline=baseline, title=title))
     resolved = {"trainerConfig": config.to_dict(), "effective": result.summary}
     (dest / RESOLVED_CONFIG).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
     (dest / MODEL_CARD).write_text(model_card(config, result))
