@@ -12,7 +12,7 @@ engine="${ENGINE:-podman}"
 base="${KUBETUNE_LOCAL_BASE:-localhost/kubetune-base:bookworm}"
 uv_version="${UV_VERSION:-$(sed -n 's/^ARG UV_IMAGE=ghcr.io\/astral-sh\/uv:\([0-9.]*\).*/\1/p' "$here/../trainer-image/Dockerfile")}"
 uv_image="${KUBETUNE_LOCAL_UV:-localhost/kubetune-uv:$uv_version}"
-[[ "$engine" == podman ]] && export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
+if [[ "$engine" == podman ]]; then export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"; fi
 
 exists() {
     if [[ "$engine" == podman ]]; then podman image exists "$1"; else docker image inspect "$1" >/dev/null 2>&1; fi
@@ -29,7 +29,7 @@ else
     echo "$base: mmdebstrap bookworm (~40 s)"
     start=$SECONDS
     mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$tmp/base.tar"
-    "$engine" import "${env_changes[@]}" --change 'CMD ["/bin/bash"]' "$tmp/base.tar" "$base" >/dev/null
+    "$engine" import --quiet "${env_changes[@]}" --change 'CMD ["/bin/bash"]' "$tmp/base.tar" "$base" >/dev/null
     echo "$base: built in $((SECONDS - start)) s"
 fi
 
@@ -37,8 +37,8 @@ if exists "$uv_image"; then
     echo "$uv_image: exists"
 else
     # The same binaries as ghcr.io/astral-sh/uv:<version>, taken from uv's wheel on PyPI.
-    python3 -m pip download --quiet --no-deps --only-binary :all: --platform manylinux_2_28_x86_64 \
-        --python-version 3.11 -d "$tmp/whl" "uv==$uv_version"
+    python3 -m pip download --quiet --no-deps --only-binary :all: \
+        -d "$tmp/whl" "uv==$uv_version"
     mkdir "$tmp/root"
     python3 - "$tmp/whl" "$tmp/root" <<'PY'
 import os, sys, zipfile, pathlib
@@ -52,6 +52,6 @@ with zipfile.ZipFile(wheel) as z:
 PY
     [[ -x "$tmp/root/uv" ]] || { echo "no uv binary in $(ls "$tmp/whl")" >&2; exit 1; }
     tar -C "$tmp/root" -cf "$tmp/uv.tar" uv uvx
-    "$engine" import "${env_changes[@]}" "$tmp/uv.tar" "$uv_image" >/dev/null
+    "$engine" import --quiet "${env_changes[@]}" "$tmp/uv.tar" "$uv_image" >/dev/null
     echo "$uv_image: imported"
 fi

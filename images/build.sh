@@ -20,7 +20,7 @@ images="${IMAGES:-operator trainer serving}"
 local_base="${LOCAL_BASE:-auto}"
 base="${KUBETUNE_LOCAL_BASE:-localhost/kubetune-base:bookworm}"
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-[[ "$engine" == podman ]] && export CONTAINERS_CONF="${CONTAINERS_CONF:-$repo/images/containers.conf}"
+if [[ "$engine" == podman ]]; then export CONTAINERS_CONF="${CONTAINERS_CONF:-$repo/images/containers.conf}"; fi
 
 dockerfile() { case "$1" in operator) echo operator/Dockerfile ;; *) echo "$1-image/Dockerfile" ;; esac; }
 default_arg() { sed -n "s/^ARG $2=//p" "$(dockerfile "$1")" | head -1; }
@@ -40,29 +40,38 @@ if [[ "$local_base" == 1 ]]; then
 fi
 
 # --- the machine's pip configuration, for the build only ---------------------------------------
-# Files and folders it names are mounted read-only at the same paths into the RUN steps, the settings
-# become build arguments (PIP_* for pip, UV_* and SSL_CERT_FILE for uv). Nothing of it is in an image.
+# Files and folders it names are mounted read-only under /tmp/kubetune-build (podman leaves empty mount
+# points behind; there they sit under the emptyDir every pod mounts on /tmp); the settings, rewritten to
+# those paths, become build arguments (PIP_* for pip, UV_* and SSL_CERT_FILE for uv) for the Dockerfiles
+# that declare them. Build arguments are not part of an image's environment.
 build_opts=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision")
-[[ "$engine" == podman ]] && build_opts+=(--network host)
+if [[ "$engine" == podman ]]; then build_opts+=(--network host); fi
+stage=/tmp/kubetune-build
 pip_setting() {  # the effective value of a pip option: environment, then install., then global.
     local listing; listing="$(python3 -m pip config list 2>/dev/null || true)"
     for scope in ":env:" install global; do
         local value; value="$(printf '%s\n' "$listing" | sed -n "s/^$scope\.$1='\(.*\)'\$/\1/p" | tail -1)"
-        [[ -n "$value" ]] && { printf '%s' "$value"; return; }
+        if [[ -n "$value" ]]; then printf '%s' "$value"; return 0; fi
     done
+    return 0
 }
 mounts=()
-mount_path() {  # a local path or file:// URL -> a read-only volume at the same path
-    local path="${1#file://}"
-    [[ "$path" == /* && -e "$path" ]] || return 0
-    [[ "$path" == */simple ]] && path="${path%/simple}"
-    case " ${mounts[*]-} " in *" $path:$path:ro "*) return ;; esac
-    mounts+=("$path:$path:ro")
-}
-pass() {  # build argument NAME=VALUE (+ uv's name for it)
-    build_opts+=(--build-arg "$1=$2")
-    [[ -n "${3:-}" ]] && build_opts+=(--build-arg "$3=$2")
-    for item in $2; do mount_path "$item"; done
+index_args=()
+pass() {  # pass NAME VALUE [UV_NAME]: each local path or file:// URL in VALUE is mounted and rewritten
+    local value="" item path
+    for item in $2; do
+        path="${item#file://}"
+        if [[ "$path" == /* && -e "$path" ]]; then
+            local top="$path"
+            if [[ "$top" == */simple ]]; then top="${top%/simple}"; fi  # the index's files/ lie beside simple/
+            case " ${mounts[*]-} " in *" $top:$stage$top:ro "*) ;; *) mounts+=("$top:$stage$top:ro") ;; esac
+            item="${item%%"$path"}$stage$path"
+        fi
+        value="${value:+$value }$item"
+    done
+    index_args+=("$1=$value")
+    if [[ -n "${3:-}" ]]; then index_args+=("$3=$value"); fi
+    return 0
 }
 cert="$(pip_setting cert)"; find_links="$(pip_setting find-links)"; index_url="$(pip_setting index-url)"
 extra_index="$(pip_setting extra-index-url)"; constraint="$(pip_setting constraint)"
@@ -70,23 +79,30 @@ if [[ -n "$cert$find_links$index_url$extra_index$constraint" ]]; then
     if [[ "$engine" != podman ]]; then
         echo "warning: pip configuration found but $engine builds cannot mount it; building with plain PyPI" >&2
     else
-        [[ -n "$cert" ]] && pass PIP_CERT "$cert" SSL_CERT_FILE
-        [[ -n "$find_links" ]] && pass PIP_FIND_LINKS "$find_links" UV_FIND_LINKS
-        [[ -n "$index_url" ]] && pass PIP_INDEX_URL "$index_url" UV_INDEX_URL
-        [[ -n "$extra_index" ]] && pass PIP_EXTRA_INDEX_URL "$extra_index" UV_EXTRA_INDEX_URL
-        [[ -n "$constraint" ]] && pass PIP_CONSTRAINT "$constraint" UV_CONSTRAINT
+        if [[ -n "$cert" ]]; then pass PIP_CERT "$cert" SSL_CERT_FILE; fi
+        if [[ -n "$find_links" ]]; then pass PIP_FIND_LINKS "$find_links" UV_FIND_LINKS; fi
+        if [[ -n "$index_url" ]]; then pass PIP_INDEX_URL "$index_url" UV_INDEX_URL; fi
+        if [[ -n "$extra_index" ]]; then
+            pass PIP_EXTRA_INDEX_URL "$extra_index" UV_EXTRA_INDEX_URL
+            # pip takes the best match over all indexes; uv by default only the first index that has a package
+            index_args+=(UV_INDEX_STRATEGY=unsafe-best-match)
+        fi
+        if [[ -n "$constraint" ]]; then pass PIP_CONSTRAINT "$constraint" UV_CONSTRAINT; fi
         for m in "${mounts[@]}"; do build_opts+=(-v "$m"); done
-        echo "pip configuration passed to the build: ${mounts[*]}"
+        echo "pip configuration passed to the build: ${index_args[*]}"
     fi
 fi
 
 # --- build ---------------------------------------------------------------------------------------
 for image in $images; do
     args=()
+    for arg in ${index_args[@]+"${index_args[@]}"}; do
+        if grep -q "^ARG ${arg%%=*}\$" "$(dockerfile "$image")"; then args+=(--build-arg "$arg"); fi
+    done
     if [[ "$local_base" == 1 ]]; then
         args+=(--build-arg "BASE_IMAGE=$base")
-        [[ "$image" == trainer ]] && args+=(--build-arg "UV_IMAGE=localhost/kubetune-uv:$(default_arg trainer UV_IMAGE | sed 's/.*:\([0-9.]*\).*/\1/')")
-        [[ "$image" == serving ]] && args+=(--build-arg VLLM_FLAVOUR=cpu)
+        if [[ "$image" == trainer ]]; then args+=(--build-arg "UV_IMAGE=localhost/kubetune-uv:$(default_arg trainer UV_IMAGE | sed 's/^[^:]*:\([0-9.]*\).*/\1/')"); fi
+        if [[ "$image" == serving ]]; then args+=(--build-arg VLLM_FLAVOUR=cpu); fi
     fi
     echo "=== $registry/$image:$tag ($(dockerfile "$image")) ${args[*]-}"
     start=$SECONDS

@@ -18,7 +18,7 @@ PRODUCTION_BASES = {"operator": r"python:3\.11[0-9.]*-slim-bookworm", "trainer":
                     "serving": r"vllm/vllm-openai:v[0-9.]+"}
 DIGEST = r"(@sha256:[0-9a-f]{64})?"
 BUILD_ONLY = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CERT", "PIP_CONSTRAINT",
-              "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "UV_CONSTRAINT", "SSL_CERT_FILE")
+              "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "UV_CONSTRAINT", "UV_INDEX_STRATEGY", "SSL_CERT_FILE")
 
 
 def steps(path: Path) -> list[tuple[str, str]]:

@@ -53,16 +53,18 @@ def inspect(name: str) -> dict:
 
 
 def restricted(name: str, *command: str, entrypoint: str | None = None, volumes: dict[str, str] | None = None,
-               tmpfs: tuple[str, ...] = (), env: dict[str, str] | None = None, timeout: float = 300,
-               detach_log: Path | None = None):
-    """`run` with the pod's restricted security context. Nothing is writable but `tmpfs` (emptyDirs: owned
-    by 1000 like an emptyDir under fsGroup 1000) and `volumes` ("host:container[:ro]")."""
+               empty_dirs: tuple[str, ...] = (), scratch: Path | None = None, env: dict[str, str] | None = None,
+               timeout: float = 300, detach_log: Path | None = None):
+    """`run` with the pod's restricted security context. Nothing is writable but `empty_dirs` (fresh
+    host folders under `scratch`, owned by uid/gid 1000 like an emptyDir under fsGroup 1000) and `volumes`
+    ("host:container[:ro]")."""
     argv = [*engine(), "run", "--rm", "--network", "host", "--read-only", "--user", "1000:1000", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--shm-size", "1g"]
     if built()["engine"] == "podman":
         argv += ["--read-only-tmpfs=false"]  # only what the pod spec mounts is writable
-    for path in tmpfs:
-        argv += ["--tmpfs", f"{path}:rw,exec,uid=1000,gid=1000,mode=0770"]
+    for path in empty_dirs:
+        host = host_dir(scratch / ("emptydir" + path.replace("/", "-")))
+        argv += ["-v", f"{host}:{path}"]
     for host, target in (volumes or {}).items():
         argv += ["-v", f"{host}:{target}"]
     for key, value in (env or {}).items():
@@ -120,7 +122,9 @@ def test_no_caches_build_tools_or_build_mounts_in_the_image(name):
     script = ("ls -A /root/.cache 2>/dev/null; ls -A /home/kubetune/.cache 2>/dev/null; "
               "ls /var/lib/apt/lists 2>/dev/null | grep -v -x -e lock -e partial -e auxfiles; "
               "for t in gcc cc g++ c++ make; do command -v $t; done; "
-              "for p in /opt/wheels /opt/pypi /opt/pypi-more /etc/xdg/pip; do [ ! -e $p ] || echo $p; done; true")
+              "for p in /opt/wheels /opt/pypi /opt/pypi-more /etc/xdg/pip; do [ ! -e $p ] || echo $p; done; "
+              # images/build.sh mounts the machine's index there; podman leaves the empty mount points
+              "[ ! -e /tmp/kubetune-build ] || find /tmp/kubetune-build -mindepth 1 -not -type d -size +0; true")
     out = subprocess.run([*engine(), "run", "--rm", "--user", "0", "--entrypoint", "sh", image(name), "-c", script],
                          capture_output=True, text=True, timeout=120, env=engine_env())
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
@@ -186,7 +190,7 @@ def test_trainer_trains_the_tiny_model_under_the_pod_security_context(tiny_model
         "trainer", "--config", "/etc/kubetune/config.json",
         volumes={str(config.parent): "/etc/kubetune:ro", str(tiny_model): "/models/tiny:ro",
                  str(data.parent): "/data:ro", str(out): "/out", str(termination.parent): "/termination"},
-        tmpfs=("/work", "/tmp"),
+        empty_dirs=("/work", "/tmp"), scratch=tmp_path,
         env={"KUBETUNE_WORK_DIR": "/work/run", "HOME": "/work/home", "HF_HOME": "/work/hf",
              "TRITON_CACHE_DIR": "/work/triton", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
              "KUBETUNE_TERMINATION_LOG": "/termination/log"},
@@ -213,7 +217,7 @@ def test_vllm_serves_the_tiny_model_under_the_pod_security_context(tiny_model, t
                                       "extraArgs": ["--enforce-eager"]}),
         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
         "--model-cache", "/var/cache/kubetune/models",
-        volumes={str(tiny_model): "/models/tiny:ro"}, tmpfs=("/var/cache/kubetune", "/tmp"),
+        volumes={str(tiny_model): "/models/tiny:ro"}, empty_dirs=("/var/cache/kubetune", "/tmp"), scratch=tmp_path,
         env={"HOME": "/var/cache/kubetune/home", "HF_HOME": "/var/cache/kubetune/hf", "PYTHONUNBUFFERED": "1",
              "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
         detach_log=log)
