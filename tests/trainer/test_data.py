@@ -98,8 +98,7 @@ def test_undetectable_format(tmp_path):
     error = _raises([path])
     assert str(error) == (
         "cannot detect the format of train.jsonl: records have keys ['answer', 'question']; expected messages "
-        "(chatml); instruction/input/output (alpaca); conversations (sharegpt); prompt/chosen/rejected "
-        "(preference); text (text)")
+        "(chatml); instruction/input/output (alpaca); conversations (sharegpt); text (text)")  # what sft reads
 
 
 def test_too_few_and_few(tmp_path, caplog):

@@ -47,7 +47,7 @@ GPU = Facts(output_dir="/work/trainer", train_examples=1000, device="cuda", bf16
 def test_sft_lora_defaults_on_chat_data():
     plan = plan_training(spec(), CPU)
     assert plan == TrainingPlan(
-        trainer="sft",
+        method="sft",
         args=common(packing=True, packing_strategy="bfd", eval_packing=True, assistant_only_loss=True,
                     dataset_text_field="text"),
         peft=lora(),
@@ -97,7 +97,7 @@ def test_cpt_full_on_gpu():
     s = spec(method={"type": "cpt"}, adapter={"type": "full"}, dataset={"train": "s3://d/t.jsonl", "format": "text"})
     plan = plan_training(s, GPU)
     assert plan == TrainingPlan(
-        trainer="sft",
+        method="cpt",
         args=common(per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=2e-5,
                     logging_steps=10, use_cpu=False, bf16=True, activation_checkpointing=True,
                     activation_checkpointing_kwargs={"use_reentrant": False}, dataloader_pin_memory=True,
@@ -114,7 +114,7 @@ def test_cpt_full_on_gpu():
 def test_dpo_lora_and_full_defaults():
     s = spec(method={"type": "dpo", "dpo": {"beta": "0.25", "lossType": "ipo"}})
     plan = plan_training(s, CPU)
-    assert plan.trainer == "dpo"
+    assert plan.method == "dpo"
     assert plan.args == common(learning_rate=5e-5, beta=0.25, loss_type=["ipo"], padding_free=False)
     assert trl_args(plan) == DPOConfig(**plan.args)
     assert plan.peft == lora()

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.methods import FORMATS, METHODS
+
 from . import formats
 from .errors import DataError
 
@@ -28,7 +30,6 @@ MIN_EXAMPLES = 10
 WARN_EXAMPLES = 50
 MAX_PROBLEMS = 20
 DEFAULT_VALIDATION_SPLIT = 0.05
-_JSON_CELLS = ("messages", "conversations", "prompt", "chosen", "rejected")
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Loaded:
     @property
     def conversational(self) -> bool:
         return self.format in formats.CHAT_FORMATS or (
-            self.format == "preference" and bool(self.records) and isinstance(self.records[0]["prompt"], list))
+            bool(self.records) and isinstance(self.records[0].get("prompt"), list))
 
 
 # ------------------------------------------------------------------------------------------ readers
@@ -90,7 +91,7 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Any, str | None]]:
                 yield where, None, f"has {len(reader.fieldnames) + len(row[None])} cells, the header has {len(reader.fieldnames)}"
                 continue
             record: dict[str, Any] = {k: v for k, v in row.items() if v != "" or k in ("input", "system")}
-            for key in _JSON_CELLS:  # nested fields are JSON inside a cell
+            for key in formats.JSON_FIELDS:  # nested fields are JSON inside a cell
                 value = record.get(key)
                 if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
                     try:
@@ -132,22 +133,22 @@ def read_file(path: Path) -> Iterator[tuple[str, Any, str | None]]:
 
 
 def _choose_format(requested: str, method: str, records: list[Any], names: str) -> str:
+    """dataset.format, or for auto: the method's only format, else the format most records look like."""
+    accepted = METHODS[method].formats
     if requested != "auto":
         fmt = requested
-    elif method == "dpo":
-        fmt = "preference"
-    elif method == "cpt":
-        fmt = "text"
+    elif len(accepted) == 1:
+        fmt = accepted[0]
     else:
         votes = Counter(f for f in map(formats.detect, records) if f)
         if not votes:
             keys = sorted({k for r in records[:50] if isinstance(r, dict) for k in r})[:10]
-            expected = "; ".join(f"{k} ({f})" for f, k in formats.SIGNATURES.items())
+            expected = "; ".join(f"{FORMATS[f]} ({f})" for f in accepted)
             raise DataError(f"cannot detect the format of {names}: records have keys {keys or 'none'}; "
                             f"expected {expected}")
         fmt = votes.most_common(1)[0][0]
-    if fmt not in formats.METHOD_FORMATS[method]:
-        allowed = ", ".join(formats.METHOD_FORMATS[method])
+    if fmt not in accepted:
+        allowed = ", ".join(accepted)
         raise DataError(f"{names}: method {method} cannot train on {fmt} data (it needs {allowed})")
     return fmt
 
@@ -189,7 +190,7 @@ def load(files: list[Path], *, fmt: str, method: str, role: str = "train",
     warnings = []
     if role == "train" and len(out) < WARN_EXAMPLES:
         warnings.append(f"{role} data has only {len(out)} examples (fewer than {WARN_EXAMPLES}): expect overfitting")
-    if chosen == "preference" and len({isinstance(r["prompt"], list) for r in out}) > 1:
+    if out and "prompt" in out[0] and len({isinstance(r["prompt"], list) for r in out}) > 1:
         out = [formats.as_conversational(r) for r in out]
     for warning in warnings:
         log.warning("%s", warning)

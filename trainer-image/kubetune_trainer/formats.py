@@ -13,18 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-FORMATS = ("chatml", "alpaca", "sharegpt", "preference", "text")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-METHOD_FORMATS = {"sft": ("chatml", "alpaca", "sharegpt", "text"), "dpo": ("preference",), "cpt": ("text",)}
-SIGNATURES = {
-    "chatml": "messages",
-    "alpaca": "instruction/input/output",
-    "sharegpt": "conversations",
-    "preference": "prompt/chosen/rejected",
-    "text": "text",
-}
-CHAT_FORMATS = ("chatml", "alpaca", "sharegpt")
+CHAT_FORMATS = ("chatml", "alpaca", "sharegpt")  # normalised to {"messages"}
+# Fields that hold nested JSON (a CSV cell then holds it as JSON text).
+JSON_FIELDS = ("messages", "conversations", "prompt", "chosen", "rejected")
 
 Result = tuple[dict[str, Any] | None, list[str]]
 
@@ -199,9 +192,9 @@ def check_record(fmt: str, record: Any) -> Result:
 
 
 def as_conversational(record: dict) -> dict:
-    """A string-form preference record in message-list form (to mix with conversational ones)."""
+    """A string-form prompt record (preference, ...) in message-list form (to mix with conversational ones):
+    the prompt becomes a user message, every other string field an assistant message."""
     if isinstance(record["prompt"], list):
         return record
-    return {"prompt": [{"role": "user", "content": record["prompt"]}],
-            "chosen": [{"role": "assistant", "content": record["chosen"]}],
-            "rejected": [{"role": "assistant", "content": record["rejected"]}]}
+    return {key: ([{"role": "user" if key == "prompt" else "assistant", "content": value}]
+                  if isinstance(value, str) else value) for key, value in record.items()}

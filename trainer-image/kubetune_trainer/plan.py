@@ -1,11 +1,10 @@
 """spec -> TRL/PEFT configs: one pure function, `plan_training`. Every automatic default lives here.
 
 Automatic defaults (docs/trainer.md lists them too):
-- learning rate: 2e-4 LoRA/QLoRA/DoRA, 2e-5 full; DPO 5e-5 with adapters, 5e-6 full
+- learning rate: per method, with an adapter or full (kubetune.api.methods.METHODS)
 - batch size: 8 with adapters, 4 for full fine-tuning
 - LoRA alpha: 2 x rank; target modules ["all-linear"] -> every linear layer except the output head
-- packing: on for SFT and CPT (best-fit decreasing; CPT splits long documents instead of truncating)
-- assistant-only loss: on for chat data when the chat template marks assistant turns
+- method-specific TRL arguments (packing, assistant-only loss, beta, ...): the method's row in methods.py
 - precision: bf16 on GPUs that support it, else fp32; gradient checkpointing on GPU only
 - QLoRA: 4-bit NF4 with double quantisation, compute dtype = training precision
 - evaluation and checkpoint every checkpointing.intervalSteps; logging every <= 10 steps
@@ -19,6 +18,9 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.methods import default_learning_rate
+
+from .methods import TRAINERS, load
 
 
 @dataclass(frozen=True)
@@ -37,20 +39,14 @@ class Facts:
 
 @dataclass
 class TrainingPlan:
-    trainer: Literal["sft", "dpo"]
-    # keyword arguments of trl.SFTConfig / trl.DPOConfig: a dict, because those constructors probe the
-    # hardware (bf16 on a CPU raises); `trl_args(plan)` builds the object on the machine that trains.
+    method: str  # method.type: its row in methods.TRAINERS names the TRL trainer and config
+    # keyword arguments of the method's TRL config (trl.SFTConfig, ...): a dict, because those constructors
+    # probe the hardware (bf16 on a CPU raises); `trl_args(plan)` builds the object on the machine that trains.
     args: dict[str, Any]
     peft: Any  # peft.LoraConfig | None (full fine-tune)
     quantization: Any  # transformers.BitsAndBytesConfig | None
     model_kwargs: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)  # effective settings, camelCase, for people
-
-
-def default_learning_rate(method: str, adapter: str) -> str:
-    if method == "dpo":
-        return "5e-6" if adapter == "full" else "5e-5"
-    return "2e-5" if adapter == "full" else "2e-4"
 
 
 def default_batch_size(adapter: str) -> int:
@@ -112,19 +108,9 @@ def plan_training(spec: FineTuneJobSpec, facts: Facts) -> TrainingPlan:
         "warmupRatio": hp.warmup_ratio, "maxLength": hp.max_length, "seed": hp.seed,
         "precision": "bf16" if facts.bf16 else "fp32", "gradientCheckpointing": gpu,
     }
-    if method == "dpo":
-        dpo = spec.method.dpo
-        beta, loss_type = (dpo.beta, dpo.loss_type) if dpo else ("0.1", "sigmoid")
-        args = {**common, "beta": float(Decimal(beta)), "loss_type": [loss_type], "padding_free": False}
-        summary |= {"trainer": "dpo", "beta": beta, "lossType": loss_type}
-    else:
-        packing = hp.packing if hp.packing is not None else True
-        assistant_only = method == "sft" and facts.chat and facts.assistant_masks
-        strategy = "bfd_split" if method == "cpt" else "bfd"
-        args = {**common, "packing": packing, "packing_strategy": strategy, "eval_packing": packing,
-                "assistant_only_loss": assistant_only, "dataset_text_field": "text"}
-        summary |= {"trainer": "sft", "packing": packing, "packingStrategy": strategy if packing else None,
-                    "assistantOnlyLoss": assistant_only}
+    own, own_summary = TRAINERS[method].args(spec, facts)
+    args = {**common, **own}
+    summary |= own_summary
     peft_config = None
     if adapter.type != "full":
         targets = adapter.target_modules
@@ -148,12 +134,10 @@ def plan_training(spec: FineTuneJobSpec, facts: Facts) -> TrainingPlan:
         if gpu:
             model_kwargs["device_map"] = {"": facts.local_rank}  # one process per GPU: never spread a 4-bit model
         summary["quantization"] = "4-bit NF4, double quantization"
-    return TrainingPlan(trainer="dpo" if method == "dpo" else "sft", args=args, peft=peft_config,
+    return TrainingPlan(method=method, args=args, peft=peft_config,
                         quantization=quantization, model_kwargs=model_kwargs, summary=summary)
 
 
 def trl_args(plan: TrainingPlan):
-    """The trl.SFTConfig or trl.DPOConfig of a plan (validated by TRL against this machine)."""
-    from trl import DPOConfig, SFTConfig
-
-    return (DPOConfig if plan.trainer == "dpo" else SFTConfig)(**plan.args)
+    """The TRL config object of a plan (validated by TRL against this machine)."""
+    return load(TRAINERS[plan.method].config)(**plan.args)

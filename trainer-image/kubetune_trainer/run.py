@@ -26,6 +26,7 @@ from .collate import RowPackedCollator, needs_row_packing
 from .distributed import SINGLE, Rank, Topology
 from .errors import Preempted, StopFlag, TransientError, UserError
 from .fetch import fetch_dataset, fetch_model
+from .methods import TRAINERS, load
 from .metrics import MetricsServer
 from .plan import Facts, TrainingPlan, plan_training, trl_args
 from .publish import Result, hub_reference, publish
@@ -36,11 +37,11 @@ log = logging.getLogger(__name__)
 
 
 def _figures(metrics: dict[str, Any], method: str) -> dict[str, float | None]:
-    """evalLoss and perplexity (exp of the token loss; not defined for the DPO preference loss)."""
+    """evalLoss and perplexity (exp of a token loss; not defined for a preference loss: see methods.TRAINERS)."""
     loss = metrics.get("eval_loss")
     if loss is None or not math.isfinite(loss):
         return {"evalLoss": None, "perplexity": None}
-    perplexity = math.exp(loss) if method != "dpo" and loss < 700 else None
+    perplexity = math.exp(loss) if TRAINERS[method].token_loss and loss < 700 else None
     return {"evalLoss": round(float(loss), 6), "perplexity": round(perplexity, 4) if perplexity is not None else None}
 
 
@@ -93,7 +94,7 @@ def load_records(config: TrainerConfig, inputs: Inputs) -> tuple[data.Loaded, li
         held = data.load([Path(f) for f in inputs.validation_files], fmt=train.format, method=spec.method.type,
                          role="validation", min_examples=1)
         records = held.records
-        if held.conversational != train.conversational and train.format == "preference":
+        if held.conversational != train.conversational and train.records and "prompt" in train.records[0]:
             from .formats import as_conversational
 
             train.records, records = [as_conversational(r) for r in train.records], [as_conversational(r) for r in records]
@@ -167,12 +168,13 @@ def load_tokenizer(model_dir: Path, config: TrainerConfig):
 
 
 def build_trainer(plan: TrainingPlan, model, tokenizer, train_records: list[dict], eval_records: list[dict]):
-    from trl import DPOTrainer, SFTTrainer
-
-    cls = DPOTrainer if plan.trainer == "dpo" else SFTTrainer
+    method = TRAINERS[plan.method]
+    seed = plan.args["seed"]
     try:
-        trainer = cls(model=model, args=trl_args(plan), train_dataset=data.to_dataset(train_records),
-                      eval_dataset=data.to_dataset(eval_records), processing_class=tokenizer, peft_config=plan.peft)
+        trainer = load(method.trainer)(
+            model=model, args=trl_args(plan), train_dataset=data.to_dataset(method.prepare(train_records, seed)),
+            eval_dataset=data.to_dataset(method.prepare(eval_records, seed)), processing_class=tokenizer,
+            peft_config=plan.peft)
     except ValueError as exc:  # TRL rejects data/template combinations with ValueError
         raise UserError(f"the trainer rejected the data or settings: {exc}") from None
     if getattr(trainer, "padding_free", False) and needs_row_packing(trainer.model):

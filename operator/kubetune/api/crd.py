@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from .constants import GROUP, VERSION
 from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from .methods import METHODS
 from .modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 
 _DROP = {"title", "additionalProperties"}
@@ -129,7 +130,7 @@ def _cond(kind: str) -> str:
 def finetunejob_crd() -> dict[str, Any]:
     return _crd(
         kind="FineTuneJob", plural="finetunejobs", singular="finetunejob", short=["ftj"],
-        description="A fine-tuning run (SFT, DPO or continued pretraining; LoRA, QLoRA, DoRA or full) "
+        description=f"A fine-tuning run ({', '.join(m.title for m in METHODS.values())}; LoRA, QLoRA, DoRA or full) "
         "that publishes an adapter to object storage.",
         spec=FineTuneJobSpec, status=FineTuneJobStatus,
         subresources={"status": {}},

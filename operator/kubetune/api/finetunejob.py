@@ -7,7 +7,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from .common import (
     CONDITIONS_FIELD,
@@ -25,9 +25,19 @@ from .common import (
     _check_uri_path,
     decimal,
 )
+from .methods import (
+    DEFAULT_METHOD,
+    FORMATS,
+    METHODS,
+    format_problem,
+    format_rules,
+    learning_rate_help,
+    options_problem,
+    options_rules,
+)
 
-DatasetFormat = Literal["auto", "chatml", "alpaca", "sharegpt", "preference", "text"]
-MethodType = Literal["sft", "dpo", "cpt"]
+DatasetFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
+MethodType = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 AdapterType = Literal["lora", "qlora", "dora", "full"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 
@@ -64,8 +74,8 @@ class Dataset(KubeModel):
     )
     format: DatasetFormat = Field(
         default="auto",
-        description="Record format: chatml (messages), alpaca (instruction/input/output), sharegpt "
-        "(conversations), preference (prompt/chosen/rejected), text (text), or auto-detect.",
+        description="Record format: " + ", ".join(f"{name} ({fields})" for name, fields in FORMATS.items())
+        + ", or auto (the method's only format, else detected from the records' fields).",
     )
 
     @field_validator("train", "validation")
@@ -87,36 +97,28 @@ class Dataset(KubeModel):
         return self
 
 
-class DPOOptions(KubeModel):
-    """Direct Preference Optimization options."""
-
-    beta: str = decimal("KL penalty strength, e.g. \"0.1\". Higher stays closer to the base model.", default="0.1")
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(default="sigmoid", description="DPO loss variant.")
-
-
-class Method(KubeModel):
+class _MethodRules(KubeModel):
     """How the model learns."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {"rule": "!has(self.dpo) || self.type == 'dpo'", "message": "method.dpo is only valid with method.type dpo"}
-            ]
-        }
-    }
-
-    type: MethodType = Field(
-        default="sft",
-        description="sft: supervised fine-tuning on chat or text; dpo: preference optimization; "
-        "cpt: continued pretraining on raw text.",
-    )
-    dpo: DPOOptions | None = Field(default=None, description="Options for method.type dpo.")
+    model_config = KubeModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": options_rules()}}
 
     @model_validator(mode="after")
-    def _dpo_only(self) -> Method:
-        if self.dpo is not None and self.type != "dpo":
-            raise ValueError("method.dpo is only valid with method.type dpo")
+    def _options_match_type(self) -> _MethodRules:
+        problem = options_problem(self.type, [m for m in METHODS if getattr(self, m, None) is not None])  # type: ignore[attr-defined]
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+# method.type plus one optional method.<name> per method with options: all from the METHODS table.
+Method = create_model(
+    "Method",
+    __base__=_MethodRules,
+    __doc__="How the model learns.",
+    type=(MethodType, Field(default=DEFAULT_METHOD, description="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + ".")),
+    **{m.name: (m.options | None, Field(default=None, description=f"Options for method.type {m.name}."))
+       for m in METHODS.values() if m.options is not None},
+)
 
 
 class Adapter(KubeModel):
@@ -167,7 +169,7 @@ class Hyperparameters(KubeModel):
     batch_size: int | None = Field(default=None, description="Per-device batch size. Empty: 8 for adapters, 4 for full.", ge=1, le=1024)
     gradient_accumulation_steps: int = Field(default=1, description="Batches accumulated per optimizer step.", ge=1, le=1024)
     learning_rate: str | None = decimal(
-        "Peak learning rate, e.g. \"2e-4\". Empty: 2e-4 for LoRA/QLoRA/DoRA, 2e-5 for full, 5e-6 for DPO with full, 5e-5 for DPO with adapters."
+        "Peak learning rate, e.g. \"2e-4\". Empty: " + learning_rate_help() + "."
     )
     lr_scheduler: Scheduler = Field(default="cosine", description="Learning-rate schedule.")
     warmup_ratio: str = decimal("Fraction of steps spent warming up, e.g. \"0.03\".", default="0.03")
@@ -232,23 +234,14 @@ class FineTuneJobSpec(KubeModel):
                     "rule": "!has(self.resources) || self.resources.nodes == 1 || self.resources.gpus > 0",
                     "message": "resources.nodes > 1 needs resources.gpus > 0",
                 },
-                {
-                    "rule": "!has(self.method) || self.method.type != 'dpo' || !has(self.dataset.format) "
-                    "|| self.dataset.format in ['auto', 'preference']",
-                    "message": "method.type dpo needs dataset.format preference or auto",
-                },
-                {
-                    "rule": "!has(self.method) || self.method.type != 'cpt' || !has(self.dataset.format) "
-                    "|| self.dataset.format in ['auto', 'text']",
-                    "message": "method.type cpt needs dataset.format text or auto",
-                },
+                *format_rules(),
             ]
         }
     }
 
     base_model: BaseModelSource = Field(description="The pretrained model to fine-tune.")
     dataset: Dataset = Field(description="Training (and optional evaluation) data.")
-    method: Method = Field(default_factory=Method, description="Training method: sft, dpo or cpt.")
+    method: Method = Field(default_factory=Method, description=f"Training method: {', '.join(METHODS)}.")  # type: ignore[valid-type]
     adapter: Adapter = Field(default_factory=Adapter, description="Adapter type and shape.")
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters,
@@ -288,10 +281,9 @@ class FineTuneJobSpec(KubeModel):
     def _cross_field(self) -> FineTuneJobSpec:
         if self.resources.nodes > 1 and self.resources.gpus == 0:
             raise ValueError("resources.nodes > 1 needs resources.gpus > 0")
-        if self.method.type == "dpo" and self.dataset.format not in ("auto", "preference"):
-            raise ValueError(f"method.type dpo needs dataset.format preference or auto, got {self.dataset.format}")
-        if self.method.type == "cpt" and self.dataset.format not in ("auto", "text"):
-            raise ValueError(f"method.type cpt needs dataset.format text or auto, got {self.dataset.format}")
+        problem = format_problem(self.method.type, self.dataset.format)  # type: ignore[attr-defined]
+        if problem:
+            raise ValueError(f"{problem}, got {self.dataset.format}")
         return self
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from .common import KubeModel
+from .finetunejob import MethodType
 
 MANIFEST_VERSION = "kubetune.io/adapter-manifest/v1"
 
@@ -51,7 +52,7 @@ class AdapterManifest(KubeModel):
     job: dict[str, str] = Field(description="namespace, name, uid of the FineTuneJob.")
     created: str = Field(description="RFC 3339 time of publication.")
     base_model: ManifestBaseModel
-    method: Literal["sft", "dpo", "cpt"]
+    method: MethodType
     adapter: ManifestAdapter
     evaluation: dict[str, ManifestEval] = Field(default_factory=dict, description="baseline and final.")
     files: list[ManifestFile] = Field(description="Every published file except manifest.json itself.")

@@ -1,0 +1,73 @@
+"""The trainer's half of the method registry: one row per method.type (the API half, with the data formats
+and default learning rates, is kubetune.api.methods; a test keeps the two tables in step).
+
+A row names the TRL trainer and config classes ("module:Class", imported only when a job trains), maps
+the spec to the method's own TRL arguments (the planner adds the shared ones), says what the records
+must look like for that trainer, and whether its evaluation loss is a token loss (perplexity).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kubetune.api.finetunejob import FineTuneJobSpec
+
+    from .plan import Facts
+
+Args = tuple[dict[str, Any], dict[str, Any]]  # (TRL config keyword arguments, summary entries in camelCase)
+
+
+def _unchanged(records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    return records
+
+
+@dataclass(frozen=True)
+class TrainerMethod:
+    trainer: str  # "module:Class" of the TRL trainer
+    config: str  # "module:Class" of its config (a transformers.TrainingArguments)
+    args: Callable[[FineTuneJobSpec, Facts], Args]  # the method's own config arguments and summary entries
+    token_loss: bool = False  # eval_loss is a mean token NLL, so perplexity = exp(evalLoss)
+    # validated records (train, then held-out) -> the rows the TRL trainer reads; seeded where it reorders
+    prepare: Callable[[list[dict[str, Any]], int], list[dict[str, Any]]] = _unchanged
+
+
+def load(path: str) -> Any:
+    """The class a "module:Class" path names."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# ------------------------------------------------------------------------------------ argument maps
+
+
+def _sft_like(method: str) -> Callable[[FineTuneJobSpec, Facts], Args]:
+    def args(spec: FineTuneJobSpec, facts: Facts) -> Args:
+        packing = spec.hyperparameters.packing if spec.hyperparameters.packing is not None else True
+        assistant_only = method == "sft" and facts.chat and facts.assistant_masks
+        strategy = "bfd_split" if method == "cpt" else "bfd"  # CPT splits long documents instead of truncating
+        return ({"packing": packing, "packing_strategy": strategy, "eval_packing": packing,
+                 "assistant_only_loss": assistant_only, "dataset_text_field": "text"},
+                {"trainer": "sft", "packing": packing, "packingStrategy": strategy if packing else None,
+                 "assistantOnlyLoss": assistant_only})
+    return args
+
+
+def _dpo(spec: FineTuneJobSpec, facts: Facts) -> Args:
+    dpo = spec.method.dpo  # type: ignore[attr-defined]
+    beta, loss_type = (dpo.beta, dpo.loss_type) if dpo else ("0.1", "sigmoid")
+    return ({"beta": float(Decimal(beta)), "loss_type": [loss_type], "padding_free": False},
+            {"trainer": "dpo", "beta": beta, "lossType": loss_type})
+
+
+# --------------------------------------------------------------------------------------------- rows
+
+TRAINERS: dict[str, TrainerMethod] = {
+    "sft": TrainerMethod("trl:SFTTrainer", "trl:SFTConfig", _sft_like("sft"), token_loss=True),
+    "dpo": TrainerMethod("trl:DPOTrainer", "trl:DPOConfig", _dpo),
+    "cpt": TrainerMethod("trl:SFTTrainer", "trl:SFTConfig", _sft_like("cpt"), token_loss=True),
+}
