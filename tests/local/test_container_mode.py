@@ -4,12 +4,13 @@ uid 1000, all capabilities dropped, no privilege escalation. Nothing may write o
 the read-only root makes such a write fail loudly, and `podman diff` of every container (recorded by the
 runtime when it ends) must be empty.
 
-Needs podman and the three images; skipped without them, unless KUBETUNE_REQUIRE_IMAGES=1 (CI, after
-`make images`), which turns the skip into a failure."""
+Needs podman and the images: runs when tests/images does (after `make images`, or KUBETUNE_TEST_IMAGES=1,
+where a missing image fails instead of skipping)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from kubetune.local.containers import plan_pod, podman_run_argv
 from kubetune.local.models import readable
 from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
+from ..images.conftest import images_selected
 from .test_containers import built_pod_specs
 from .test_local_run import _manifests
 
@@ -39,15 +41,23 @@ def missing_images() -> list[str]:
     return [image for image in IMAGES if not engine.image_exists(image)]
 
 
-MISSING = missing_images()
-if MISSING and os.environ.get("KUBETUNE_REQUIRE_IMAGES") == "1":
-    raise RuntimeError(f"KUBETUNE_REQUIRE_IMAGES=1 but missing: {MISSING} (run `make images`)")
-pytestmark = pytest.mark.slow
+# The same switch as tests/images (docs/images.md): run after `make images` (its stamp) or with
+# KUBETUNE_TEST_IMAGES=1, where a missing image is a failure; KUBETUNE_TEST_IMAGES=0 skips.
+SELECTED = images_selected()
+MISSING = missing_images() if SELECTED else []
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SELECTED, reason="no images: run `make images` (or KUBETUNE_TEST_IMAGES=1)")]
 
 
 def needs(*images: str):
-    missing = [m for m in MISSING if m == "podman" or any(m.startswith(f"ghcr.io/kubetune/{i}:") for i in images)]
-    return pytest.mark.skipif(bool(missing), reason=f"container mode needs {missing} (make images)")
+    def check(fn):
+        missing = [m for m in MISSING if m == "podman" or any(m.startswith(f"ghcr.io/kubetune/{i}:") for i in images)]
+
+        def test(*args, **kwargs):
+            if missing:
+                pytest.fail(f"container mode needs {missing}: run `make images`")
+            return fn(*args, **kwargs)
+        return functools.wraps(fn)(test)
+    return check
 
 
 def trainer_plan():
