@@ -191,3 +191,33 @@ def test_4bit_layers_stay_trainable_after_an_evaluation(tiny_model_dir):
     model.train()
     model(input_ids=ids, labels=ids).loss.backward()
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def _history(root: Path) -> list[dict]:
+    return [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_orpo_lora_learns_the_chosen_answers_without_a_reference_model(tmp_path, tiny_model_dir):
+    """ORPO = SFT on the chosen answer + an odds-ratio preference term: one step, no SFT first, no reference."""
+    progress = tmp_path / "progress.jsonl"
+    report, root = _run(tmp_path, tiny_model_dir, preference_records(64), "orpo-lora", progress_file=progress,
+                        spec={"method": {"type": "orpo", "orpo": {"beta": "0.1"}}}, hyperparameters={"maxSteps": 20})
+    history = _history(root)
+    train = [h for h in history if "rewards/accuracies" in h]
+    assert train[-1]["rewards/accuracies"] == 1.0 and train[-1]["rewards/margins"] > train[0]["rewards/margins"], train
+    assert train[-1]["nll_loss"] < train[0]["nll_loss"] / 10, train  # the SFT half of the loss
+    assert [h["eval_rewards/accuracies"] for h in history if "eval_rewards/accuracies" in h][-1] == 1.0
+    baseline, final = report["evaluation"]["baseline"], report["evaluation"]["final"]
+    assert final["evalLoss"] < baseline["evalLoss"] / 5 and "perplexity" not in final, report  # not a token loss
+    effective = json.loads((root / "training_config.json").read_text())["effective"]
+    assert (effective["trainer"], effective["beta"], effective["format"]) == ("orpo", "0.1", "preference")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["method"] == "orpo" and manifest_problems(root) == []
+    last = progress_lines(progress)[-1]
+    assert (last["progress"]["step"], last["progress"]["percent"], last["progress"]["phase"]) == (20, 100, "Done")
+    assert last["evaluation"] == report["evaluation"]
+    model, tokenizer = _peft(tiny_model_dir, root / "adapter")
+    model.eval()
+    assert [greedy_answer(model, tokenizer, q) for q, _ in FACTS] == [a for _, a in FACTS]  # it learned to answer
+    margins = [_logp(model, tokenizer, q, a) - _logp(model, tokenizer, q, WRONG[q]) for q, a in FACTS]
+    assert min(margins) > 1.0, margins  # and to prefer the chosen answer

@@ -64,10 +64,20 @@ def _dpo(spec: FineTuneJobSpec, facts: Facts) -> Args:
             {"trainer": "dpo", "beta": beta, "lossType": loss_type})
 
 
+def _orpo(spec: FineTuneJobSpec, facts: Facts) -> Args:
+    beta = spec.method.orpo.beta if spec.method.orpo else "0.1"  # type: ignore[attr-defined]
+    # Its paired-data collator needs the prompt/chosen/rejected columns the Trainer would otherwise drop. Its
+    # batches hold chosen_input_ids/rejected_input_ids, no input_ids: transformers cannot count the tokens
+    # (it would warn on every step), so trainedTokens stays empty for ORPO.
+    return ({"beta": float(Decimal(beta)), "remove_unused_columns": False, "include_num_input_tokens_seen": "no"},
+            {"trainer": "orpo", "beta": beta})
+
+
 # --------------------------------------------------------------------------------------------- rows
 
 TRAINERS: dict[str, TrainerMethod] = {
     "sft": TrainerMethod("trl:SFTTrainer", "trl:SFTConfig", _sft_like("sft"), token_loss=True),
     "dpo": TrainerMethod("trl:DPOTrainer", "trl:DPOConfig", _dpo),
     "cpt": TrainerMethod("trl:SFTTrainer", "trl:SFTConfig", _sft_like("cpt"), token_loss=True),
+    "orpo": TrainerMethod("trl.experimental.orpo:ORPOTrainer", "trl.experimental.orpo:ORPOConfig", _orpo),
 }

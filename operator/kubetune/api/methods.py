@@ -38,6 +38,13 @@ class DPOOptions(KubeModel):
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(default="sigmoid", description="DPO loss variant.")
 
 
+class ORPOOptions(KubeModel):
+    """Odds Ratio Preference Optimization options (no reference model: SFT and preference in one loss)."""
+
+    beta: str = decimal("Weight of the odds-ratio (preference) term against the SFT loss on the chosen answer, "
+                        "lambda in the ORPO paper, e.g. \"0.1\".", default="0.1")
+
+
 # ------------------------------------------------------------------------------------------ methods
 
 
@@ -59,6 +66,8 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("dpo", "DPO", "Direct Preference Optimization on preference pairs", ("preference",),
                ("5e-5", "5e-6"), DPOOptions),
     MethodInfo("cpt", "continued pretraining", "continued pretraining on raw text", ("text",), ("2e-4", "2e-5")),
+    MethodInfo("orpo", "ORPO", "Odds Ratio Preference Optimization: SFT and preference pairs in one step, no reference "
+               "model", ("preference",), ("8e-5", "8e-6"), ORPOOptions),
 )}
 
 DEFAULT_METHOD = "sft"
