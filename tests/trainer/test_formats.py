@@ -15,6 +15,8 @@ from kubetune_trainer import formats
     ({"instruction": "i", "output": "o"}, "alpaca"),
     ({"input": "i", "output": "o"}, "alpaca"),
     ({"text": "t"}, "text"),
+    ({"prompt": "q", "completion": "a", "label": True}, "unpaired"),
+    ({"conversations": [], "kto_tag": False}, "unpaired"),
     ({"question": "q", "answer": "a"}, None),
     (["not", "an", "object"], None),
 ])
@@ -109,3 +111,35 @@ def test_as_conversational():
     assert formats.as_conversational({"prompt": "q", "chosen": "a", "rejected": "b"}) == {
         "prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
         "rejected": [{"role": "assistant", "content": "b"}]}
+
+
+def test_unpaired_strings_and_messages():
+    assert formats.check_record("unpaired", {"prompt": "q", "completion": "a", "label": False, "id": 1}) == (
+        {"prompt": "q", "completion": "a", "label": False}, [])
+    assert formats.check_record("unpaired", {"prompt": [{"role": "user", "content": "q"}], "completion": "a",
+                                             "label": "True"}) == (  # a CSV cell
+        {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}],
+         "label": True}, [])
+
+
+def test_unpaired_llama_factory_kto_tag_in_sharegpt_shape():
+    record = {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"},
+                                {"from": "gpt", "value": "a"}], "kto_tag": True}
+    assert formats.check_record("unpaired", record) == (
+        {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+         "completion": [{"role": "assistant", "content": "a"}], "label": True}, [])
+
+
+@pytest.mark.parametrize(("record", "problems"), [
+    ({"prompt": "q", "completion": "a"}, ['missing field "label"']),
+    ({"prompt": "q", "completion": "a", "label": 1}, ["label must be true or false (got 1)"]),
+    ({"prompt": "q", "completion": " ", "label": True}, ["completion must not be empty"]),
+    ({"completion": [{"role": "user", "content": "a"}], "prompt": "q", "label": True},
+     ["completion must hold only assistant messages (the prompt holds the rest)"]),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "kto_tag": "yes"},
+     ["kto_tag must be true or false (got 'yes')"]),
+    ({"conversations": [{"from": "gpt", "value": "a"}], "kto_tag": True},
+     ["conversations must end with a user turn and then the assistant turn being judged"]),
+])
+def test_unpaired_problems_name_the_field(record, problems):
+    assert formats.check_record("unpaired", record) == (None, problems)

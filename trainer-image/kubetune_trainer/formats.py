@@ -6,6 +6,7 @@ names the field like a JSON path: `messages[2].role must be one of system,user,a
 Normalised forms (what TRL consumes):
 - chatml, alpaca, sharegpt -> {"messages": [{"role", "content"}, ...]}
 - preference               -> {"prompt", "chosen", "rejected"} as strings, or as message lists
+- unpaired                 -> {"prompt", "completion", "label": bool} as strings, or as message lists
 - text                     -> {"text": str}
 """
 
@@ -17,7 +18,7 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 CHAT_FORMATS = ("chatml", "alpaca", "sharegpt")  # normalised to {"messages"}
 # Fields that hold nested JSON (a CSV cell then holds it as JSON text).
-JSON_FIELDS = ("messages", "conversations", "prompt", "chosen", "rejected")
+JSON_FIELDS = ("messages", "conversations", "prompt", "chosen", "rejected", "completion")
 
 Result = tuple[dict[str, Any] | None, list[str]]
 
@@ -27,6 +28,8 @@ def detect(record: Any) -> str | None:
     if not isinstance(record, dict):
         return None
     keys = set(record)
+    if "kto_tag" in keys or {"completion", "label"} <= keys:
+        return "unpaired"
     if "messages" in keys:
         return "chatml"
     if "conversations" in keys:
@@ -143,31 +146,69 @@ def _side(record: dict, field: str, conversational: bool) -> tuple[Any, list[str
     return None, [f"{field} must be a string or a list of messages (got {_type_name(value)})"]
 
 
+def _prompt(record: dict, conversational: bool) -> tuple[Any, list[str]]:
+    """The prompt of a prompt/answer record: a string, or messages ending with a user turn."""
+    prompt = record.get("prompt")
+    if prompt is None:
+        return None, ['missing field "prompt"']
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            return None, ["prompt must not be empty"]
+        return ([{"role": "user", "content": prompt}] if conversational else prompt), []
+    if isinstance(prompt, list):
+        messages, problems = check_messages(prompt, "prompt", need_assistant=False)
+        if messages and messages[-1]["role"] == "assistant":
+            problems.append("prompt must end with a user message")
+        return (messages if not problems else None), problems
+    return None, [f"prompt must be a string or a list of messages (got {_type_name(prompt)})"]
+
+
 def check_preference(record: dict) -> Result:
     """prompt (string or messages) + chosen + rejected. Lists anywhere make the record conversational."""
-    prompt = record.get("prompt")
     conversational = any(isinstance(record.get(k), list) for k in ("prompt", "chosen", "rejected"))
-    problems: list[str] = []
-    if prompt is None:
-        problems.append('missing field "prompt"')
-    elif isinstance(prompt, str):
-        if not prompt.strip():
-            problems.append("prompt must not be empty")
-        elif conversational:
-            prompt = [{"role": "user", "content": prompt}]
-    elif isinstance(prompt, list):
-        prompt, more = check_messages(prompt, "prompt", need_assistant=False)
-        problems += more
-        if prompt and prompt[-1]["role"] == "assistant":
-            problems.append("prompt must end with a user message")
-    else:
-        problems.append(f"prompt must be a string or a list of messages (got {_type_name(prompt)})")
+    prompt, problems = _prompt(record, conversational)
     chosen, p1 = _side(record, "chosen", conversational)
     rejected, p2 = _side(record, "rejected", conversational)
     problems += p1 + p2
     if problems:
         return None, problems
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, []
+
+
+def _label(record: dict, field: str) -> tuple[bool | None, list[str]]:
+    """A desirable/undesirable flag: a boolean, or "true"/"false" (a CSV cell)."""
+    value = record.get(field)
+    if value is None:
+        return None, [f'missing field "{field}"']
+    if isinstance(value, bool):
+        return value, []
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true", []
+    return None, [f"{field} must be true or false (got {_show(value)})"]
+
+
+def check_unpaired(record: dict) -> Result:
+    """One answer judged alone (KTO's data): prompt + completion + label (true = desirable), as TRL's unpaired
+    preference type; or LLaMA-Factory's KTO shape: sharegpt `conversations` whose last (assistant) turn is
+    the completion, with `kto_tag` as the label."""
+    if "conversations" in record:
+        label, problems = _label(record, "kto_tag")
+        messages, more = check_messages(record["conversations"], "conversations", role_key="from",
+                                        content_key="value", roles=SHAREGPT_ROLES)
+        problems += more
+        if messages and (messages[-1]["role"] != "assistant" or len(messages) < 2 or messages[-2]["role"] != "user"):
+            problems.append("conversations must end with a user turn and then the assistant turn being judged")
+        if problems:
+            return None, problems
+        return {"prompt": messages[:-1], "completion": messages[-1:], "label": label}, []
+    conversational = any(isinstance(record.get(k), list) for k in ("prompt", "completion"))
+    prompt, problems = _prompt(record, conversational)
+    completion, p1 = _side(record, "completion", conversational)
+    label, p2 = _label(record, "label")
+    problems += p1 + p2
+    if problems:
+        return None, problems
+    return {"prompt": prompt, "completion": completion, "label": label}, []
 
 
 def check_text(record: dict) -> Result:
@@ -180,6 +221,7 @@ CHECKERS = {
     "alpaca": check_alpaca,
     "sharegpt": check_sharegpt,
     "preference": check_preference,
+    "unpaired": check_unpaired,
     "text": check_text,
 }
 

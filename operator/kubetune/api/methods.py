@@ -24,6 +24,7 @@ FORMATS: dict[str, str] = {
     "alpaca": "instruction/input/output",
     "sharegpt": "conversations",
     "preference": "prompt/chosen/rejected",
+    "unpaired": "prompt/completion/label",
     "text": "text",
 }
 
