@@ -10,7 +10,7 @@ import pytest
 
 from kubetune_trainer import data
 from kubetune_trainer.errors import DataError, UserError
-from tests.fixtures.tiny_data import chat_records, preference_records, text_records, write_jsonl
+from tests.fixtures.tiny_data import chat_records, preference_records, text_records, unpaired_records, write_jsonl
 
 
 def _raises(files, **kwargs) -> DataError:
@@ -202,3 +202,51 @@ def test_folder_of_files_is_read_in_order(tmp_path: Path):
     write_jsonl(tmp_path / "a.jsonl", [{"text": "first"}] * 6)
     loaded = data.load(sorted(tmp_path.glob("*.jsonl")), fmt="text", method="sft")
     assert (loaded.records[0], loaded.files) == ({"text": "first"}, ["a.jsonl", "b.jsonl"])
+
+
+def test_kto_reads_unpaired_records_and_llama_factory_kto_tags(tmp_path):
+    tagged = [{"conversations": [{"from": "human", "value": r["prompt"][0]["content"]},
+                                 {"from": "gpt", "value": r["completion"][0]["content"]}], "kto_tag": r["label"]}
+              for r in unpaired_records(6)]
+    path = write_jsonl(tmp_path / "kto.jsonl", unpaired_records(6) + tagged)
+    loaded = data.load([path], fmt="auto", method="kto")
+    assert (loaded.format, loaded.conversational) == ("unpaired", True)
+    assert loaded.records[6:] == unpaired_records(6)  # the sharegpt shape normalises to prompt/completion/label
+    assert str(_raises([path], method="sft")) == (
+        "kto.jsonl: method sft cannot train on unpaired data (it needs chatml, alpaca, sharegpt, text)")
+
+
+def test_kto_label_problems_name_file_line_and_field(tmp_path):
+    records = unpaired_records(20)
+    records[2]["label"] = "yes"
+    del records[6]["completion"]
+    error = _raises([write_jsonl(tmp_path / "kto.jsonl", records)], method="kto")
+    assert error.problems == ["kto.jsonl:3: label must be true or false (got 'yes')",
+                              'kto.jsonl:7: missing field "completion"']
+    assert "(format unpaired)" in error.summary
+
+
+def test_kto_csv_labels_are_true_or_false_cells(tmp_path):
+    path = tmp_path / "kto.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "completion", "label"])
+        for i in range(12):
+            writer.writerow([f"q{i}", f"a{i}", "true" if i % 2 else "FALSE"])
+    loaded = data.load([path], fmt="unpaired", method="kto")
+    assert [r["label"] for r in loaded.records[:3]] == [False, True, False]
+    assert not loaded.conversational
+
+
+def test_kto_takes_preference_pairs_as_one_desirable_and_one_undesirable_answer(tmp_path):
+    from kubetune_trainer.methods import TRAINERS
+
+    loaded = data.load([write_jsonl(tmp_path / "pairs.jsonl", preference_records(12))], fmt="auto", method="kto")
+    assert loaded.format == "preference"  # auto: the records' keys decide between kto's two formats
+    rows = TRAINERS["kto"].prepare(loaded.records, 42)
+    assert len(rows) == 24 and sum(r["label"] for r in rows) == 12
+    pair = loaded.records[0]
+    assert {"prompt": pair["prompt"], "completion": pair["chosen"], "label": True} in rows
+    assert {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False} in rows
+    assert rows == TRAINERS["kto"].prepare(loaded.records, 42) != TRAINERS["kto"].prepare(loaded.records, 7)
+    assert [r["label"] for r in rows[:8]] != [True] * 8  # shuffled: KTO's sampler keeps this order

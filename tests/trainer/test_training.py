@@ -17,7 +17,16 @@ import torch
 
 from kubetune.api import exit_codes
 from kubetune_trainer.main import execute
-from tests.fixtures.tiny_data import FACTS, WRONG, alpaca_records, chat_records, preference_records, text_records, write_jsonl
+from tests.fixtures.tiny_data import (
+    FACTS,
+    WRONG,
+    alpaca_records,
+    chat_records,
+    preference_records,
+    text_records,
+    unpaired_records,
+    write_jsonl,
+)
 from tests.fixtures.tiny_model import greedy_answer
 from tests.trainer.helpers import FakeApi, make_config, manifest_problems, progress_lines, train_losses
 
@@ -221,3 +230,28 @@ def test_orpo_lora_learns_the_chosen_answers_without_a_reference_model(tmp_path,
     assert [greedy_answer(model, tokenizer, q) for q, _ in FACTS] == [a for _, a in FACTS]  # it learned to answer
     margins = [_logp(model, tokenizer, q, a) - _logp(model, tokenizer, q, WRONG[q]) for q, a in FACTS]
     assert min(margins) > 1.0, margins  # and to prefer the chosen answer
+
+
+def test_kto_lora_learns_from_answers_labelled_one_by_one(tmp_path, tiny_model_dir):
+    """KTO: no pairs, each answer is desirable or not; the reference is the base model (adapter off)."""
+    progress = tmp_path / "progress.jsonl"
+    report, root = _run(tmp_path, tiny_model_dir, unpaired_records(64), "kto-lora", progress_file=progress,
+                        spec={"method": {"type": "kto", "kto": {"beta": "0.1"}}}, hyperparameters={"maxSteps": 20})
+    history = _history(root)
+    train = [h for h in history if "rewards/margins" in h]
+    assert train[-1]["rewards/margins"] > 1.0 > train[0]["rewards/margins"], train
+    assert train[-1]["rewards/chosen"] > 0 > train[-1]["rewards/rejected"], train
+    baseline, final = report["evaluation"]["baseline"], report["evaluation"]["final"]
+    assert baseline == {"evalLoss": pytest.approx(0.5, abs=1e-3)}  # policy == reference: 1 - sigmoid(0)
+    assert final["evalLoss"] < 0.3 and "perplexity" not in final, report
+    effective = json.loads((root / "training_config.json").read_text())["effective"]
+    assert (effective["trainer"], effective["lossType"], effective["format"]) == ("kto", "kto", "unpaired")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["method"] == "kto" and manifest_problems(root) == []
+    last = progress_lines(progress)[-1]
+    assert (last["progress"]["step"], last["progress"]["percent"], last["progress"]["phase"]) == (20, 100, "Done")
+    assert last["evaluation"] == report["evaluation"]
+    model, tokenizer = _peft(tiny_model_dir, root / "adapter")
+    model.eval()
+    margins = [_logp(model, tokenizer, q, a) - _logp(model, tokenizer, q, WRONG[q]) for q, a in FACTS]
+    assert min(margins) > 1.0, margins

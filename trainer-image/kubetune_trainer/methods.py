@@ -9,6 +9,7 @@ must look like for that trainer, and whether its evaluation loss is a token loss
 from __future__ import annotations
 
 import importlib
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -73,6 +74,32 @@ def _orpo(spec: FineTuneJobSpec, facts: Facts) -> Args:
             {"trainer": "orpo", "beta": beta})
 
 
+def _kto(spec: FineTuneJobSpec, facts: Facts) -> Args:
+    kto = spec.method.kto  # type: ignore[attr-defined]
+    beta, desirable, undesirable, loss_type = (
+        (kto.beta, kto.desirable_weight, kto.undesirable_weight, kto.loss_type) if kto else ("0.1", "1.0", "1.0", "kto"))
+    return ({"beta": float(Decimal(beta)), "desirable_weight": float(Decimal(desirable)),
+             "undesirable_weight": float(Decimal(undesirable)), "loss_type": loss_type},
+            {"trainer": "kto", "beta": beta, "desirableWeight": desirable, "undesirableWeight": undesirable,
+             "lossType": loss_type})
+
+
+def _unpaired_shuffled(records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """KTO reads one judged answer per row: a preference pair becomes its chosen answer (label true) and its
+    rejected one (false), as TRL's unpair_preference_dataset does. Then a seeded shuffle: KTO's sampler is
+    sequential (its KL estimate pairs each row with its batch neighbours), so without it the file's order
+    would be the training order, e.g. every desirable answer first."""
+    rows: list[dict[str, Any]] = []
+    for r in records:
+        if "chosen" in r:
+            rows += [{"prompt": r["prompt"], "completion": r["chosen"], "label": True},
+                     {"prompt": r["prompt"], "completion": r["rejected"], "label": False}]
+        else:
+            rows.append(r)
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
 # --------------------------------------------------------------------------------------------- rows
 
 TRAINERS: dict[str, TrainerMethod] = {
@@ -80,4 +107,5 @@ TRAINERS: dict[str, TrainerMethod] = {
     "dpo": TrainerMethod("trl:DPOTrainer", "trl:DPOConfig", _dpo),
     "cpt": TrainerMethod("trl:SFTTrainer", "trl:SFTConfig", _sft_like("cpt"), token_loss=True),
     "orpo": TrainerMethod("trl.experimental.orpo:ORPOTrainer", "trl.experimental.orpo:ORPOConfig", _orpo),
+    "kto": TrainerMethod("trl:KTOTrainer", "trl:KTOConfig", _kto, prepare=_unpaired_shuffled),
 }

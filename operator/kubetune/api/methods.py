@@ -46,6 +46,18 @@ class ORPOOptions(KubeModel):
                         "lambda in the ORPO paper, e.g. \"0.1\".", default="0.1")
 
 
+class KTOOptions(KubeModel):
+    """Kahneman-Tversky Optimization options."""
+
+    beta: str = decimal("How far the policy may move from the reference (the base model), e.g. \"0.1\".", default="0.1")
+    desirable_weight: str = decimal("Weight of the desirable (label true) examples' loss; raise it when they are "
+                                    "fewer than the undesirable ones, e.g. \"1.0\".", default="1.0")
+    undesirable_weight: str = decimal("Weight of the undesirable (label false) examples' loss.", default="1.0")
+    loss_type: Literal["kto", "apo_zero_unpaired"] = Field(
+        default="kto", description="kto (the paper's loss, with a KL estimate from the batch); apo_zero_unpaired "
+        "(pushes desirable answers up and undesirable down, no KL term).")
+
+
 # ------------------------------------------------------------------------------------------ methods
 
 
@@ -69,6 +81,9 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("cpt", "continued pretraining", "continued pretraining on raw text", ("text",), ("2e-4", "2e-5")),
     MethodInfo("orpo", "ORPO", "Odds Ratio Preference Optimization: SFT and preference pairs in one step, no reference "
                "model", ("preference",), ("8e-5", "8e-6"), ORPOOptions),
+    MethodInfo("kto", "KTO", "Kahneman-Tversky Optimization on answers labelled desirable or not (unpaired), or on "
+               "preference pairs (each pair becomes one desirable and one undesirable answer)", ("unpaired", "preference"),
+               ("5e-5", "5e-6"), KTOOptions),
 )}
 
 DEFAULT_METHOD = "sft"
