@@ -8,6 +8,7 @@
 # LOCAL_BASE      auto (default): the local Debian bases when the production base cannot be pulled;
 #                 1: always; 0: never
 # IMAGE_REGISTRY  ghcr.io/kubetune      IMAGE_TAG  the version in pyproject.toml
+# BUILD_OPTS      more options for `build`, e.g. --no-cache
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -106,7 +107,8 @@ for image in $images; do
     fi
     echo "=== $registry/$image:$tag ($(dockerfile "$image")) ${args[*]-}"
     start=$SECONDS
-    "$engine" build "${build_opts[@]}" ${args[@]+"${args[@]}"} -f "$(dockerfile "$image")" -t "$registry/$image:$tag" .
+    # shellcheck disable=SC2086
+    "$engine" build "${build_opts[@]}" ${args[@]+"${args[@]}"} ${BUILD_OPTS:-} -f "$(dockerfile "$image")" -t "$registry/$image:$tag" .
     echo "=== $registry/$image:$tag built in $((SECONDS - start)) s"
 done
 

@@ -76,7 +76,7 @@ def test_dependencies_before_code_and_non_root(image):
     deps = [i for i, sources in enumerate(copies) if any(src.endswith((".txt", ".toml")) for src in sources)]
     assert deps and code and max(deps) < min(code), copies
     assert [a for op, a in s if op == "USER"] == ["1000:1000"]
-    assert "useradd --uid 1000" in " ".join(a for op, a in s if op == "RUN")
+    assert "useradd --no-log-init --uid 1000" in " ".join(a for op, a in s if op == "RUN")
     for sources in copies:
         for source in sources:
             assert (REPO / source).exists(), source
