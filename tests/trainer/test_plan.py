@@ -144,3 +144,22 @@ def test_logging_steps_scale_with_run_length():
     few = plan_training(spec(hyperparameters={"maxSteps": 30}), CPU)
     many = plan_training(spec(hyperparameters={"maxSteps": 100000}), CPU)
     assert (few.args["logging_steps"], many.args["logging_steps"]) == (1, 10)
+
+
+def test_orpo_and_kto_defaults_and_options():
+    from trl import KTOConfig
+
+    orpo = plan_training(spec(method={"type": "orpo"}), CPU)
+    assert orpo.args == common(learning_rate=8e-5, beta=0.1, remove_unused_columns=False,
+                               include_num_input_tokens_seen="no")
+    assert (orpo.method, orpo.summary["trainer"], orpo.summary["beta"]) == ("orpo", "orpo", "0.1")
+    kto = plan_training(spec(method={"type": "kto", "kto": {"beta": "0.2", "desirableWeight": "1.33",
+                                                            "lossType": "apo_zero_unpaired"}},
+                             adapter={"type": "full"}), CPU)
+    assert kto.args == common(learning_rate=5e-6, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                              logging_steps=10, beta=0.2, desirable_weight=1.33, undesirable_weight=1.0,
+                              loss_type="apo_zero_unpaired")
+    assert trl_args(kto) == KTOConfig(**kto.args)
+    assert {k: kto.summary[k] for k in ("trainer", "beta", "desirableWeight", "undesirableWeight", "lossType")} == {
+        "trainer": "kto", "beta": "0.2", "desirableWeight": "1.33", "undesirableWeight": "1.0",
+        "lossType": "apo_zero_unpaired"}

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from kubetune.api.methods import METHODS
+
 if TYPE_CHECKING:
     from kubetune.api.finetunejob import FineTuneJobSpec
 
@@ -58,15 +60,19 @@ def _sft_like(method: str) -> Callable[[FineTuneJobSpec, Facts], Args]:
     return args
 
 
+def _options(spec: FineTuneJobSpec, name: str) -> Any:
+    """spec.method.<name>, or its model's defaults when the spec leaves it out."""
+    return getattr(spec.method, name) or METHODS[name].options()  # type: ignore[misc]
+
+
 def _dpo(spec: FineTuneJobSpec, facts: Facts) -> Args:
-    dpo = spec.method.dpo  # type: ignore[attr-defined]
-    beta, loss_type = (dpo.beta, dpo.loss_type) if dpo else ("0.1", "sigmoid")
+    beta, loss_type = _options(spec, "dpo").beta, _options(spec, "dpo").loss_type
     return ({"beta": float(Decimal(beta)), "loss_type": [loss_type], "padding_free": False},
             {"trainer": "dpo", "beta": beta, "lossType": loss_type})
 
 
 def _orpo(spec: FineTuneJobSpec, facts: Facts) -> Args:
-    beta = spec.method.orpo.beta if spec.method.orpo else "0.1"  # type: ignore[attr-defined]
+    beta = _options(spec, "orpo").beta
     # Its paired-data collator needs the prompt/chosen/rejected columns the Trainer would otherwise drop. Its
     # batches hold chosen_input_ids/rejected_input_ids, no input_ids: transformers cannot count the tokens
     # (it would warn on every step), so trainedTokens stays empty for ORPO.
@@ -75,9 +81,8 @@ def _orpo(spec: FineTuneJobSpec, facts: Facts) -> Args:
 
 
 def _kto(spec: FineTuneJobSpec, facts: Facts) -> Args:
-    kto = spec.method.kto  # type: ignore[attr-defined]
-    beta, desirable, undesirable, loss_type = (
-        (kto.beta, kto.desirable_weight, kto.undesirable_weight, kto.loss_type) if kto else ("0.1", "1.0", "1.0", "kto"))
+    kto = _options(spec, "kto")
+    beta, desirable, undesirable, loss_type = kto.beta, kto.desirable_weight, kto.undesirable_weight, kto.loss_type
     return ({"beta": float(Decimal(beta)), "desirable_weight": float(Decimal(desirable)),
              "undesirable_weight": float(Decimal(undesirable)), "loss_type": loss_type},
             {"trainer": "kto", "beta": beta, "desirableWeight": desirable, "undesirableWeight": undesirable,
