@@ -152,18 +152,19 @@ def test_example_parses_with_the_api_models(name):
 
 
 @pytest.mark.parametrize("name", CUSTOM)
-def test_example_builds_restricted_valid_pods_with_the_platform_defaults(name):
-    """The short manifests work because the chart's platform defaults fill in the rest."""
-    doc = load(name)
-    settings = platform_settings()
+def built_children(doc: dict, settings: OperatorSettings) -> list[dict]:
+    """What the operator's real builders make for a manifest (in namespace team-a, no adapters resolved)."""
     body = {**doc, "metadata": {**doc["metadata"], "namespace": "team-a", "uid": "6f1d7a52-0000-4000-8000-000000000001"}}
     if doc["kind"] == "FineTuneJob":
         resolved = ftj_builders.resolve_spec(parse(FineTuneJobSpec, doc["spec"]), settings)
-        children = ftj_builders.build_children(body, resolved, settings)
-    else:
-        resolved = md_builders.resolve_spec(parse(ModelDeploymentSpec, doc["spec"]), settings)
-        children = md_builders.build_children(body, resolved, settings, md_builders.desired_set(1, []))
-    for child in children:
+        return ftj_builders.build_children(body, resolved, settings)
+    resolved = md_builders.resolve_spec(parse(ModelDeploymentSpec, doc["spec"]), settings)
+    return md_builders.build_children(body, resolved, settings, md_builders.desired_set(1, []))
+
+
+def test_example_builds_restricted_valid_pods_with_the_platform_defaults(name):
+    """The short manifests work because the chart's platform defaults fill in the rest."""
+    for child in built_children(load(name), platform_settings()):
         kube_validate(child)
         if pod_spec_of(child) is not None:
             assert violations(pod_spec_of(child)) == [], child["metadata"]["name"]

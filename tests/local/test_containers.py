@@ -11,33 +11,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.modeldeployment import ModelDeploymentSpec
-from kubetune.api.validation import parse
-from kubetune.builders import finetunejob as ftj_builders
-from kubetune.builders import modeldeployment as md_builders
 from kubetune.config import OperatorSettings
 from kubetune.local.containers import SERVICE_ACCOUNT_DIR, UnsupportedPodSpec, plan_pod, podman_run_argv
 from kubetune.local.run import OPERATOR_DEPLOYMENT, OPERATOR_RBAC_VALUES
 
 from ..chart.helm import find, objects
-from ..examples.test_examples import CUSTOM, load, platform_settings
+from ..examples.test_examples import CUSTOM, built_children, load, platform_settings
 from ..security.pss import pod_spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
-UID = "6f1d7a52-0000-4000-8000-000000000001"
-
-
 def built_pod_specs(doc: dict, settings: OperatorSettings) -> list[dict]:
     """The pod specs the operator's real builders make for a manifest."""
-    body = {**doc, "metadata": {**doc["metadata"], "namespace": "team-a", "uid": UID}}
-    if doc["kind"] == "FineTuneJob":
-        resolved = ftj_builders.resolve_spec(parse(FineTuneJobSpec, doc["spec"]), settings)
-        children = ftj_builders.build_children(body, resolved, settings)
-    else:
-        resolved = md_builders.resolve_spec(parse(ModelDeploymentSpec, doc["spec"]), settings)
-        children = md_builders.build_children(body, resolved, settings, md_builders.desired_set(1, []))
-    return [pod_spec_of(child) for child in children if pod_spec_of(child) is not None]
+    return [spec for spec in map(pod_spec_of, built_children(doc, settings)) if spec is not None]
 
 
 def gpus_asked(spec: dict) -> int:
