@@ -151,7 +151,6 @@ def test_example_parses_with_the_api_models(name):
     assert subset(doc["spec"], spec.to_dict()), "the model dropped or changed a field"
 
 
-@pytest.mark.parametrize("name", CUSTOM)
 def built_children(doc: dict, settings: OperatorSettings) -> list[dict]:
     """What the operator's real builders make for a manifest (in namespace team-a, no adapters resolved)."""
     body = {**doc, "metadata": {**doc["metadata"], "namespace": "team-a", "uid": "6f1d7a52-0000-4000-8000-000000000001"}}
@@ -162,6 +161,7 @@ def built_children(doc: dict, settings: OperatorSettings) -> list[dict]:
     return md_builders.build_children(body, resolved, settings, md_builders.desired_set(1, []))
 
 
+@pytest.mark.parametrize("name", CUSTOM)
 def test_example_builds_restricted_valid_pods_with_the_platform_defaults(name):
     """The short manifests work because the chart's platform defaults fill in the rest."""
     for child in built_children(load(name), platform_settings()):
