@@ -164,7 +164,8 @@ def built_children(doc: dict, settings: OperatorSettings) -> list[dict]:
 @pytest.mark.parametrize("name", CUSTOM)
 def test_example_builds_restricted_valid_pods_with_the_platform_defaults(name):
     """The short manifests work because the chart's platform defaults fill in the rest."""
-    for child in built_children(load(name), platform_settings()):
+    children = built_children(load(name), platform_settings())
+    for child in children:
         kube_validate(child)
         if pod_spec_of(child) is not None:
             assert violations(pod_spec_of(child)) == [], child["metadata"]["name"]
