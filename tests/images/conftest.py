@@ -1,7 +1,7 @@
-"""tests/images/test_images.py checks the images `make images` built. It runs when `make images` has run
-on this machine (it leaves .kubetune/images/built.json) or when KUBETUNE_TEST_IMAGES=1 (then a missing
-image fails); otherwise its tests are deselected, which pytest's summary counts. KUBETUNE_TEST_IMAGES=0
-deselects them."""
+"""Whether the tests marked `images` (tests/images/test_images.py, tests/local/test_container_mode.py)
+run: when `make images` has run on this machine (it leaves .kubetune/images/built.json) or when
+KUBETUNE_TEST_IMAGES=1 (then a missing image fails); otherwise tests/conftest.py deselects them, which
+pytest's summary counts (deselected, never skipped: CI fails skips). KUBETUNE_TEST_IMAGES=0 deselects them."""
 
 from __future__ import annotations
 
@@ -14,12 +14,3 @@ STAMP = Path(__file__).resolve().parents[2] / ".kubetune" / "images" / "built.js
 def images_selected() -> bool:
     wanted = os.environ.get("KUBETUNE_TEST_IMAGES", "").strip()
     return wanted == "1" or (wanted != "0" and STAMP.exists())
-
-
-def pytest_collection_modifyitems(config, items):
-    if images_selected():
-        return
-    deselected = [item for item in items if item.nodeid.startswith("tests/images/test_images.py")]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if item not in deselected]

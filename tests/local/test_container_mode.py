@@ -28,7 +28,7 @@ from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modelde
 
 from ..images.conftest import images_selected
 from .test_containers import built_pod_specs
-from .test_local_run import _manifests
+from .test_local_run import _manifests, wait_for_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ("ghcr.io/kubetune/operator:0.1.0", "ghcr.io/kubetune/trainer:0.1.0", "ghcr.io/kubetune/serving:0.1.0")
@@ -42,10 +42,10 @@ def missing_images() -> list[str]:
 
 
 # The same switch as tests/images (docs/images.md): run after `make images` (its stamp) or with
-# KUBETUNE_TEST_IMAGES=1, where a missing image is a failure; KUBETUNE_TEST_IMAGES=0 skips.
+# KUBETUNE_TEST_IMAGES=1, where a missing image is a failure; otherwise tests/conftest.py deselects them.
 SELECTED = images_selected()
 MISSING = missing_images() if SELECTED else []
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SELECTED, reason="no images: run `make images` (or KUBETUNE_TEST_IMAGES=1)")]
+pytestmark = [pytest.mark.slow, pytest.mark.images]
 
 
 def needs(*images: str):
@@ -148,12 +148,7 @@ def test_sigterm_checkpoint_and_resume_across_two_container_runs(tiny_model_dir,
     pvc_map = {"models": tmp_path / "claims" / "models", "data": tmp_path / "claims" / "data"}
     with LocalRun(workdir=tmp_path / "work", pvc_map=pvc_map, runtime="podman") as lr:
         lr.apply(ftj)
-
-        def checkpointed(obj: dict) -> str | None:
-            steps = [cp["step"] for cp in (obj.get("status") or {}).get("checkpoints") or []]
-            return "yes" if steps and steps[-1] >= 10 else finetunejob_outcome(obj)
-
-        assert lr.wait("FineTuneJob", "tiny", checkpointed, lambda _: None, timeout=600) == "yes"
+        wait_for_checkpoint(lr, "tiny", step=10, timeout=600)
         lr.kubelet.disrupt("default", "tiny-train-0")
         outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome, lambda _: None, timeout=600)
         obj = lr.get("FineTuneJob", "tiny")
