@@ -155,8 +155,9 @@ class Syncer:
                 except Exception:  # the loop must survive anything; next pass retries
                     log.exception("reconcile pass failed")
                 self.last_pass = time.monotonic()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                try:  # not asyncio.wait_for: on Python 3.11 it can swallow a cancel that races the wake-up
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
         finally:

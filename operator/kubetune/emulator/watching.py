@@ -116,8 +116,9 @@ async def serve_watch(
             remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
             if remaining is not None and remaining <= 0:
                 break
-            try:
-                event = await asyncio.wait_for(queue.get(), remaining) if remaining else await queue.get()
+            try:  # not asyncio.wait_for: on Python 3.11 it can swallow a cancel that races the event
+                async with asyncio.timeout(remaining):
+                    event = await queue.get()
             except TimeoutError:
                 break
             if event is _CLOSE:
