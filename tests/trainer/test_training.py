@@ -51,6 +51,18 @@ def _peft(model_dir: Path, adapter_dir: Path):
     return PeftModel.from_pretrained(base, str(adapter_dir)), AutoTokenizer.from_pretrained(adapter_dir)
 
 
+
+def _reported_done(last: dict, report: dict) -> None:
+    """The last progress report of a 20-step run: Done at 100 %, carrying the final evaluation."""
+    assert (last["progress"]["step"], last["progress"]["percent"], last["progress"]["phase"]) == (20, 100, "Done")
+    assert last["evaluation"] == report["evaluation"]
+
+
+def _published_and_done(root: Path, method: str, last: dict, report: dict) -> None:
+    """The manifest names the method and checks out, and the last report says Done."""
+    assert json.loads((root / "manifest.json").read_text())["method"] == method and manifest_problems(root) == []
+    _reported_done(last, report)
+
 def test_sft_lora_chat_learns_publishes_and_reports(tmp_path, tiny_model_dir):
     progress = tmp_path / "progress.jsonl"
     report, root = _run(tmp_path, tiny_model_dir, chat_records(64), "sft-lora", progress_file=progress,
@@ -117,9 +129,8 @@ def test_dpo_lora_prefers_chosen_and_patches_status(tmp_path, tiny_model_dir, mo
     assert all(set(r["body"]) == {"status"} and set(r["body"]["status"]) <= {"progress", "checkpoints", "evaluation"}
                for r in api.requests)
     last = api.requests[-1]["body"]["status"]
-    assert (last["progress"]["step"], last["progress"]["percent"], last["progress"]["phase"]) == (20, 100, "Done")
+    _reported_done(last, report)
     assert [c["step"] for c in last["checkpoints"]] == [10, 20]
-    assert last["evaluation"] == report["evaluation"]
     history = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
     accuracies = [h["rewards/accuracies"] for h in history if "rewards/accuracies" in h]
     assert accuracies[-1] == 1.0, accuracies
@@ -220,11 +231,7 @@ def test_orpo_lora_learns_the_chosen_answers_without_a_reference_model(tmp_path,
     assert final["evalLoss"] < baseline["evalLoss"] / 5 and "perplexity" not in final, report  # not a token loss
     effective = json.loads((root / "training_config.json").read_text())["effective"]
     assert (effective["trainer"], effective["beta"], effective["format"]) == ("orpo", "0.1", "preference")
-    manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["method"] == "orpo" and manifest_problems(root) == []
-    last = progress_lines(progress)[-1]
-    assert (last["progress"]["step"], last["progress"]["percent"], last["progress"]["phase"]) == (20, 100, "Done")
-    assert last["evaluation"] == report["evaluation"]
+    _published_and_done(root, "orpo", progress_lines(progress)[-1], report)
     model, tokenizer = _peft(tiny_model_dir, root / "adapter")
     model.eval()
     assert [greedy_answer(model, tokenizer, q) for q, _ in FACTS] == [a for _, a in FACTS]  # it learned to answer
@@ -246,11 +253,7 @@ def test_kto_lora_learns_from_answers_labelled_one_by_one(tmp_path, tiny_model_d
     assert final["evalLoss"] < 0.3 and "perplexity" not in final, report
     effective = json.loads((root / "training_config.json").read_text())["effective"]
     assert (effective["trainer"], effective["lossType"], effective["format"]) == ("kto", "kto", "unpaired")
-    manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["method"] == "kto" and manifest_problems(root) == []
-    last = progress_lines(progress)[-1]
-    assert (last["progress"]["step"], last["progress"]["percent"], last["progress"]["phase"]) == (20, 100, "Done")
-    assert last["evaluation"] == report["evaluation"]
+    _published_and_done(root, "kto", progress_lines(progress)[-1], report)
     model, tokenizer = _peft(tiny_model_dir, root / "adapter")
     model.eval()
     margins = [_logp(model, tokenizer, q, a) - _logp(model, tokenizer, q, WRONG[q]) for q, a in FACTS]
