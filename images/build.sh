@@ -46,6 +46,9 @@ fi
 # those paths, become build arguments (PIP_* for pip, UV_* and SSL_CERT_FILE for uv) for the Dockerfiles
 # that declare them. Build arguments are not part of an image's environment.
 build_opts=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision")
+# The same two labels again on the command line: podman 4.3 reuses a cached LABEL step of a multi-stage
+# build (the trainer's) even when the REVISION build argument changed.
+build_opts+=(--label "org.opencontainers.image.version=$version" --label "org.opencontainers.image.revision=$revision")
 if [[ "$engine" == podman ]]; then build_opts+=(--network host); fi
 stage=/tmp/kubetune-build
 pip_setting() {  # the effective value of a pip option: environment, then install., then global.

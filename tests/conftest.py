@@ -1,7 +1,10 @@
 """Shared fixtures and the CI skip guard (tests/ci_guard.py): the Kubernetes API emulator (kubetune.emulator) and, where present, the tiny
 model and S3 server fixtures (tests/fixtures)."""
 
+import os
 from pathlib import Path
+
+import pytest
 
 pytest_plugins = ["kubetune.emulator.pytest_plugin", "tests.ci_guard"]
 for _name in ("tiny_model", "s3"):
@@ -17,6 +20,12 @@ def pytest_collection_modifyitems(config, items):
     if images_selected():
         return
     deselected = [item for item in items if item.get_closest_marker("images")]
+    if deselected and os.environ.get("CI") and os.environ.get("KUBETUNE_TEST_IMAGES", "").strip() != "0":
+        # CI installs podman and `make test` builds the images first: no stamp there means the images
+        # were never built, which must fail the run rather than pass it with the container tests left out.
+        raise pytest.UsageError(f"CI is set but no images were built ({len(deselected)} tests need them; "
+                                ".kubetune/images/built.json is missing): `make test` builds them where podman "
+                                "is installed (docs/images.md)")
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if not item.get_closest_marker("images")]
