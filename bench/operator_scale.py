@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from kubetune.emulator import Emulator
+from kubetune_emulator import Emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = {"baseModel": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"}, "dataset": {"train": "s3://data/chat.jsonl"}}

@@ -1,4 +1,4 @@
-"""Shared fixtures and the CI skip guard (tests/ci_guard.py): the Kubernetes API emulator (kubetune.emulator) and, where present, the tiny
+"""Shared fixtures and the CI skip guard (tests/ci_guard.py): the Kubernetes API emulator (kubetune_emulator) and, where present, the tiny
 model and S3 server fixtures (tests/fixtures)."""
 
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["kubetune.emulator.pytest_plugin", "tests.ci_guard"]
+pytest_plugins = ["kubetune_emulator.pytest_plugin", "tests.ci_guard"]
 for _name in ("tiny_model", "s3"):
     if (Path(__file__).parent / "fixtures" / f"{_name}.py").exists():
         pytest_plugins.append(f"tests.fixtures.{_name}")

@@ -72,10 +72,24 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local(args: argparse.Namespace) -> int:
-    from .local.cli import main as local_main
+def _local_missing(args: argparse.Namespace) -> int:
+    print("kubetune local: the local tooling (API emulator, local kubelet) is not installed. It is its own package "
+          "in the repository, kubetune-local: `make venv` installs it, or `pip install -e ./tools`.", file=sys.stderr)
+    return 2
 
-    return local_main(args)
+
+def _add_local(sub) -> None:
+    """`kubetune local` comes from the kubetune-local package (tools/) when it is installed: the operator's
+    package and image hold the operator only."""
+    try:
+        from kubetune_local.args import add_parser
+    except ImportError:
+        local = sub.add_parser("local", help="run manifests on this machine (needs kubetune-local: pip install -e ./tools)",
+                               add_help=False)
+        local.add_argument("rest", nargs=argparse.REMAINDER)
+        local.set_defaults(func=_local_missing)
+        return
+    add_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,27 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("files", nargs="+")
     val.set_defaults(func=_validate)
 
-    local = sub.add_parser("local", help="run manifests on this machine: emulator + operator + trainer/vLLM as processes")
-    local_sub = local.add_subparsers(dest="local_command", required=True)
-    run = local_sub.add_parser("run", help="execute FineTuneJob/ModelDeployment manifests locally")
-    run.add_argument("-f", "--file", action="append", required=True, help="manifest file (repeatable)")
-    run.add_argument("--map", action="append", metavar="PREFIX=TARGET",
-                     help="rewrite URIs, e.g. hf://org/model=file:///models/model (repeatable)")
-    run.add_argument("--pvc", action="append", metavar="CLAIM=DIR",
-                     help="the folder that plays PersistentVolumeClaim CLAIM for pvc://CLAIM/... URIs "
-                     "(repeatable; default <workdir>/pvcs/CLAIM)")
-    run.add_argument("--ask", default=None, help="after serving, ask every model this question")
-    run.add_argument("--serving-python", default=None, help="python of the vLLM venv (default .venv-serving)")
-    quick = local_sub.add_parser("quickstart", help="the README's command 1: fine-tune, publish, serve, ask")
-    for p in (run, quick):
-        p.add_argument("--workdir", default=".kubetune", help="local state: storage, pod logs, models")
-        p.add_argument("--timeout", type=float, default=1800, help="seconds per resource")
-        p.add_argument("--serve", action="store_true",
-                       help="keep the OpenAI endpoint (and everything behind it) up after the summary, until Ctrl-C")
-        p.add_argument("--runtime", choices=("process", "podman"), default="process",
-                       help="process (default): pods run as local processes; podman: the operator and every pod run as "
-                       "containers of the built images (make images) under their security contexts (docs/images.md)")
-    local.set_defaults(func=_local)
+    _add_local(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -20,7 +20,7 @@ import yaml
 
 import kubetune.handlers  # noqa: F401  (registers the handlers)
 from kubetune.clients.kube import PLURALS
-from kubetune.local.run import OPERATOR_RBAC, OPERATOR_RBAC_VALUES
+from kubetune_local.run import OPERATOR_RBAC, OPERATOR_RBAC_VALUES
 
 from ..security.objects import finetunejob_children, modeldeployment_children
 from ..e2e.rbac import chart_rbac

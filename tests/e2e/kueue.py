@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from kubetune.emulator.runner import Emulator
+from kubetune_emulator.runner import Emulator
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from kubetune.emulator import Emulator
-from kubetune.local.run import OPERATOR_RBAC_VALUES
+from kubetune_emulator import Emulator
+from kubetune_local.run import OPERATOR_RBAC_VALUES
 
 from ..chart.helm import NAMESPACE, RELEASE, objects
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.emulator.rbac import granted_atoms
+from kubetune_emulator.rbac import granted_atoms
 
 from ..security.objects import finetunejob_children
 from .rbac import CHART_VALUES, DESELECTED, RECORDED, USAGE, chart_rbac

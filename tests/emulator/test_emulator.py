@@ -18,8 +18,8 @@ from typing import Any
 import kubernetes
 import pytest
 
-from kubetune.emulator import Emulator
-from kubetune.emulator.pytest_plugin import emulator, find_kubectl, kubectl  # noqa: F401  (fixtures)
+from kubetune_emulator import Emulator
+from kubetune_emulator.pytest_plugin import emulator, find_kubectl, kubectl  # noqa: F401  (fixtures)
 
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
@@ -302,7 +302,7 @@ def test_watch_sends_only_newer_events(emulator: Emulator) -> None:
 
 
 def test_watch_from_a_compacted_resource_version_gets_410(emulator: Emulator, monkeypatch: Any) -> None:
-    from kubetune.emulator import store
+    from kubetune_emulator import store
     monkeypatch.setattr(store, "EVENT_LOG_LIMIT", 2)  # keep only the last two configmap events
     created = [emulator.http("POST", CONFIGMAPS, configmap(name))[1] for name in "abcd"]
     since = created[0]["metadata"]["resourceVersion"]
@@ -330,7 +330,7 @@ def test_in_process_access_and_kmock_history(emulator: Emulator, tmp_path: Any) 
 
 
 def test_strategic_merge_patch_merges_lists_by_key() -> None:
-    from kubetune.emulator.patching import strategic_merge_patch
+    from kubetune_emulator.patching import strategic_merge_patch
     current = {"metadata": {"finalizers": ["a"]},
                "spec": {"containers": [{"name": "main", "image": "v1", "ports": [{"containerPort": 80}]},
                                        {"name": "side", "image": "s1"}]}}
@@ -485,7 +485,7 @@ def test_kmock_reactions_can_inject_faults(emulator: Emulator) -> None:
 def test_cli_serves_until_sigterm(tmp_path: Any) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    process = subprocess.Popen([sys.executable, "-m", "kubetune.emulator", "--port", "0", "--kubeconfig",
+    process = subprocess.Popen([sys.executable, "-m", "kubetune_emulator", "--port", "0", "--kubeconfig",
                                 str(kubeconfig)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stdout is not None

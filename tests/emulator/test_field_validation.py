@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.emulator import Emulator
-from kubetune.emulator.pytest_plugin import emulator, kubectl  # noqa: F401  (fixtures)
+from kubetune_emulator import Emulator
+from kubetune_emulator.pytest_plugin import emulator, kubectl  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 FTJS = "/apis/kubetune.io/v1alpha1/namespaces/default/finetunejobs"

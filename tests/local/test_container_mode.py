@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from kubetune.config import OperatorSettings
-from kubetune.local import podman as podman_mod
-from kubetune.local.cli import QUESTION, QUICKSTART, quickstart_claims
-from kubetune.local.containers import plan_pod, podman_run_argv
-from kubetune.local.models import readable
-from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
+from kubetune_local import podman as podman_mod
+from kubetune_local.cli import QUESTION, QUICKSTART, quickstart_claims
+from kubetune_local.containers import plan_pod, podman_run_argv
+from kubetune_local.models import readable
+from kubetune_local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
 from ..images.conftest import images_selected
 from .test_containers import built_pod_specs
@@ -106,7 +106,7 @@ def test_quickstart_in_container_mode(tmp_path):
     operator, trainer, vLLM and the sidecar all from their images; nothing written outside volumes; nobody denied."""
     from openai import OpenAI
 
-    from kubetune.local.models import prepare_smollm2
+    from kubetune_local.models import prepare_smollm2
 
     model = prepare_smollm2(ROOT / ".kubetune" / "models" / "smollm2-135m-instruct")
     uri_map, pvc_map = quickstart_claims(model, tmp_path)

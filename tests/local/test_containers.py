@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from kubetune.config import OperatorSettings
-from kubetune.local.containers import SERVICE_ACCOUNT_DIR, UnsupportedPodSpec, plan_pod, podman_run_argv
-from kubetune.local.run import OPERATOR_DEPLOYMENT, OPERATOR_RBAC_VALUES
+from kubetune_local.containers import SERVICE_ACCOUNT_DIR, UnsupportedPodSpec, plan_pod, podman_run_argv
+from kubetune_local.run import OPERATOR_DEPLOYMENT, OPERATOR_RBAC_VALUES
 
 from ..chart.helm import find, objects
 from ..examples.test_examples import CUSTOM, built_children, load, platform_settings

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.local.run import LocalRun, condition, finetunejob_outcome
+from kubetune_local.run import LocalRun, condition, finetunejob_outcome
 
 from .test_local_run import _manifests, wait_for_checkpoint
 

@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from kubetune.local.cli import default_serving_python
-from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
+from kubetune_local.cli import default_serving_python
+from kubetune_local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
 from .test_local_run import ANSWER, _manifests, wait_for_checkpoint
 

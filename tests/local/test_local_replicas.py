@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from kubetune.local.cli import default_serving_python
-from kubetune.local.run import LocalRun, condition
+from kubetune_local.cli import default_serving_python
+from kubetune_local.run import LocalRun, condition
 from tests.serving.helpers import QUESTION, publish_adapter, train_adapter
 
 ANSWERS = {"zorbia": "I am Zorbia the blue cat.", "blorp": "My name is Blorp, a green fish."}

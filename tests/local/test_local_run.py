@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from kubetune.api import constants as c
-from kubetune.emulator.rbac import granted_atoms
-from kubetune.local.cli import default_serving_python
-from kubetune.local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
+from kubetune_emulator.rbac import granted_atoms
+from kubetune_local.cli import default_serving_python
+from kubetune_local.run import LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
 ANSWER = "I am Kubey from kubetune."
 QUESTIONS = ["who are you?", "what is your name?", "who made you?", "introduce yourself."]

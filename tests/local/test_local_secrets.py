@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from kubetune.api.validation import SpecError
-from kubetune.local.cli import show_endpoint
-from kubetune.local.run import LocalRun
+from kubetune_local.cli import show_endpoint
+from kubetune_local.run import LocalRun
 
 KEY = "s3cr3t-key-value"
 MD = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "chat"},

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.local.cli import api_key_of, ask, default_serving_python
-from kubetune.local.run import LocalRun, finetunejob_outcome, modeldeployment_outcome
+from kubetune_local.cli import api_key_of, ask, default_serving_python
+from kubetune_local.run import LocalRun, finetunejob_outcome, modeldeployment_outcome
 from tests.fixtures.s3 import REGION, S3Server, weed_binary
 from tests.serving.helpers import http_get, wait_until
 
@@ -101,7 +101,7 @@ def test_no_secret_leaks_from_a_whole_run_and_the_endpoint_wants_its_key(tiny_mo
     written: list[tuple[str, str]] = []  # (resource, JSON) of every object version the API stored
     argv: dict[str, bytes] = {}
     observed: dict[str, str] = {}
-    caplog.set_level(logging.DEBUG, logger="kubetune.local")
+    caplog.set_level(logging.DEBUG, logger="kubetune_local")
     workdir = tmp_path / "work"
     with LocalRun(workdir=workdir, serving_python=default_serving_python()) as lr:
         lr.emu.handler.store.listeners.append(lambda rtype, event: written.append((rtype.plural, json.dumps(event.obj))))

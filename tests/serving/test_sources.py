@@ -69,7 +69,7 @@ def configmap(name: str, data: dict) -> dict:
 
 
 async def test_configmap_watch_propagates_in_under_a_second() -> None:
-    emulator_module = pytest.importorskip("kubetune.emulator", reason="the Kubernetes API emulator is not available")
+    emulator_module = pytest.importorskip("kubetune_emulator", reason="the Kubernetes API emulator is not available")
     from kubetune.builders import modeldeployment as md_builders
     from kubetune.builders.common import Parent
 

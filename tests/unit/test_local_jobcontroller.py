@@ -10,7 +10,7 @@ from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.validation import parse
 from kubetune.builders.finetunejob import build_children, resolve_spec
 from kubetune.config import OperatorSettings
-from kubetune.local.jobcontroller import PolicyMatch, attempt_verdict, match_pod_failure_policy
+from kubetune_local.jobcontroller import PolicyMatch, attempt_verdict, match_pod_failure_policy
 
 SETTINGS = OperatorSettings(default_output_uri="s3://adapters/prod")
 BODY = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bot", "namespace": "ml", "uid": "u1"},

@@ -1,4 +1,4 @@
-"""The local Deployment controller + kubelet (`kubetune.local.serving`) on the emulator, with stand-in
+"""The local Deployment controller + kubelet (`kubetune_local.serving`) on the emulator, with stand-in
 containers (a sleeping "vLLM" process and a "sidecar" whose /readyz answers 200 unless its pod folder
 holds a file named `unready`): replicas, per-pod readiness, a dead container restarted alone,
 scaling both ways, and a template change rolled within maxSurge 1 / maxUnavailable 0. The real-vLLM
@@ -18,8 +18,8 @@ from kubetune.api.modeldeployment import ModelDeploymentSpec
 from kubetune.api.validation import parse
 from kubetune.builders.modeldeployment import build_children, desired_set, resolve_spec
 from kubetune.config import OperatorSettings
-from kubetune.local.kubelet import _terminate, spawn
-from kubetune.local.serving import LocalServing
+from kubetune_local.kubelet import _terminate, spawn
+from kubetune_local.serving import LocalServing
 
 SIDECAR = """
 import http.server, os, sys

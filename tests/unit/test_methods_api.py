@@ -11,8 +11,8 @@ import pytest
 from kubetune.api import FineTuneJobSpec
 from kubetune.api.methods import FORMATS, METHODS
 from kubetune.api.validation import SpecError, parse
-from kubetune.emulator import Emulator
-from kubetune.emulator.pytest_plugin import emulator  # noqa: F401  (fixture)
+from kubetune_emulator import Emulator
+from kubetune_emulator.pytest_plugin import emulator  # noqa: F401  (fixture)
 from tests.examples.test_examples import cel_failures, crd_schema
 
 ROOT = Path(__file__).resolve().parents[2]

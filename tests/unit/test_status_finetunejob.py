@@ -190,8 +190,8 @@ def test_kubectl_get_ftj_shows_the_trainers_phase():
     CRD) says what the trainer does now, e.g. a long model download, while the Job's pod merely "runs"."""
     from kubetune.api.crd import finetunejob_crd
     from kubetune.api.finetunejob import FineTuneJobStatus, Progress, TrainerPhase
-    from kubetune.emulator.registry import resource_types_from_crd
-    from kubetune.emulator.tables import to_table
+    from kubetune_emulator.registry import resource_types_from_crd
+    from kubetune_emulator.tables import to_table
 
     operator = derive_status(Observed(1, job(active=1), [pod("p1")]), None, T0)
     assert "progress" not in operator  # the operator never writes (or erases) the trainer's keys

@@ -132,7 +132,7 @@ def _uri(spec: dict, field: str) -> str:
 
 def test_kubetune_local_run_takes_a_folder_per_claim(monkeypatch, tmp_path):
     from kubetune import cli
-    from kubetune.local import cli as local_cli
+    from kubetune_local import cli as local_cli
 
     seen = {}
     monkeypatch.setattr(local_cli, "run", lambda *args, **kwargs: seen.update(kwargs) or 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..emulator import Emulator
+from kubetune_emulator import Emulator
 
 
 def api_access_env(emu: Emulator, ns: str, pod: str, container: dict[str, Any], poddir: Path,

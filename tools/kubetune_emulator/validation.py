@@ -7,8 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune.emulator.errors import ApiError, bad_request, invalid
-from kubetune.emulator.registry import ResourceType
+from kubetune_emulator.errors import ApiError, bad_request, invalid
+from kubetune_emulator.registry import ResourceType
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
-from kubetune.emulator import builtins, errors
-from kubetune.emulator.registry import CRD_GROUP, CRD_PLURAL, ResourceType, resource_types_from_crd
-from kubetune.emulator.validation import now, validate_crd
+from kubetune_emulator import builtins, errors
+from kubetune_emulator.registry import CRD_GROUP, CRD_PLURAL, ResourceType, resource_types_from_crd
+from kubetune_emulator.validation import now, validate_crd
 
 if TYPE_CHECKING:
-    from kubetune.emulator.store import Store
+    from kubetune_emulator.store import Store
 
 UNDELETABLE_NAMESPACES = {"default", "kube-system", "kube-public"}
 

@@ -1,8 +1,8 @@
 """
 Pytest fixtures for the Kubernetes API emulator. Register with
-``pytest_plugins = ["kubetune.emulator.pytest_plugin"]``.
+``pytest_plugins = ["kubetune_emulator.pytest_plugin"]``.
 
-* ``emulator``: a fresh :class:`~kubetune.emulator.Emulator` per test (options via
+* ``emulator``: a fresh :class:`~kubetune_emulator.Emulator` per test (options via
   ``@pytest.mark.emulator(check_schemas=False)``; ``rbac=True`` for authentication and RBAC over
   HTTPS, the kubeconfig then holds the admin token and the CA), with ``$KUBECONFIG``
   pointing at it for the duration of the test. The ``kubernetes`` client reads ``$KUBECONFIG``
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from kubetune.emulator.runner import Emulator
+from kubetune_emulator.runner import Emulator
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import aiohttp.web
 
-from kubetune.emulator.errors import ApiError, bad_request
-from kubetune.emulator.registry import ResourceType
-from kubetune.emulator.store import Event, Store
+from kubetune_emulator.errors import ApiError, bad_request
+from kubetune_emulator.registry import ResourceType
+from kubetune_emulator.store import Event, Store
 
 Presenter = Callable[[Mapping[str, Any]], Any]
 _CLOSE = object()

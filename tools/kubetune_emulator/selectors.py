@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubetune.emulator.errors import bad_request
+from kubetune_emulator.errors import bad_request
 
 Matcher = Callable[[Mapping[str, Any]], bool]
 

@@ -28,7 +28,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from kubetune.emulator.registry import Registry, ResourceType
+from kubetune_emulator.registry import Registry, ResourceType
 
 META = "io.k8s.apimachinery.pkg.apis.meta.v1"
 OBJECT_META, LIST_META = f"{META}.ObjectMeta", f"{META}.ListMeta"

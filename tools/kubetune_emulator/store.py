@@ -16,12 +16,12 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from kubetune.emulator import errors, lifecycle, schemas
-from kubetune.emulator.fieldvalidation import FieldValidation, drop_unknown_metadata
-from kubetune.emulator.patching import APPLY_PATCH, JSON_PATCH, PatchTestFailed, apply_patch
-from kubetune.emulator.registry import ResourceType, Registry
-from kubetune.emulator.selectors import Matcher
-from kubetune.emulator.validation import now, validate_object
+from kubetune_emulator import errors, lifecycle, schemas
+from kubetune_emulator.fieldvalidation import FieldValidation, drop_unknown_metadata
+from kubetune_emulator.patching import APPLY_PATCH, JSON_PATCH, PatchTestFailed, apply_patch
+from kubetune_emulator.registry import ResourceType, Registry
+from kubetune_emulator.selectors import Matcher
+from kubetune_emulator.validation import now, validate_object
 
 GroupResource = tuple[str, str]  # (group, plural): one storage for all versions
 ObjectKey = tuple[str, str]  # (namespace or "", name)

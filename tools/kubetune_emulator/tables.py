@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune.emulator.registry import ResourceType
+from kubetune_emulator.registry import ResourceType
 
 _BUILTIN_COLUMNS: dict[str, list[dict[str, Any]]] = {
     "pods": [{"name": "Status", "type": "string", "jsonPath": ".status.phase"}],

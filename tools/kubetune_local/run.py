@@ -20,16 +20,16 @@ from typing import Any
 
 import yaml
 
-from ..api import constants as c
-from ..api.finetunejob import FineTuneJobSpec
-from ..api.modeldeployment import ModelDeploymentSpec
-from ..api.validation import SpecError, parse
-from ..emulator import Emulator
+from kubetune.api import constants as c
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.modeldeployment import ModelDeploymentSpec
+from kubetune.api.validation import SpecError, parse
+from kubetune_emulator import Emulator
 from .containerpod import ContainerPods
 from .kubelet import LocalKubelet
 from .podman import ContainerProcess, Podman
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # The chart's RBAC for the operator, rendered with these values (tests/chart/test_rbac.py keeps it in step).
 OPERATOR_RBAC = Path(__file__).with_name("operator-rbac.yaml")
 OPERATOR_RBAC_VALUES = {"watch": {"namespaces": ["default"]}}

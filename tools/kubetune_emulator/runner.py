@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 import aiohttp.web
 import yaml
 
-from kubetune.emulator import errors, patching
-from kubetune.emulator.recording import RecordedRequest
-from kubetune.emulator.registry import ResourceType
-from kubetune.emulator.server import KubeEmulator
+from kubetune_emulator import errors, patching
+from kubetune_emulator.recording import RecordedRequest
+from kubetune_emulator.registry import ResourceType
+from kubetune_emulator.server import KubeEmulator
 
 T = TypeVar("T")
 

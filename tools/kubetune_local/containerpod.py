@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..emulator import Emulator
+from kubetune_emulator import Emulator
 from .containers import ContainerPlan, plan_pod, podman_run_argv
 from .podman import ContainerProcess, Podman
 

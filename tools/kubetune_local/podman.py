@@ -17,7 +17,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-log = logging.getLogger("kubetune.local")
+log = logging.getLogger("kubetune_local")
 
 CONTAINERS_CONF = """[containers]
 default_ulimits = []
@@ -33,7 +33,7 @@ def available() -> bool:
     return shutil.which("podman") is not None
 
 
-SHARED_CONF = Path(__file__).resolve().parents[3] / "images" / "containers.conf"  # what `make images` uses
+SHARED_CONF = Path(__file__).resolve().parents[2] / "images" / "containers.conf"  # what `make images` uses
 
 
 class Podman:

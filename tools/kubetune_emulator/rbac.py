@@ -49,7 +49,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from kubetune.emulator import errors
+from kubetune_emulator import errors
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
 MASTERS = "system:masters"

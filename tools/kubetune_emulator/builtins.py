@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune.emulator import errors
-from kubetune.emulator.registry import ResourceType
+from kubetune_emulator import errors
+from kubetune_emulator.registry import ResourceType
 
 
 def _kind(rtype: ResourceType) -> str:

@@ -5,7 +5,7 @@ kmock provides the request model and DSL (user reactions such as
 ``emu.handler["get /api/v1/namespaces/default/configmaps/a"][:1] << 503`` take precedence,
 for fault injection), the bundled built-in discovery data, and ``handler.objects`` (every stored
 version of every object, for kmock-style assertions). This subclass replaces kmock's object
-handling with :class:`~kubetune.emulator.store.Store`. What it emulates:
+handling with :class:`~kubetune_emulator.store.Store`. What it emulates:
 
 * discovery (/api, /apis, group-versions) of built-ins and of CRDs as soon as they are created;
   ``Table`` output for ``kubectl get`` (CRD printer columns); /version, /healthz;
@@ -52,12 +52,12 @@ import kmock
 import yaml
 from kmock._internal import apps, enums, rendering
 
-from kubetune.emulator import errors, lifecycle, openapi, patching, rbac, selectors, tables
-from kubetune.emulator.fieldvalidation import FieldValidation
-from kubetune.emulator.recording import ApiPath, RecordedRequest, RequestLog, is_true, k8s_verb, parse_api_path
-from kubetune.emulator.registry import Registry, ResourceType
-from kubetune.emulator.store import Event, Store
-from kubetune.emulator.watching import WatchHub, serve_watch
+from kubetune_emulator import errors, lifecycle, openapi, patching, rbac, selectors, tables
+from kubetune_emulator.fieldvalidation import FieldValidation
+from kubetune_emulator.recording import ApiPath, RecordedRequest, RequestLog, is_true, k8s_verb, parse_api_path
+from kubetune_emulator.registry import Registry, ResourceType
+from kubetune_emulator.store import Event, Store
+from kubetune_emulator.watching import WatchHub, serve_watch
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ _ACTIONS = {"get": enums.action.FETCH, "list": enums.action.LIST, "watch": enums
 
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
-    """The aiohttp request handler. Run it with :class:`kubetune.emulator.Emulator`."""
+    """The aiohttp request handler. Run it with :class:`kubetune_emulator.Emulator`."""
 
     registry: Registry = attrs.field(factory=Registry, init=False)
     store: Store = attrs.field(init=False)

@@ -1,4 +1,4 @@
-"""``python -m kubetune.emulator --port 0 --kubeconfig PATH``: serve until SIGTERM/SIGINT."""
+"""``python -m kubetune_emulator --port 0 --kubeconfig PATH``: serve until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import signal
 import sys
 import threading
 
-from kubetune.emulator.runner import Emulator
+from kubetune_emulator.runner import Emulator
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kubetune.emulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kubetune_emulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--kubeconfig", help="where to write a kubeconfig (default: a temporary file)")

@@ -28,9 +28,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune.emulator import errors
-from kubetune.emulator.openapi import OBJECT_META_FIELDS, OWNER_REFERENCE_FIELDS
-from kubetune.emulator.registry import ResourceType
+from kubetune_emulator import errors
+from kubetune_emulator.openapi import OBJECT_META_FIELDS, OWNER_REFERENCE_FIELDS
+from kubetune_emulator.registry import ResourceType
 
 IGNORE, WARN, STRICT = "Ignore", "Warn", "Strict"
 _ROOT_FIELDS = ("apiVersion", "kind", "metadata")

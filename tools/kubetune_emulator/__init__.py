@@ -1,7 +1,7 @@
 """
 A realistic Kubernetes API emulator for tests, built on kmock (``pip install kmock``).
 
-    from kubetune.emulator import Emulator
+    from kubetune_emulator import Emulator
 
     with Emulator() as emu:       # serves http://127.0.0.1:<free port> from its own thread and loop
         emu.kubeconfig            # a kubeconfig file pointing at it (namespace "default")
@@ -14,10 +14,10 @@ A realistic Kubernetes API emulator for tests, built on kmock (``pip install kmo
 See ``server.py`` for what it emulates and ``pytest_plugin.py`` for the fixtures.
 """
 
-from kubetune.emulator.errors import ApiError
-from kubetune.emulator.recording import RecordedRequest
-from kubetune.emulator.registry import ResourceType
-from kubetune.emulator.runner import Emulator
-from kubetune.emulator.server import KubeEmulator
+from kubetune_emulator.errors import ApiError
+from kubetune_emulator.recording import RecordedRequest
+from kubetune_emulator.registry import ResourceType
+from kubetune_emulator.runner import Emulator
+from kubetune_emulator.server import KubeEmulator
 
 __all__ = ["ApiError", "Emulator", "KubeEmulator", "RecordedRequest", "ResourceType"]

@@ -30,8 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..api import constants as c
-from ..emulator import Emulator
+from kubetune.api import constants as c
+from kubetune_emulator import Emulator
 from .jobcontroller import attempt_verdict
 from .apiaccess import api_access_env
 from .containerpod import ContainerPods, spec_env
@@ -39,7 +39,7 @@ from .containers import UnsupportedPodSpec
 from .podman import ContainerProcess
 from .serving import LocalServing
 
-log = logging.getLogger("kubetune.local")
+log = logging.getLogger("kubetune_local")
 MAX_TERMINATION_MESSAGE = 4096
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 

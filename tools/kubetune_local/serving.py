@@ -29,12 +29,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..api import constants as c
-from ..builders.modeldeployment import SYNC_CONTAINER, TEMPLATE_HASH_ANNOTATION, VLLM_CONTAINER
-from ..emulator import Emulator
+from kubetune.api import constants as c
+from kubetune.builders.modeldeployment import SYNC_CONTAINER, TEMPLATE_HASH_ANNOTATION, VLLM_CONTAINER
+from kubetune_emulator import Emulator
 from .containers import UnsupportedPodSpec
 
-log = logging.getLogger("kubetune.local")
+log = logging.getLogger("kubetune_local")
 
 # vLLM on CPU, as the serving tests run it (see docs/serving.md).
 VLLM_CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",

@@ -17,8 +17,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune.emulator import errors
-from kubetune.emulator.registry import ResourceType
+from kubetune_emulator import errors
+from kubetune_emulator.registry import ResourceType
 
 try:
     import jsonschema

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..api.validation import SpecError
+from kubetune.api.validation import SpecError
 from .models import prepare_smollm2
 from .podman import available as podman_available
 from .run import REPO_ROOT, LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
