@@ -9,7 +9,8 @@ from kubetune.api.modeldeployment import ModelDeploymentSpec
 from kubetune.api.validation import parse
 from kubetune.builders.modeldeployment import build_children, desired_set, resolve_spec
 from kubetune.config import OperatorSettings
-from kubetune.status.modeldeployment import Resolved, ServingObserved, derive_status, resolve_adapters
+from kubetune.plan.modeldeployment import Resolved, resolve_adapters
+from kubetune.status.modeldeployment import ServingObserved, derive_status
 
 SETTINGS = OperatorSettings(serving_image="registry.example/kubetune/serving:1.0", storage_secret="platform-s3",
                             s3_endpoint="http://minio:9000")

@@ -28,7 +28,8 @@ from ..builders.modeldeployment import (
     selector_string,
 )
 from ..clients.sidecar import fetch_reports
-from ..status.modeldeployment import Resolved, ServingObserved, derive_status, resolve_adapters
+from ..plan.modeldeployment import Resolved, resolve_adapters
+from ..status.modeldeployment import ServingObserved, derive_status
 from .metrics import inc
 from .runtime import first, runtime, write_status
 

@@ -1,5 +1,5 @@
-"""ModelDeployment: adapter resolution and status from the observed Deployment, Pods and the pods'
-adapter-sync reports. Pure: no I/O, no clock reads.
+"""ModelDeployment: status from the resolved adapters (kubetune.plan.modeldeployment), the observed
+Deployment, Pods and the pods' adapter-sync reports. Pure: no I/O, no clock reads.
 
 An adapter is Ready only when every replica reports it loaded (from the same manifest): each
 adapter's status counts the replicas that serve it (`replicasLoaded: 1/2`) and names each pod's
@@ -14,85 +14,11 @@ from typing import Any
 
 from ..api.conditions import ADAPTERS_READY, AVAILABLE, FALSE, PROGRESSING, READY, TRUE
 from ..api.modeldeployment import MAX_PODS_LISTED, ModelDeploymentSpec
-from .conditions import Cond, find, is_true, merge_conditions
+from ..plan.modeldeployment import FAILED, LOADING, REJECTED, WAITING, Resolved
+from .conditions import Cond, merge_conditions
 
-WAITING = "WaitingForFineTuneJob"
-LOADING, READY_STATE, FAILED, REJECTED = "Loading", "Ready", "Failed", "Rejected"
+READY_STATE = "Ready"
 UNKNOWN = "Unknown"  # one pod's state of an adapter when its sidecar does not answer
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """An adapter after resolution and the operator's admission checks."""
-
-    name: str
-    source: str
-    state: str  # WaitingForFineTuneJob | Loading (sendable) | Failed | Rejected
-    uri: str | None = None
-    sha256: str | None = None
-    message: str | None = None
-
-    @property
-    def sendable(self) -> bool:
-        return self.state == LOADING and self.uri is not None
-
-
-def _base(uri: str, revision: str | None) -> str:
-    return f"{uri}@{revision}" if revision else uri
-
-
-def resolve_adapters(spec: ModelDeploymentSpec, namespace: str, finetunejobs: dict[str, dict[str, Any]]) -> list[Resolved]:
-    """Map each listed adapter to something the pods can load, or say why not yet / never."""
-    out = []
-    for adapter in spec.adapters:
-        if adapter.uri is not None:
-            out.append(Resolved(adapter.name, adapter.uri, LOADING, uri=adapter.uri.rstrip("/")))
-            continue
-        ref = adapter.fine_tune_job_ref.name  # type: ignore[union-attr]
-        source = f"fineTuneJob/{ref}"
-        ftj = finetunejobs.get(ref)
-        if ftj is None:
-            out.append(Resolved(adapter.name, source, WAITING, message=f"FineTuneJob {ref} does not exist in namespace "
-                                f"{namespace} (only FineTuneJobs in the same namespace can be referenced); waiting for it."))
-            continue
-        status = ftj.get("status") or {}
-        conditions = status.get("conditions")
-        if is_true(conditions, "Failed"):
-            failed = find(conditions, "Failed") or {}
-            out.append(Resolved(adapter.name, source, FAILED, message=f"FineTuneJob {ref} failed "
-                                f"({failed.get('reason')}): {failed.get('message', '')}".strip()))
-            continue
-        published = status.get("adapter") or {}
-        if not is_true(conditions, "Succeeded") or not published.get("uri") or not published.get("manifestSha256"):
-            percent = (status.get("progress") or {}).get("percent")
-            doing = f"training ({percent}% done)" if percent is not None else "not finished"
-            out.append(Resolved(adapter.name, source, WAITING, message=f"FineTuneJob {ref} is {doing}; the adapter is "
-                                "added automatically when it succeeds."))
-            continue
-        out.append(_admit(adapter.name, source, spec, ftj, published))
-    return out
-
-
-def _admit(name: str, source: str, spec: ModelDeploymentSpec, ftj: dict[str, Any], published: dict[str, Any]) -> Resolved:
-    """Admission checks the operator can make from the FineTuneJob (the sidecar re-checks the manifest)."""
-    ftj_spec = ftj.get("spec") or {}
-    uri, sha = published["uri"], published["manifestSha256"]
-    kind = published.get("type") or (ftj_spec.get("adapter") or {}).get("type", "lora")
-    if kind == "full":
-        return Resolved(name, source, REJECTED, uri, sha, f"FineTuneJob {ftj['metadata']['name']} trained a full model, not "
-                        f"an adapter: serve it as spec.baseModel.uri {uri} in its own ModelDeployment.")
-    rank = published.get("rank") or (ftj_spec.get("adapter") or {}).get("rank", 16)
-    if rank > spec.vllm.max_lora_rank:
-        return Resolved(name, source, REJECTED, uri, sha, f"adapter rank {rank} exceeds spec.vllm.maxLoraRank "
-                        f"{spec.vllm.max_lora_rank}: raise vllm.maxLoraRank to at least {rank}.")
-    trained = ftj_spec.get("baseModel") or {}
-    trained_on = _base(trained.get("uri", "?"), trained.get("revision"))
-    served = _base(spec.base_model.uri, spec.base_model.revision)
-    if trained.get("uri") != spec.base_model.uri or (trained.get("revision") and spec.base_model.revision
-                                                     and trained.get("revision") != spec.base_model.revision):
-        return Resolved(name, source, REJECTED, uri, sha, f"adapter was trained on {trained_on} but this deployment "
-                        f"serves {served}: a LoRA adapter only works on the base model it was trained on.")
-    return Resolved(name, source, LOADING, uri, sha)
 
 
 @dataclass
