@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune_trainer.checkpoints import Checkpoints, fingerprint
-from kubetune_trainer.storage import open_store
+from kubetune_storage import open_store
 
 SPEC = {"baseModel": {"uri": "hf://org/m"}, "dataset": {"train": "s3://d/t.jsonl"}}
 

@@ -12,10 +12,11 @@ from PIL import Image
 
 from kubetune.api.manifest import AdapterManifest
 from kubetune.api.trainer_config import TrainerConfig
+from kubetune_storage import open_store
+from kubetune_storage.local import FileStore
 from kubetune_trainer import publish as publish_module
 from kubetune_trainer.errors import TransientError
 from kubetune_trainer.publish import Result, publish
-from kubetune_trainer.storage import LocalStore, open_store
 from tests.trainer.helpers import make_config
 
 
@@ -77,7 +78,7 @@ def test_publish_layout_manifest_and_report(tmp_path: Path):
         assert (curve.format, curve.size) == ("PNG", (1280, 720))
 
 
-class _FailingStore(LocalStore):
+class _FailingStore(FileStore):
     """Storage that breaks after `ok` uploads (the server went away mid-publish)."""
 
     def __init__(self, root: Path, uri: str, ok: int):

@@ -17,8 +17,7 @@ from typing import Any
 
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.storage_layout import CHECKPOINT_COMPLETE_MARKER, CHECKPOINTS_DIR
-
-from .storage import Store
+from kubetune_storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class Checkpoints:
                 continue
             found.setdefault(int(head), None)
             if rest == CHECKPOINT_COMPLETE_MARKER:
-                raw = self.store.read_bytes(name)
+                raw = self.store.read_optional(name)
                 try:
                     found[int(head)] = json.loads(raw or b"{}")
                 except ValueError:
@@ -114,7 +113,7 @@ class Checkpoints:
     def download(self, step: int, dest: Path) -> dict[str, Any] | None:
         """Fetch checkpoint `step` into dest; returns our state, or None if it is incomplete or corrupt."""
         target = step_dir(step)
-        raw = self.store.read_bytes(f"{target}/{CHECKPOINT_COMPLETE_MARKER}")
+        raw = self.store.read_optional(f"{target}/{CHECKPOINT_COMPLETE_MARKER}")
         if raw is None:
             return None
         marker = json.loads(raw)

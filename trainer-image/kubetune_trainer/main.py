@@ -22,6 +22,7 @@ from kubetune.api import exit_codes
 from kubetune.api.constants import ENV_CONFIG_PATH, ENV_WORK_DIR, TRAINER_CONFIG_PATH
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.validation import SpecError, parse
+from kubetune_storage import StorageError
 
 from . import distributed
 from .errors import Preempted, StopFlag, TransientError, UserError, write_termination
@@ -102,14 +103,15 @@ def _outcome(job) -> tuple[int, str | dict]:
     except Preempted as exc:
         log.warning("%s", exc)
         return exit_codes.PREEMPTED, str(exc) or "Stopped by SIGTERM."
-    except UserError as exc:
+    except (UserError, TransientError, StorageError) as exc:
+        # kubetune_storage errors say whose they are: NotFound, Denied, InvalidUri, ReadOnly are the user's to fix
+        if isinstance(exc, TransientError) or (isinstance(exc, StorageError) and not exc.user_fault):
+            log.error("internal error (may succeed on retry): %s", exc)
+            return exit_codes.INTERNAL_ERROR, f"Internal error (retried): {exc}"
         log.error("user error: %s", exc)
         for problem in getattr(exc, "problems", [])[10:]:
             log.error("  %s", problem)
         return exit_codes.USER_ERROR, str(exc)
-    except TransientError as exc:
-        log.error("internal error (may succeed on retry): %s", exc)
-        return exit_codes.INTERNAL_ERROR, f"Internal error (retried): {exc}"
     except Exception as exc:  # noqa: BLE001 - the contract: any other failure is an internal error
         if _is_out_of_memory(exc):
             message = (f"Out of GPU memory ({type(exc).__name__}). Lower hyperparameters.batchSize or maxLength, "

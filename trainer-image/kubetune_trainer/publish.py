@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.common import parse_hf_uri
 from kubetune.api.manifest import AdapterManifest, ManifestAdapter, ManifestBaseModel, ManifestEval, ManifestFile
 from kubetune.api.storage_layout import (
     ADAPTER_DIR,
@@ -29,9 +30,9 @@ from kubetune.api.storage_layout import (
     RESOLVED_CONFIG,
 )
 from kubetune.api.trainer_config import TrainerConfig
+from kubetune_storage import Store
 
 from .losscurve import loss_curve_png
-from .storage import Store, Uri
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ def sha256_file(path: Path) -> str:
 
 def hub_reference(uri: str) -> str:
     """What adapter_config.json names as the base model: the Hub repo id for hf://, else the URI."""
-    u = Uri.parse(uri)
-    return f"{u.netloc}/{u.path}".rstrip("/") if u.scheme == "hf" else uri
+    return parse_hf_uri(uri).repo_id if uri.startswith("hf://") else uri
 
 
 def model_card(config: TrainerConfig, result: Result) -> str:

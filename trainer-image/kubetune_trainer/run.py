@@ -18,6 +18,7 @@ from typing import Any
 from kubetune.api import exit_codes
 from kubetune.api.finetunejob import TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting, TrainerConfig
+from kubetune_storage import Store, open_store
 
 from . import data, distributed
 from .callbacks import KubetuneCallback
@@ -31,7 +32,6 @@ from .metrics import MetricsServer
 from .plan import Facts, TrainingPlan, plan_training, trl_args
 from .publish import Result, hub_reference, publish
 from .reporting import Reporter, ReportingHandover, Tracker, take_over_reporting
-from .storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def launch(config: TrainerConfig, config_path: Path, work_dir: Path, stop: StopF
 def _rank_zero_failure(shared: dict[str, str]) -> BaseException:
     """The error another rank raises when rank 0 could not publish (same exit-code class)."""
     message = f"rank 0 could not publish: {shared['message']}"
-    if shared["error"] in ("UserError", "DataError"):
+    if shared["error"] in ("UserError", "DataError") or shared.get("userFault"):
         return UserError(shared["message"])
     if shared["error"] == "Preempted":
         return Preempted(shared["message"])
@@ -371,7 +371,8 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
             failure = exc
     if rank.distributed:
         shared = distributed.broadcast_from_main(
-            {"report": report} if failure is None else {"error": type(failure).__name__, "message": str(failure)})
+            {"report": report} if failure is None else {"error": type(failure).__name__, "message": str(failure),
+                                                    "userFault": getattr(failure, "user_fault", False)})
         if failure is None and "error" in shared:
             raise _rank_zero_failure(shared)
         report = shared.get("report", report)

@@ -7,8 +7,10 @@ the CRD description and `kubectl explain` output. Bounds here become OpenAPI bou
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
@@ -26,6 +28,13 @@ SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 MODEL_URI = r"^(hf://[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?|(s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|file:///[^\s]*)$"
 DATA_URI = r"^(hf://[A-Za-z0-9][-._A-Za-z0-9]*/[A-Za-z0-9][-._A-Za-z0-9]*(/[^\s]*)?|(s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|https://[^\s]+|file:///[^\s]*)$"
 STORAGE_URI = r"^((s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|file:///[^\s]*)$"
+# An adapter on the Hugging Face Hub, pinned to one commit: hf://org/name@<40-hex commit sha>[/folder] (the hf://
+# grammar of huggingface_hub's HfFileSystem). A branch or tag can move between reading manifest.json and the files.
+HF_COMMIT = r"[0-9a-f]{40}"
+HF_ADAPTER_URI = r"hf://[A-Za-z0-9][-._A-Za-z0-9]*/[A-Za-z0-9][-._A-Za-z0-9]*@" + HF_COMMIT + r"(/[^\s@]*)?"
+ADAPTER_URI = r"^(" + HF_ADAPTER_URI + "|" + STORAGE_URI[2:-2] + ")$"
+ADAPTER_URI_HELP = ("Allowed: s3://bucket/prefix, pvc://claim/path, hf://org/name@<40-hex commit sha>[/folder], "
+                    "file:///path (file:// only for `kubetune local`).")
 URI_SCHEMES_HELP = "Allowed schemes: hf://, s3://, pvc://, file:// (file:// only for `kubetune local`)."
 PVC_SCHEME = "pvc"
 # file:///path names a folder on one machine: on a cluster that is inside one pod, gone with the pod.
@@ -36,6 +45,59 @@ LOCAL_ONLY_HINT = ("file:// URIs are for `kubetune local` only: on a cluster a f
 
 def uri_scheme(uri: str | None) -> str | None:
     return uri.split("://", 1)[0] if uri and "://" in uri else None
+
+
+@dataclass(frozen=True)
+class HfRef:
+    """hf://[datasets/|spaces/]org/name[@revision][/path], split: huggingface_hub's HfFileSystem grammar. A revision
+    holding '/' (refs/pr/1) is URL-encoded (refs%2Fpr%2F1). A single-segment name (hf://gpt2) is a legacy model id."""
+
+    repo_type: str  # model, dataset or space
+    repo_id: str
+    revision: str | None
+    path: str  # inside the repo, without leading or trailing '/'
+
+    def uri(self, path: str = "") -> str:
+        """The hf:// URI of `path` under this reference."""
+        kind = {"model": "", "dataset": "datasets/", "space": "spaces/"}[self.repo_type]
+        at = f"@{quote(self.revision, safe='')}" if self.revision else ""
+        inner = "/".join(p for p in (self.path, path.strip("/")) if p)
+        return f"hf://{kind}{self.repo_id}{at}" + (f"/{inner}" if inner else "")
+
+
+def parse_hf_uri(uri: str) -> HfRef:
+    """Split an hf:// URI; ValueError naming what is wrong."""
+    if not uri.startswith("hf://"):
+        raise ValueError(f"{uri!r} is not an hf:// URI")
+    parts = uri[len("hf://"):].strip("/").split("/")
+    repo_type = {"datasets": "dataset", "spaces": "space"}.get(parts[0], "model")
+    if repo_type != "model":
+        parts = parts[1:]
+    if not parts or not parts[0]:
+        raise ValueError(f"{uri!r} names no repository: write hf://org/name")
+    # hf://org/name[@rev]/path; a lone segment (hf://gpt2[@rev]) is a legacy model id without an org
+    count = 1 if "@" in parts[0] or len(parts) == 1 else 2
+    repo, _, revision = "/".join(parts[:count]).partition("@")
+    if not all(re.fullmatch(r"[A-Za-z0-9][-._A-Za-z0-9]*", seg) for seg in repo.split("/")):
+        raise ValueError(f"{uri!r}: {repo!r} is not a Hub repository id (org/name)")
+    if "@" in revision or (revision == "" and "@" in "/".join(parts[:count])):
+        raise ValueError(f"{uri!r}: empty or repeated '@revision'")
+    path = "/".join(parts[count:])
+    if ".." in path.split("/"):
+        raise ValueError(f"{uri!r} must not contain '..' path segments")
+    return HfRef(repo_type, repo, unquote(revision) or None, path)
+
+
+def check_adapter_uri(value: str | None) -> str | None:
+    """An adapter folder: s3://, pvc://, file:// or hf://org/name@<commit sha>[/folder], without '..'."""
+    if value is None:
+        return value
+    if value.startswith("hf://") and not re.fullmatch(HF_ADAPTER_URI, value):
+        raise ValueError(f"{value!r}: an hf:// adapter must be pinned to a commit: hf://org/name@<40-hex commit "
+                         "sha>[/folder] (a branch or tag can move between reading manifest.json and the files)")
+    if not re.match(ADAPTER_URI, value):
+        raise ValueError(f"{value!r} is not a valid adapter URI. {ADAPTER_URI_HELP}")
+    return _check_uri_path(value)
 
 
 def pvc_claim(uri: str | None) -> str | None:

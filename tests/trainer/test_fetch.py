@@ -1,4 +1,5 @@
-"""Object storage and fetching: file://, pvc://, s3:// against a real SeaweedFS, https-style downloads."""
+"""Fetching the base model and the dataset through the shared storage layer: file://, s3:// against a real
+SeaweedFS, http(s)://, hf:// from the offline Hub cache; and how storage failures end the trainer (exit codes)."""
 
 from __future__ import annotations
 
@@ -9,76 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from kubetune_trainer.errors import TransientError, UserError
+from kubetune.api import exit_codes
+from kubetune_storage import Denied, NotFound, StorageError
+from kubetune_trainer.errors import UserError
 from kubetune_trainer.fetch import fetch_dataset, fetch_model
-from kubetune_trainer.storage import LocalStore, S3Store, local_path, open_store
+from kubetune_trainer.main import _outcome
 from tests.fixtures.tiny_data import text_records, write_jsonl
 
 
-def _exercise(store) -> None:
-    """The same behaviour from every backend."""
-    src = Path(__file__)
-    store.upload(src, "a/b/file.py")
-    store.write_bytes("a/x.json", b"{}")
-    store.write_bytes("ab.txt", b"sibling")
-    assert store.list("") == ["a/b/file.py", "a/x.json", "ab.txt"]
-    assert store.list("a") == ["a/b/file.py", "a/x.json"]  # not the "ab.txt" sibling
-    assert store.read_bytes("a/x.json") == b"{}"
-    assert store.read_bytes("missing") is None
-    assert store.exists("a/x.json") and not store.exists("a/y.json")
-    child = store.child("a")
-    assert child.list("") == ["b/file.py", "x.json"]
-    assert child.uri == store.uri_of("a")
+def test_storage_errors_end_with_the_exit_code_of_whose_fault_they_are():
+    def fail(exc):
+        def job():
+            raise exc
+        return job
 
-
-def test_local_store(tmp_path: Path):
-    store = open_store(f"file://{tmp_path}/bucket/prefix")
-    assert isinstance(store, LocalStore)
-    _exercise(store)
-    dest = tmp_path / "dl"
-    assert store.download_tree("a", dest) == [dest / "b/file.py", dest / "x.json"]
-    store.delete(["a/b/file.py", "a/x.json"])
-    assert store.list("") == ["ab.txt"]
-    assert not (tmp_path / "bucket/prefix/a").exists()  # empty folders are removed
-
-
-def test_pvc_maps_to_mount_root(tmp_path: Path):
-    # trainer_env sets KUBETUNE_PVC_ROOT to tmp_path/pvc
-    assert local_path("pvc://models/base/qwen") == tmp_path / "pvc/models/base/qwen"
-    store = open_store("pvc://out/adapters")
-    store.write_bytes("x", b"1")
-    assert (tmp_path / "pvc/out/adapters/x").read_bytes() == b"1"
-
-
-def test_upload_tree_round_trip(tmp_path: Path):
-    src = tmp_path / "src"
-    write_jsonl(src / "d/one.jsonl", [{"a": 1}])
-    (src / "two.bin").write_bytes(b"\x00\x01")
-    store = open_store(f"file://{tmp_path}/out")
-    assert store.upload_tree(src, "p") == ["p/d/one.jsonl", "p/two.bin"]
-    assert (tmp_path / "out/p/two.bin").read_bytes() == b"\x00\x01"
-
-
-def test_s3_store(s3_server, s3_env, s3_bucket):
-    store = open_store(f"s3://{s3_bucket}/some/prefix")
-    assert isinstance(store, S3Store)
-    _exercise(store)
-    assert s3_server.keys(s3_bucket) == ["some/prefix/a/b/file.py", "some/prefix/a/x.json", "some/prefix/ab.txt"]
-    store.delete(["a/b/file.py", "ab.txt"])
-    assert s3_server.keys(s3_bucket) == ["some/prefix/a/x.json"]
-
-
-def test_s3_errors_map_to_exit_codes(s3_server, s3_env, s3_bucket, monkeypatch):
-    with pytest.raises(UserError, match=r"cannot list s3://no-such-bucket-kt/x: NoSuchBucket"):
-        open_store("s3://no-such-bucket-kt/x").list("")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value-123")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong-key")
-    with pytest.raises(UserError, match="InvalidAccessKeyId") as info:
-        open_store(f"s3://{s3_bucket}/x").list("")
-    assert "wrong-secret-value-123" not in str(info.value)
-    monkeypatch.setenv("KUBETUNE_S3_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(TransientError, match=r"cannot list s3://"):
-        open_store(f"s3://{s3_bucket}/x").list("")
+    assert _outcome(fail(NotFound("s3://b/x does not exist"))) == (exit_codes.USER_ERROR, "s3://b/x does not exist")
+    assert _outcome(fail(Denied("no access")))[0] == exit_codes.USER_ERROR
+    code, message = _outcome(fail(StorageError("cannot list s3://b: timeout")))
+    assert (code, message) == (exit_codes.INTERNAL_ERROR, "Internal error (retried): cannot list s3://b: timeout")
 
 
 def test_fetch_dataset_file_folder_and_s3(tmp_path: Path, s3_server, s3_env, s3_bucket):
@@ -159,5 +108,5 @@ def test_fetch_model_from_hub_cache_offline(tmp_path: Path, tiny_model_dir, monk
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 at start-up sets it
     assert fetch_model("hf://kubetune-test/tiny", None, tmp_path) == repo / "snapshots" / commit
-    with pytest.raises(UserError, match=r"cannot fetch hf://kubetune-test/tiny \(HF_HUB_OFFLINE is set"):
+    with pytest.raises(UserError, match=r"base model: cannot fetch hf://kubetune-test/tiny@v2 \(HF_HUB_OFFLINE is set"):
         fetch_model("hf://kubetune-test/tiny", "v2", tmp_path)
