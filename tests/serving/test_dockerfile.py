@@ -61,6 +61,7 @@ def test_runs_as_uid_1000_with_the_sidecar_and_launcher() -> None:
         "serving-image/requirements.txt serving-image/requirements-sidecar.txt /opt/kubetune/",
         "operator/kubetune/__init__.py /opt/kubetune/lib/kubetune/__init__.py",
         "operator/kubetune/api /opt/kubetune/lib/kubetune/api",
+        "storage/kubetune_storage /opt/kubetune/lib/kubetune_storage",
         "serving-image/kubetune_serving /opt/kubetune/lib/kubetune_serving",
     ]
     for source in (s for c in copies for s in c.split()[:-1]):
@@ -86,8 +87,8 @@ def test_the_copied_files_alone_run_both_commands(tmp_path: Path) -> None:
                 shutil.copy(REPO / source, target)
     code = (
         "import sys, runpy; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
-        f"sys.path.insert(0, {str(lib)!r}); import kubetune_serving, kubetune; "
-        f"assert kubetune_serving.__file__.startswith({str(lib)!r}) and kubetune.__file__.startswith({str(lib)!r}); "
+        f"sys.path.insert(0, {str(lib)!r}); import kubetune_serving, kubetune, kubetune_storage; "
+        f"assert all(m.__file__.startswith({str(lib)!r}) for m in (kubetune_serving, kubetune, kubetune_storage)); "
         "sys.argv = [sys.argv[1], '--help']; runpy.run_module(sys.argv[0], run_name='__main__')"
     )
     for module, expected in (("kubetune_serving.sync", "--desired-configmap [NAMESPACE/]NAME"),

@@ -94,7 +94,7 @@ def test_image_layout_holds_every_module_the_trainer_imports(tmp_path):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
             for name in names:
-                if name.split(".")[0] == "kubetune":
+                if name.split(".")[0] in ("kubetune", "kubetune_storage"):
                     module = lib / Path(*name.split("."))
                     assert module.with_suffix(".py").exists() or (module / "__init__.py").exists(), \
                         f"{path.name} imports {name}, which the image does not copy"
