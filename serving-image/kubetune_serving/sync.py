@@ -21,12 +21,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from kubetune.api import constants as c
+from kubetune_storage import Storage
 
 from .cache import AdapterCache, Admission
 from .kubeapi import load_connection
 from .server import make_app
 from .sources import ConfigMapSource, FileSource
-from .storage import Storage
 from .syncer import Syncer
 from .vllm_client import VLLMClient
 

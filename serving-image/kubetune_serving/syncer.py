@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from kubetune_storage import StorageError
+
 from . import protocol
 from .cache import AdapterCache, ManifestMissing, Resolution
 from .protocol import AdapterReport, DesiredAdapter, DesiredSet, SidecarStatus
 from .sources import Update
-from .storage import StorageError
 from .verify import AdmissionError, VerificationError
 from .vllm_client import VLLMClient, VLLMError
 

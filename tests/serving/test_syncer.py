@@ -15,7 +15,7 @@ from kubetune_serving.cache import AdapterCache, Admission
 from kubetune_serving.protocol import DesiredSet
 from kubetune_serving.server import make_app
 from kubetune_serving.sources import Update
-from kubetune_serving.storage import Storage
+from kubetune_storage import Storage
 from kubetune_serving.syncer import Syncer, backoff_seconds
 from kubetune_serving.vllm_client import VLLMClient
 

@@ -8,7 +8,7 @@ import pytest
 from kubetune.api.manifest import AdapterManifest
 from kubetune_serving.cache import AdapterCache, Admission, ManifestMissing
 from kubetune_serving.protocol import DesiredAdapter
-from kubetune_serving.storage import Storage
+from kubetune_storage import Storage
 from kubetune_serving.verify import (
     AdmissionError,
     VerificationError,

@@ -36,12 +36,11 @@ def _deployment(spec: dict, adapter_uris: tuple[str, ...] = ()) -> dict:
 
 
 def test_the_mount_path_is_where_trainer_and_sidecar_resolve_pvc_uris(monkeypatch):
-    from kubetune_serving.storage import Storage, parse_uri
-    from kubetune_trainer.storage import local_path
+    from kubetune_storage import Storage, open_store  # the trainer's and the sidecar's storage layer
 
     monkeypatch.delenv(c.ENV_PVC_ROOT, raising=False)
-    assert str(local_path("pvc://team-data/chat/train.jsonl")) == f"{pvc_mount_path('team-data')}/chat/train.jsonl"
-    assert str(Storage({}).local_path(parse_uri("pvc://adapters/ml/bot"))) == f"{pvc_mount_path('adapters')}/ml/bot"
+    assert str(open_store("pvc://team-data/chat/train.jsonl").local_path) == f"{pvc_mount_path('team-data')}/chat/train.jsonl"
+    assert str(Storage({}).local_path("pvc://adapters/ml/bot")) == f"{pvc_mount_path('adapters')}/ml/bot"
 
 
 def test_training_job_mounts_data_and_model_claims_read_only_and_the_output_claim_read_write():
