@@ -25,20 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubetune.api import storage_layout as layout
+from kubetune.api.admission import AdapterFacts, AdmissionError, ServingTarget, admit, admit_adapter_config
 from kubetune.api.manifest import AdapterManifest
+from kubetune.api.sidecar import SHA256, DesiredAdapter
 from kubetune_storage import NotFound, Storage, join_uri
 
-from .protocol import SHA256, DesiredAdapter
-from .verify import (
-    AdmissionError,
-    VerificationError,
-    adapter_files,
-    admit_adapter_config,
-    admit_manifest,
-    parse_manifest,
-    sha256_bytes,
-    verify_file,
-)
+from .verify import VerificationError, adapter_files, parse_manifest, sha256_bytes, verify_file
 
 log = logging.getLogger(__name__)
 PARTIAL_PREFIX = ".partial-"
@@ -46,15 +38,6 @@ PARTIAL_PREFIX = ".partial-"
 
 class ManifestMissing(VerificationError):
     """No manifest.json at the URI: the adapter is not published (yet)."""
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What the sidecar accepts; from its flags."""
-
-    max_lora_rank: int
-    base_model_uri: str | None = None
-    base_model_revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +57,7 @@ class Fetched:
 
 
 class AdapterCache:
-    def __init__(self, root: Path, storage: Storage, admission: Admission) -> None:
+    def __init__(self, root: Path, storage: Storage, admission: ServingTarget) -> None:
         self.root = root
         self.storage = storage
         self.admission = admission
@@ -113,9 +96,7 @@ class AdapterCache:
         started = time.monotonic()
         raw = manifest_raw if manifest_raw is not None else self.read_manifest(adapter.uri)
         manifest = parse_manifest(raw, adapter.manifest_sha256)
-        admit_manifest(manifest, max_lora_rank=self.admission.max_lora_rank,
-                       base_model_uri=self.admission.base_model_uri,
-                       base_model_revision=self.admission.base_model_revision)
+        admit(AdapterFacts.from_manifest(manifest), self.admission)  # the operator's check, on the manifest itself
         files = adapter_files(manifest)
 
         final = self.entry(adapter.manifest_sha256)

@@ -23,8 +23,7 @@ def make_app(syncer: Syncer, *, stall_seconds: float = 60.0) -> web.Application:
         return web.json_response({"ok": ok, "message": message}, status=200 if ok else 503)
 
     async def status(_: web.Request) -> web.Response:
-        # Every key always present (null when unset): a stable shape for the operator to parse.
-        return web.json_response(syncer.status().model_dump(by_alias=True, mode="json"))
+        return web.json_response(syncer.status().wire())  # kubetune.api.sidecar.SidecarStatus
 
     app = web.Application()
     app.router.add_get(c.SYNC_HEALTHZ_PATH, healthz)

@@ -21,9 +21,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from kubetune.api import constants as c
+from kubetune.api.admission import ServingTarget
 from kubetune_storage import Storage
 
-from .cache import AdapterCache, Admission
+from .cache import AdapterCache
 from .kubeapi import load_connection
 from .server import make_app
 from .sources import ConfigMapSource, FileSource
@@ -137,8 +138,8 @@ def make_source(options: SyncOptions, env: Mapping[str, str]) -> FileSource | Co
 
 async def serve(options: SyncOptions, env: Mapping[str, str]) -> None:
     storage = Storage(env)
-    cache = AdapterCache(options.cache_dir, storage, Admission(options.max_lora_rank, options.base_model_uri,
-                                                               options.base_model_revision))
+    cache = AdapterCache(options.cache_dir, storage, ServingTarget(options.max_lora_rank, options.base_model_uri,
+                                                                   options.base_model_revision))
     source = make_source(options, env)
     async with aiohttp.ClientSession() as session:
         vllm = VLLMClient(session, options.vllm_url, env.get(c.ENV_VLLM_API_KEY) or None)

@@ -20,13 +20,15 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from kubetune.api.admission import AdmissionError
+from kubetune.api.conditions import AdapterState, SyncState
+from kubetune.api.sidecar import AdapterReport, DesiredAdapter, DesiredSet, SidecarStatus
 from kubetune_storage import StorageError
 
 from . import protocol
 from .cache import AdapterCache, ManifestMissing, Resolution
-from .protocol import AdapterReport, DesiredAdapter, DesiredSet, SidecarStatus
 from .sources import Update
-from .verify import AdmissionError, VerificationError
+from .verify import VerificationError
 from .vllm_client import VLLMClient, VLLMError
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class Record:
     """What the sidecar knows about one desired adapter."""
 
     adapter: DesiredAdapter  # as desired; manifest_sha256 None: unpinned
-    state: protocol.SyncState = "Loading"
+    state: SyncState = AdapterState.LOADING
     message: str | None = "queued"
     loaded_at: str | None = None
     loaded_mono: float = 0.0  # monotonic time of the load, to ignore /v1/models answers older than it
@@ -108,7 +110,7 @@ class Syncer:
             return False, self.vllm_problem or "vLLM is not ready"
         if self.desired is None:
             return False, self.source_error or "no desired set read yet"
-        loading = sorted(name for name, r in self.records.items() if r.state == "Loading")
+        loading = sorted(name for name, r in self.records.items() if r.state == AdapterState.LOADING)
         if loading and not self.in_service:
             return False, f"adapters still loading: {', '.join(loading)}"
         self.in_service = True
@@ -175,8 +177,8 @@ class Syncer:
                 log.warning("vLLM at %s is not ready%s", self.vllm.base_url, f": {problem}" if problem else "")
             self.vllm_ready, self.vllm_problem, self.in_service = False, problem, False
             for record in self.records.values():
-                if record.state == "Ready":
-                    self._set(record, "Loading", f"{problem or 'vLLM is not ready'}; the adapter is restored when it is back")
+                if record.state == AdapterState.READY:
+                    self._set(record, AdapterState.LOADING, f"{problem or 'vLLM is not ready'}; the adapter is restored when it is back")
             return
         self.vllm_problem = None
         if not self.vllm_ready:
@@ -185,8 +187,8 @@ class Syncer:
         served = {name: protocol.sha_from_served_path(root, str(self.cache.root)) for name, root in listing.items()}
         for record in self.records.values():
             gone = served.get(record.adapter.name) != record.sha
-            if record.state == "Ready" and gone and record.loaded_mono < asked:
-                self._set(record, "Loading", "no longer loaded in vLLM (vLLM restarted?); restoring")
+            if record.state == AdapterState.READY and gone and record.loaded_mono < asked:
+                self._set(record, AdapterState.LOADING, "no longer loaded in vLLM (vLLM restarted?); restoring")
                 record.retry_at = 0.0
                 self.in_service = False
         if self.desired is None:
@@ -199,7 +201,7 @@ class Syncer:
             adapter = self.records[name].adapter
             self._tasks[name] = asyncio.create_task(self._resolve(adapter), name=f"resolve-{name}")
         blocked = {name for name, r in self.records.items()
-                   if name in self._tasks or r.state == "Rejected" or name in backoff}
+                   if name in self._tasks or r.state == AdapterState.REJECTED or name in backoff}
         plan = protocol.plan_sync([self.records[a.name].target for a in self.desired.adapters], served, blocked)
         for name in plan.unload:
             try:
@@ -212,7 +214,7 @@ class Syncer:
             # e.g. found loaded after a sidecar restart; not an unpinned one whose manifest must be read
             # again first (its last read failed: it stays Failed while it still serves)
             pending_read = not record.adapter.pinned and record.resolved_mono is None
-            if record.state != "Ready" and name not in self._tasks and not pending_read:
+            if record.state != AdapterState.READY and name not in self._tasks and not pending_read:
                 self._ready(record)
         for adapter in plan.load:
             self._tasks[adapter.name] = asyncio.create_task(self._load(adapter), name=f"load-{adapter.name}")
@@ -230,7 +232,7 @@ class Syncer:
             if record is None or record.adapter != adapter:
                 return
             if record.resolved is None:
-                self._set(record, "Loading", "reading manifest.json")
+                self._set(record, AdapterState.LOADING, "reading manifest.json")
             try:
                 resolution = await asyncio.to_thread(self.cache.resolve, adapter.uri)
             except ManifestMissing as exc:
@@ -252,7 +254,7 @@ class Syncer:
             record.resolved = resolution
             record.attempts = 0
             record.retry_at = 0.0
-            self._set(record, "Loading", "queued")
+            self._set(record, AdapterState.LOADING, "queued")
         except Exception as exc:  # internal error: report it, retry later
             log.exception("reading the manifest of adapter %s failed", adapter.name)
             self._resolve_failed(adapter, f"internal error: {type(exc).__name__}: {exc}", missing=False)
@@ -264,13 +266,13 @@ class Syncer:
         record = self.records.get(adapter.name)
         if record is None or record.adapter != adapter:
             return
-        if record.state == "Ready" and not missing:
+        if record.state == AdapterState.READY and not missing:
             # A served adapter stays Ready through a storage hiccup; read again at the next interval.
             record.resolved_mono = time.monotonic()
             log.warning("adapter %s: %s (still serving %s; reading it again in %.0fs)", adapter.name, message,
                         record.sha, self.resolve_interval)
             return
-        if record.state == "Ready":
+        if record.state == AdapterState.READY:
             message += f"; the loaded version {record.sha} keeps serving"
         self._failed_record(record, message)
 
@@ -279,7 +281,7 @@ class Syncer:
             record = self.records.get(adapter.name)
             if record is None or record.target != adapter:
                 return
-            self._set(record, "Loading", "downloading and verifying")
+            self._set(record, AdapterState.LOADING, "downloading and verifying")
             raw = record.resolved.raw if not record.adapter.pinned and record.resolved else None
             try:
                 fetched = await asyncio.to_thread(self.cache.fetch, adapter, raw)
@@ -293,7 +295,7 @@ class Syncer:
                 return self._failed(adapter, f"download failed: {exc}")
             if not self._still_wanted(adapter):
                 return
-            self._set(record, "Loading", "loading into vLLM")
+            self._set(record, AdapterState.LOADING, "loading into vLLM")
             try:
                 await self.vllm.load(adapter.name, str(fetched.lora_path))
             except VLLMError as exc:
@@ -320,7 +322,7 @@ class Syncer:
         record.loaded_mono = time.monotonic()
         record.attempts = 0
         record.retry_at = 0.0
-        self._set(record, "Ready", None)
+        self._set(record, AdapterState.READY, None)
 
     def _failed(self, adapter: DesiredAdapter, message: str) -> None:
         if self._still_wanted(adapter):
@@ -332,18 +334,18 @@ class Syncer:
         record.attempts += 1
         delay = backoff_seconds(record.attempts, self.retry_base, self.retry_max)
         record.retry_at = time.monotonic() + delay
-        self._set(record, "Failed", f"{message} (attempt {record.attempts}; retrying in {delay:.0f}s)")
+        self._set(record, AdapterState.FAILED, f"{message} (attempt {record.attempts}; retrying in {delay:.0f}s)")
 
     def _rejected(self, adapter: DesiredAdapter, message: str) -> None:
         if self._still_wanted(adapter):
-            self._set(self.records[adapter.name], "Rejected", message)
+            self._set(self.records[adapter.name], AdapterState.REJECTED, message)
 
     @staticmethod
-    def _set(record: Record, state: protocol.SyncState, message: str | None) -> None:
+    def _set(record: Record, state: SyncState, message: str | None) -> None:
         if (record.state, record.message) != (state, message):
-            level = logging.WARNING if state in ("Failed", "Rejected") else logging.INFO
+            level = logging.WARNING if state in (AdapterState.FAILED, AdapterState.REJECTED) else logging.INFO
             log.log(level, "adapter %s: %s%s", record.adapter.name, state, f" ({message})" if message else "")
         record.state = state
         record.message = message
-        if state != "Ready":
+        if state != AdapterState.READY:
             record.loaded_at = None

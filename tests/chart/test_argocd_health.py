@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from kubetune.api.conditions import Reason
+from kubetune.api.conditions import FineTuneJobReason as Reason
+from kubetune.api.sidecar import AdapterReport, SidecarStatus
 from kubetune.api.finetunejob import FineTuneJobStatus
 from kubetune.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from kubetune.api.validation import parse
@@ -63,7 +64,7 @@ def pod(state, phase="Running", reason=None):
 
 
 def derived(observed) -> dict:
-    return ftj_status.derive_status(observed, None, T0)
+    return ftj_status.derive_status(observed, None, T0).to_dict()
 
 
 Observed = ftj_status.Observed
@@ -126,8 +127,9 @@ def ready_pod(name):
 
 def report(*states):
     """A sidecar /status report: (adapter name, state, manifest sha) for each adapter."""
-    return {"generation": 1, "adapters": [{"name": n, "state": s, "manifestSha256": sha, "message": "boom" if s == "Failed" else ""}
-                                          for n, s, sha in states]}
+    return SidecarStatus(generation=1, vllm_ready=True, adapters=[
+        AdapterReport(name=n, uri=f"s3://models/{n}", state=s, manifest_sha256=sha, message="boom" if s == "Failed" else "")
+        for n, s, sha in states])
 
 
 def md_derived(resolved, dep=None, reports=None, validation_error=None, spec=MD_SPEC, generation=1):
@@ -135,7 +137,7 @@ def md_derived(resolved, dep=None, reports=None, validation_error=None, spec=MD_
     observed = md_status.ServingObserved(generation=generation, desired_generation=1, deployment=dep, pods=pods,
                                          reports=reports or {}, endpoint=ENDPOINT, selector="x=y",
                                          validation_error=validation_error)
-    status = md_status.derive_status(observed, None if validation_error else spec, resolved, None, T0)
+    status = md_status.derive_status(observed, None if validation_error else spec, resolved, None, T0).to_dict()
     ModelDeploymentStatus.model_validate(status)
     return status
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from kubetune_serving.cache import AdapterCache, Admission
-from kubetune_serving.protocol import DesiredSet
+from kubetune.api.admission import ServingTarget
+from kubetune_serving.cache import AdapterCache
+from kubetune.api.sidecar import DesiredSet
 from kubetune_serving.server import make_app
 from kubetune_serving.sources import Update
 from kubetune_storage import Storage
@@ -105,7 +106,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
             yield await queue.get()
 
     async with aiohttp.ClientSession() as session:
-        cache = AdapterCache(tmp_path / "cache", Storage({}), Admission(max_lora_rank=16))
+        cache = AdapterCache(tmp_path / "cache", Storage({}), ServingTarget(max_lora_rank=16))
         syncer = Syncer(VLLMClient(session, vllm_url), cache, poll_interval=0.05, retry_base=0.05, retry_max=0.2,
                         resolve_interval=0.1)
         sidecar_runner, sidecar_url = await serve(make_app(syncer))
@@ -230,7 +231,7 @@ async def test_rejected_adapter_is_never_loaded_nor_retried(harness: Harness, tm
     harness.want(desired_set(1, ("big", uri, sha)))
     await harness.until(lambda: harness.states() == {"big": "Rejected"})
     await asyncio.sleep(0.5)  # many retry periods
-    assert harness.syncer.status().adapters[0].message == "LoRA rank 64 exceeds the max LoRA rank 16 (vllm.maxLoraRank)"
+    assert harness.syncer.status().adapters[0].message == "LoRA rank 64 exceeds spec.vllm.maxLoraRank 16: raise vllm.maxLoraRank to at least 64"
     assert (harness.fake.calls, harness.fake.loras) == ([], {})
 
 
@@ -373,7 +374,7 @@ async def test_a_vllm_that_rejects_the_key_is_not_ready_with_the_reason(key: str
     try:
         async with aiohttp.ClientSession() as session:
             vllm = VLLMClient(session, url, key)
-            syncer = Syncer(vllm, AdapterCache(tmp_path / "cache", Storage({}), Admission(max_lora_rank=16)))
+            syncer = Syncer(vllm, AdapterCache(tmp_path / "cache", Storage({}), ServingTarget(max_lora_rank=16)))
             await syncer.reconcile_once()
     finally:
         await runner.cleanup()

@@ -1,22 +1,17 @@
-"""Manifest verification, admission checks and the verified cache (file://; no vLLM needed)."""
+"""Manifest verification, the sidecar's admission checks (kubetune.api.admission on what it downloaded) and the
+verified cache (file://; no vLLM needed)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from kubetune.api.admission import AdapterFacts, AdmissionError, ServingTarget, admit, admit_adapter_config
 from kubetune.api.manifest import AdapterManifest
-from kubetune_serving.cache import AdapterCache, Admission, ManifestMissing
-from kubetune_serving.protocol import DesiredAdapter
+from kubetune.api.sidecar import DesiredAdapter
+from kubetune_serving.cache import AdapterCache, ManifestMissing
 from kubetune_storage import Storage
-from kubetune_serving.verify import (
-    AdmissionError,
-    VerificationError,
-    admit_adapter_config,
-    admit_manifest,
-    parse_manifest,
-    sha256_bytes,
-)
+from kubetune_serving.verify import VerificationError, parse_manifest, sha256_bytes
 
 from tests.serving.helpers import FAKE_CONFIG as CONFIG
 from tests.serving.helpers import FAKE_WEIGHTS as WEIGHTS
@@ -31,6 +26,12 @@ def published(tmp_path: Path) -> tuple[Path, str]:
 
 def manifest_of(folder: Path) -> AdapterManifest:
     return AdapterManifest.model_validate_json((folder / "manifest.json").read_bytes())
+
+
+def admit_manifest(manifest: AdapterManifest, max_lora_rank: int, base_model_uri: str | None = None,
+                   base_model_revision: str | None = None) -> None:
+    """What the sidecar runs on a downloaded manifest.json (AdapterCache.fetch)."""
+    admit(AdapterFacts.from_manifest(manifest), ServingTarget(max_lora_rank, base_model_uri, base_model_revision))
 
 
 # ------------------------------------------------------------------------------ verification
@@ -62,10 +63,14 @@ def test_admit_manifest_accepts_a_plain_lora(published: tuple[Path, str]) -> Non
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ({"rank": 32}, "LoRA rank 32 exceeds the max LoRA rank 16 (vllm.maxLoraRank)"),
+    ({"rank": 32}, "LoRA rank 32 exceeds spec.vllm.maxLoraRank 16: raise vllm.maxLoraRank to at least 32"),
     ({"type": "full"}, "adapter type is 'full' (a fully fine-tuned model), but vLLM serves only LoRA adapters "
-                       "(lora, qlora): use it as the deployment's baseModel instead"),
-    ({"type": "dora"}, "adapter type is 'dora', but vLLM serves only lora, qlora adapters"),
+                       "(lora, qlora): serve it as spec.baseModel of its own ModelDeployment instead"),
+    ({"type": "dora"}, "adapter type is 'dora', but vLLM cannot serve DoRA adapters (only lora, qlora): set the "
+                       "FineTuneJob's spec.output.mergedModel: true and serve the merged model it publishes as "
+                       "spec.baseModel of a ModelDeployment"),
+    ({"targetModules": ["q_proj", "lm_head"]}, "adapter targets ['lm_head'] (embedding/lm_head LoRA), which vLLM does "
+                                              "not serve: train on the attention/MLP projections only"),
     ({"modulesToSave": ["lm_head"]}, "adapter fully trains modules_to_save=['lm_head'], but vLLM serves only "
                                      "LoRA weights (modules_to_save must be empty)"),
     ({"addedTokens": 3}, "adapter adds 3 tokens to the base tokenizer, but vLLM serves adapters only with the "
@@ -83,13 +88,15 @@ def test_admit_manifest_base_model_and_revision(published: tuple[Path, str]) -> 
     manifest = manifest_of(published[0])
     with pytest.raises(AdmissionError) as info:
         admit_manifest(manifest, max_lora_rank=16, base_model_uri="hf://Qwen/Qwen2-0.5B")
-    assert str(info.value) == ("adapter was trained on base model file:///models/tiny, but this deployment serves "
-                               "hf://Qwen/Qwen2-0.5B")
+    assert str(info.value) == ("adapter was trained on file:///models/tiny, but this deployment serves "
+                               "hf://Qwen/Qwen2-0.5B (spec.baseModel): a LoRA adapter only works on the base model it "
+                               "was trained on")
     manifest.base_model.revision = "abc"
     with pytest.raises(AdmissionError) as info:
         admit_manifest(manifest, max_lora_rank=16, base_model_uri="file:///models/tiny", base_model_revision="def")
-    assert str(info.value) == ("adapter was trained on revision abc of the base model, but this deployment serves "
-                               "revision def")
+    assert str(info.value) == ("adapter was trained on file:///models/tiny@abc, but this deployment serves "
+                               "file:///models/tiny@def (spec.baseModel): a LoRA adapter only works on the base model "
+                               "it was trained on")
 
 
 def test_admit_adapter_config_names_every_problem() -> None:
@@ -99,8 +106,8 @@ def test_admit_adapter_config_names_every_problem() -> None:
     with pytest.raises(AdmissionError) as info:
         admit_adapter_config(bad, max_lora_rank=16)
     assert str(info.value).split("; ") == [
-        "adapter_config.json r=64 exceeds the max LoRA rank 16 (vllm.maxLoraRank)",
-        "adapter_config.json rank_pattern['q_proj']=32 exceeds the max LoRA rank 16 (vllm.maxLoraRank)",
+        "adapter_config.json r=64 exceeds spec.vllm.maxLoraRank 16",
+        "adapter_config.json rank_pattern['q_proj']=32 exceeds spec.vllm.maxLoraRank 16",
         "adapter_config.json modules_to_save=['lm_head'], but vLLM serves only LoRA weights (modules_to_save must be empty)",
         "adapter_config.json target_modules include ['lm_head', 'model.embed_tokens'] (embedding/lm_head LoRA), "
         "which vLLM does not serve: train on the attention/MLP projections only",
@@ -118,7 +125,7 @@ def test_admit_adapter_config_rejects_prefix_tuning() -> None:
 
 
 def cache(tmp_path: Path, rank: int = 16) -> AdapterCache:
-    return AdapterCache(tmp_path / "cache", Storage({}), Admission(max_lora_rank=rank))
+    return AdapterCache(tmp_path / "cache", Storage({}), ServingTarget(max_lora_rank=rank))
 
 
 def desired(folder: Path, sha: str, name: str = "a") -> DesiredAdapter:
@@ -213,7 +220,7 @@ def test_fetch_rejects_before_downloading_weights(tmp_path: Path) -> None:
     sha = publish_adapter(fake_adapter(tmp_path, r=32), folder)
     with pytest.raises(AdmissionError) as info:
         cache(tmp_path).fetch(desired(folder, sha))
-    assert str(info.value) == "LoRA rank 32 exceeds the max LoRA rank 16 (vllm.maxLoraRank)"
+    assert str(info.value) == "LoRA rank 32 exceeds spec.vllm.maxLoraRank 16: raise vllm.maxLoraRank to at least 32"
     assert list((tmp_path / "cache").iterdir()) == []
 
 

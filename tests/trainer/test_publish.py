@@ -51,7 +51,7 @@ def test_publish_layout_manifest_and_report(tmp_path: Path):
         "manifest.json", "metrics.jsonl", "training_config.json"]
     raw = (root / "manifest.json").read_bytes()
     assert report == {"adapter": {"uri": f"file://{tmp_path}/out/team-a/pub",
-                                  "manifestSha256": hashlib.sha256(raw).hexdigest(), "type": "lora"},
+                                  "manifestSha256": hashlib.sha256(raw).hexdigest(), "type": "lora", "rank": 16},
                       "evaluation": {"baseline": {"evalLoss": 7.0, "perplexity": 1096.6},
                                      "final": {"evalLoss": 0.6, "perplexity": 1.8221}}}
     assert len(json.dumps(report)) < 4096

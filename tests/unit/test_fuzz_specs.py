@@ -123,7 +123,7 @@ def test_every_spec_validates_or_names_its_fields(spec):
     body = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": BODY_META, "spec": spec}
     children = build_children(body, resolved, SETTINGS)
     assert children[-1]["kind"] == "Job"
-    assert derive_status(Observed(1), None)["conditions"][0]["reason"] == "Pending"
+    assert derive_status(Observed(1), None).conditions[0].reason == "Pending"
     # And the CRD schema (what the API server checks) accepts it too.
     jsonschema.validate(model.to_dict(), SCHEMA)
 

@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timezone
 
 from kubetune.api.modeldeployment import ModelDeploymentSpec
+from kubetune.api.sidecar import AdapterReport, DesiredAdapter, SidecarStatus
 from kubetune.api.validation import parse
 from kubetune.builders.modeldeployment import build_children, desired_set, resolve_spec
 from kubetune.config import OperatorSettings
@@ -86,7 +87,7 @@ def test_deployment_containers_whole():
 
 def test_adapter_changes_do_not_change_the_pod_template_but_base_model_does():
     _, first = _children(desired_set(1, []))
-    _, second = _children(desired_set(2, [{"name": "a", "uri": "s3://x/a", "manifestSha256": "f" * 64}]))
+    _, second = _children(desired_set(2, [DesiredAdapter(name="a", uri="s3://x/a", manifest_sha256="f" * 64)]))
     assert first[-1] == second[-1]
     assert first[0] != second[0]
     other = parse(ModelDeploymentSpec, {**SPEC, "baseModel": {"uri": "hf://Qwen/Qwen2.5-1.5B-Instruct"}})
@@ -125,10 +126,11 @@ def test_status_ready_only_when_every_replica_has_the_adapter_and_names_the_pod_
     dep = {"metadata": {"generation": 1}, "spec": {}, "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 1, "observedGeneration": 1}}
     ready = {"type": "Ready", "status": "True"}
     pods = [{"metadata": {"name": p}, "status": {"conditions": [ready]}} for p in ("p1", "p2")]
-    report = lambda state, message=None: {"generation": 4, "adapters": [  # noqa: E731
-        {"name": "legal", "manifestSha256": "1" * 64, "state": state, "message": message}]}
+    report = lambda state, message=None, **more: SidecarStatus(generation=4, vllm_ready=True, adapters=[  # noqa: E731
+        AdapterReport(name="legal", uri="s3://adapters/legal", manifest_sha256="1" * 64, state=state, message=message)]
+    ).model_copy(update=more)
     obs = ServingObserved(3, 4, dep, pods, {"p1": report("Ready"), "p2": report("Loading", "fetching")}, "http://chat.ml.svc:8000/v1", "sel")
-    status = derive_status(obs, spec, resolved, None, T0)
+    status = derive_status(obs, spec, resolved, None, T0).to_dict()
     assert status["adapters"] == [{"name": "legal", "source": "s3://adapters/legal", "state": "Loading", "replicasLoaded": "1/2",
                                    "uri": "s3://adapters/legal", "pods": {"p1": "Ready", "p2": "Loading"},
                                    "message": "loaded on 1/2 replicas; waiting for pod p2 Loading (fetching)"}]
@@ -137,36 +139,36 @@ def test_status_ready_only_when_every_replica_has_the_adapter_and_names_the_pod_
                      "AdaptersReady": ("False", "AdaptersLoading"), "Progressing": ("True", "RollingOut")}
     obs.reports = {"p1": report("Ready"), "p2": report("Ready")}
     dep["status"]["updatedReplicas"] = 2
-    status = derive_status(obs, spec, resolved, status, T0)
+    status = derive_status(obs, spec, resolved, status, T0).to_dict()
     conds = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conds["Ready"] == ("True", "Ready") and conds["Progressing"] == ("False", "RolloutComplete")
     assert status["adaptersReady"] == "1/1"
     assert status["adapters"][0] == {"name": "legal", "source": "s3://adapters/legal", "state": "Ready", "replicasLoaded": "2/2",
                                           "uri": "s3://adapters/legal", "pods": {"p1": "Ready", "p2": "Ready"}}
     # A pod still on an older desired set does not count for an unpinned adapter.
-    obs.reports = {"p1": report("Ready"), "p2": {**report("Ready"), "generation": 3}}
-    lagging = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    obs.reports = {"p1": report("Ready"), "p2": report("Ready", generation=3)}
+    lagging = derive_status(obs, spec, resolved, status, T0).to_dict()["adapters"][0]
     assert (lagging["state"], lagging["replicasLoaded"], lagging["pods"]) == ("Loading", "1/2", {"p1": "Ready", "p2": "Loading"})
     assert lagging["message"] == "loaded on 1/2 replicas; waiting for pod p2 Loading (has not picked up this version yet)"
     # A replica that is not Ready (its vLLM restarting) still counts: the adapter is not on every replica.
     pods[1]["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
-    obs.reports = {"p1": report("Ready"), "p2": {**report("Loading", "vLLM is not ready"), "vllmReady": False}}
-    restarting = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    obs.reports = {"p1": report("Ready"), "p2": report("Loading", "vLLM is not ready", vllm_ready=False)}
+    restarting = derive_status(obs, spec, resolved, status, T0).to_dict()["adapters"][0]
     assert (restarting["state"], restarting["replicasLoaded"]) == ("Loading", "1/2")
     # A sidecar that does not answer: Unknown there, named.
     obs.reports = {"p1": report("Ready"), "p2": None}
-    unknown = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    unknown = derive_status(obs, spec, resolved, status, T0).to_dict()["adapters"][0]
     assert unknown["pods"] == {"p1": "Ready", "p2": "Unknown"} and "pod p2 Unknown (its adapter-sync sidecar does not answer)" in unknown["message"]
     # Fewer pods than spec.replicas (one not created yet, one terminating): the missing replica has nothing.
     pods[1]["metadata"]["deletionTimestamp"] = "2026-11-23T08:00:00Z"
     obs.reports = {"p1": report("Ready"), "p2": report("Ready")}
-    missing = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    missing = derive_status(obs, spec, resolved, status, T0).to_dict()["adapters"][0]
     assert (missing["state"], missing["replicasLoaded"], missing["pods"]) == ("Loading", "1/2", {"p1": "Ready"})
     assert missing["message"] == "loaded on 1/2 replicas; waiting for 1 replica(s) not created yet"
     # One pod rejects it: Rejected, with that pod's reason.
     del pods[1]["metadata"]["deletionTimestamp"]
     obs.reports = {"p1": report("Ready"), "p2": report("Rejected", "manifest sha256 mismatch")}
-    rejected = derive_status(obs, spec, resolved, status, T0)["adapters"][0]
+    rejected = derive_status(obs, spec, resolved, status, T0).to_dict()["adapters"][0]
     assert (rejected["state"], rejected["message"]) == ("Rejected", "pod p2 Rejected (manifest sha256 mismatch)")
 
 

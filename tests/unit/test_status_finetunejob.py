@@ -9,7 +9,13 @@ from datetime import datetime, timezone
 import pytest
 
 from kubetune.status.conditions import status_changed
-from kubetune.status.finetunejob import Observed, derive_status
+from kubetune.status import finetunejob
+from kubetune.status.finetunejob import Observed
+
+
+def derive_status(*args, **kwargs) -> dict:
+    """The status as the handler writes it (FineTuneJobStatus in its wire form)."""
+    return finetunejob.derive_status(*args, **kwargs).to_dict()
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
 T1 = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import constants as c
-from kubetune.builders.modeldeployment import SYNC_CONTAINER, TEMPLATE_HASH_ANNOTATION, VLLM_CONTAINER
+from kubetune.builders.modeldeployment import TEMPLATE_HASH_ANNOTATION
 from kubetune_emulator import Emulator
 from .containers import UnsupportedPodSpec
 
@@ -165,10 +165,10 @@ class LocalServing:
         vllm_port, sync_port = free_port(), free_port()
         period = 10.0
         for ctr in spec["containers"]:
-            if ctr["name"] == SYNC_CONTAINER:
+            if ctr["name"] == c.SERVING_SYNC_CONTAINER:
                 ctr["ports"] = [{"name": "sync", "containerPort": sync_port}]
                 period = float((ctr.get("readinessProbe") or {}).get("periodSeconds", 10))
-            if ctr["name"] == VLLM_CONTAINER:
+            if ctr["name"] == c.SERVING_VLLM_CONTAINER:
                 ctr["ports"] = [{"name": "http", "containerPort": vllm_port}]
         plans = self.containers.plan(spec) if self.containers is not None else None  # refused before the Pod exists
         live = self.emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
@@ -195,7 +195,7 @@ class LocalServing:
         sources = self.containers.volumes(pod.namespace, live, pod.poddir, plans)
         for ctr in live["spec"]["containers"]:
             args = _port_args(ctr, pod.vllm_port, pod.sync_port)
-            env = VLLM_CPU_ENV if ctr["name"] == VLLM_CONTAINER else {}
+            env = VLLM_CPU_ENV if ctr["name"] == c.SERVING_VLLM_CONTAINER else {}
 
             def start(ctr: dict[str, Any] = ctr, args: list[str] = args, env: dict[str, str] = env) -> Any:
                 return self.containers.start(pod.namespace, live, plans[ctr["name"]], sources, pod.poddir, args=args, env=env)[0]
@@ -244,7 +244,7 @@ class LocalServing:
         for ctr in pod.containers.values():
             up = ctr.exited_at is None and ctr.proc.poll() is None
             status = {"name": ctr.name, "restartCount": ctr.restarts, "started": up,
-                      "ready": up and (pod.ready or ctr.name != SYNC_CONTAINER),
+                      "ready": up and (pod.ready or ctr.name != c.SERVING_SYNC_CONTAINER),
                       "state": {"running": {"startedAt": ctr.started_at}} if up else {"waiting": {"reason": "CrashLoopBackOff"}}}
             if ctr.last_state:
                 status["lastState"] = ctr.last_state
@@ -279,7 +279,7 @@ def _rolling(dep: dict[str, Any], replicas: int) -> tuple[int, int]:
 def _local_args(ctr: dict[str, Any], vllm_port: int, sync_port: int, poddir: Path) -> list[str]:
     """The container's args with in-pod ports and paths replaced by this machine's."""
     out, args = [], list(ctr.get("args", []))
-    replace = {"--port": str(sync_port if ctr["name"] == SYNC_CONTAINER else vllm_port),
+    replace = {"--port": str(sync_port if ctr["name"] == c.SERVING_SYNC_CONTAINER else vllm_port),
                "--vllm-url": f"http://127.0.0.1:{vllm_port}", "--cache-dir": str(poddir / "adapters"),
                "--model-cache": str(poddir / "models")}
     for i, arg in enumerate(args):
@@ -290,7 +290,7 @@ def _local_args(ctr: dict[str, Any], vllm_port: int, sync_port: int, poddir: Pat
 def _port_args(ctr: dict[str, Any], vllm_port: int, sync_port: int) -> list[str]:
     """The container's args with only its ports moved: every pod shares the host network in the container mode."""
     out, args = [], list(ctr.get("args", []))
-    replace = {"--port": str(sync_port if ctr["name"] == SYNC_CONTAINER else vllm_port), "--vllm-url": f"http://127.0.0.1:{vllm_port}"}
+    replace = {"--port": str(sync_port if ctr["name"] == c.SERVING_SYNC_CONTAINER else vllm_port), "--vllm-url": f"http://127.0.0.1:{vllm_port}"}
     for i, arg in enumerate(args):
         out.append(replace[args[i - 1]] if i and args[i - 1] in replace else arg)
     return out

@@ -5,7 +5,6 @@ The reason goes to the termination log (one paragraph, < 4 KiB) where the operat
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -13,10 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kubetune.api.constants import ENV_TERMINATION_LOG, TERMINATION_LOG
+from kubetune.api.termination import MAX_TERMINATION_MESSAGE, TerminationReport
 
 log = logging.getLogger(__name__)
-
-MAX_MESSAGE = 4000  # Kubernetes keeps at most 4096 bytes of the termination message
 
 
 class UserError(Exception):
@@ -66,15 +64,22 @@ def termination_log_path() -> Path:
     return Path(os.environ.get(ENV_TERMINATION_LOG) or TERMINATION_LOG)
 
 
-def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
+def _truncate(text: str, limit: int = MAX_TERMINATION_MESSAGE) -> str:
     raw = text.encode()
     return text if len(raw) <= limit else raw[: limit - 3].decode(errors="ignore") + "..."
 
 
-def write_termination(message: str | dict) -> None:
-    """Write the final report; never raises (a missing /dev/termination-log outside a pod is fine)."""
-    text = json.dumps(message, separators=(",", ":")) if isinstance(message, dict) else " ".join(str(message).split())
+def write_termination(message: str | dict | TerminationReport) -> None:
+    """Write the final report (kubetune.api.termination.TerminationReport: a dict is the report in its wire
+    form, as run() and the ranks pass it on; a str is a failure's paragraph). Never raises (a missing
+    /dev/termination-log outside a pod is fine)."""
+    if isinstance(message, str):
+        report = TerminationReport(message=message)
+    elif isinstance(message, dict):
+        report = TerminationReport.model_validate(message)
+    else:
+        report = message
     try:
-        termination_log_path().write_text(_truncate(text))
+        termination_log_path().write_text(_truncate(report.text()))
     except OSError as exc:
         log.warning("cannot write the termination log %s: %s", termination_log_path(), exc)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.common import parse_hf_uri
+from kubetune.api.finetunejob import Evaluation, PublishedAdapter
 from kubetune.api.manifest import AdapterManifest, ManifestAdapter, ManifestBaseModel, ManifestEval, ManifestFile
 from kubetune.api.storage_layout import (
     ADAPTER_DIR,
@@ -29,6 +30,7 @@ from kubetune.api.storage_layout import (
     MODEL_CARD,
     RESOLVED_CONFIG,
 )
+from kubetune.api.termination import TerminationReport
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune_storage import Store
 
@@ -159,7 +161,8 @@ def build_manifest(config: TrainerConfig, result: Result, root: Path, files: lis
 
 
 def publish(config: TrainerConfig, result: Result, out: Store, work_dir: Path) -> dict[str, Any]:
-    """Stage, upload, manifest last. Returns the termination report for the operator."""
+    """Stage, upload, manifest last. Returns the termination report for the operator
+    (kubetune.api.termination.TerminationReport, in its wire form)."""
     root = work_dir / "publish"
     files = stage(config, result, root)
     manifest = build_manifest(config, result, root, files)
@@ -176,7 +179,8 @@ def publish(config: TrainerConfig, result: Result, out: Store, work_dir: Path) -
     out.write_bytes(MANIFEST, manifest_bytes)
     digest = hashlib.sha256(manifest_bytes).hexdigest()
     log.info("publish: %d files + %s (sha256 %s) at %s", len(files), MANIFEST, digest, out.uri)
-    return {
-        "adapter": {"uri": config.output_prefix, "manifestSha256": digest, "type": config.spec.adapter.type},
-        "evaluation": {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in result.evaluation.items() if v},
-    }
+    return TerminationReport(
+        adapter=PublishedAdapter(uri=config.output_prefix, manifest_sha256=digest, type=manifest.adapter.type,
+                                 rank=manifest.adapter.rank),
+        evaluation=Evaluation.model_validate({k: v for k, v in result.evaluation.items() if v}),
+    ).to_dict()

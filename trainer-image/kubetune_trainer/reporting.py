@@ -8,7 +8,7 @@ distributed run; the launcher of pod 0 before the ranks start) has a destination
 mode kubernetes: HTTP PATCH (application/merge-patch+json) of the FineTuneJob's status subresource
 with the pod's ServiceAccount token, from a background thread (the training loop never waits on the
 API server); a failed report is logged and dropped. mode file: one JSON line per report.
-The body holds only `progress`, `checkpoints` and `evaluation`, built from the API models.
+The body is a kubetune.api.progress.ProgressReport: only `progress`, `checkpoints` and `evaluation`.
 
 Test/ops overrides: KUBETUNE_API_URL (base URL, e.g. http://127.0.0.1:8080), KUBETUNE_API_TOKEN_FILE,
 KUBETUNE_API_CA_FILE. Default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.constants import ENV_API_URL
-from kubetune.api.finetunejob import CheckpointInfo, EvalFigures, Evaluation, Progress, TrainerPhase
+from kubetune.api.finetunejob import MAX_CHECKPOINTS_LISTED, CheckpointInfo, EvalFigures, Evaluation, Progress, TrainerPhase
+from kubetune.api.progress import ProgressReport, TrainerStatus
 from kubetune.api.trainer_config import ProgressReporting
 
 log = logging.getLogger(__name__)
@@ -101,16 +102,15 @@ class Tracker:
                             update_time=datetime.now(timezone.utc).replace(microsecond=0))
 
     def status_body(self) -> dict[str, Any]:
-        """The merge-patch body: {"status": {"progress", "checkpoints"?, "evaluation"?}} in camelCase."""
-        status: dict[str, Any] = {"progress": self.progress().to_dict()}
+        """The merge-patch body (kubetune.api.progress.ProgressReport): {"status": {"progress", "checkpoints"?,
+        "evaluation"?}} in camelCase."""
+        progress = self.progress()
         with self.lock:
-            if self.checkpoints:
-                status["checkpoints"] = [CheckpointInfo(step=s, uri=u).to_dict() for s, u in self.checkpoints]
+            checkpoints = [CheckpointInfo(step=s, uri=u) for s, u in self.checkpoints[-MAX_CHECKPOINTS_LISTED:]]
             evaluation = {k: EvalFigures(eval_loss=v.get("evalLoss"), perplexity=v.get("perplexity"))
                           for k, v in (("baseline", self.baseline), ("final", self.final)) if v}
-        if evaluation:
-            status["evaluation"] = Evaluation(**evaluation).to_dict()
-        return {"status": status}
+        return ProgressReport(status=TrainerStatus(progress=progress, checkpoints=checkpoints or None,
+                                                   evaluation=Evaluation(**evaluation) if evaluation else None)).body()
 
 
 class KubeSender:

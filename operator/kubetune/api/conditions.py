@@ -1,4 +1,12 @@
-"""Condition types and reasons: the only words status may use."""
+"""Condition types, reasons and adapter states: the only words status may use.
+
+Reasons are enums, one per kind: a reason that is not a member here cannot appear in a status. The
+adapter states are one enum too, shared by the ModelDeployment status and the sidecar's report
+(kubetune.api.sidecar); each place that allows only some of them says which (the Literal types below).
+"""
+
+from enum import StrEnum
+from typing import Literal
 
 # Condition status values (metav1.ConditionStatus).
 TRUE = "True"
@@ -21,8 +29,8 @@ PROGRESSING = "Progressing"
 MODELDEPLOYMENT_CONDITION_TYPES = (READY, AVAILABLE, ADAPTERS_READY, PROGRESSING)
 
 
-class Reason:
-    """CamelCase reasons, as metav1.Condition requires."""
+class FineTuneJobReason(StrEnum):
+    """CamelCase reasons of FineTuneJob conditions, as metav1.Condition requires."""
 
     # Terminal, user-fixable.
     VALIDATION_FAILED = "ValidationFailed"
@@ -53,3 +61,48 @@ class Reason:
     # Servable (DoRA jobs).
     DORA_NOT_SERVABLE = "DoRANotServable"
     MERGED_MODEL_SERVABLE = "MergedModelServable"
+
+
+class ModelDeploymentReason(StrEnum):
+    """CamelCase reasons of ModelDeployment conditions."""
+
+    VALIDATION_FAILED = "ValidationFailed"
+    # Ready
+    READY = "Ready"  # Ready=True; Ready=False takes the reason of Available, else of AdaptersReady
+    # Available
+    CREATING = "Creating"
+    REPLICAS_READY = "ReplicasReady"
+    SCALED_TO_ZERO = "ScaledToZero"
+    NO_READY_REPLICAS = "NoReadyReplicas"
+    # Progressing
+    ROLLING_OUT = "RollingOut"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    # AdaptersReady, worst adapter first
+    ALL_ADAPTERS_READY = "AllAdaptersReady"
+    ADAPTER_REJECTED = "AdapterRejected"
+    ADAPTER_FAILED = "AdapterFailed"
+    WAITING_FOR_FINETUNEJOB = "WaitingForFineTuneJob"
+    ADAPTERS_LOADING = "AdaptersLoading"
+
+
+class AdapterState(StrEnum):
+    """State of one adapter: in a ModelDeployment's status.adapters[] and in each sidecar's report."""
+
+    WAITING_FOR_FINETUNEJOB = "WaitingForFineTuneJob"  # its FineTuneJob has not published it (yet)
+    LOADING = "Loading"  # being fetched, verified and loaded; or waiting for vLLM (restored after its restart)
+    READY = "Ready"  # vLLM serves it (in a deployment's status: on every replica)
+    FAILED = "Failed"  # a retryable error (storage, integrity, vLLM refused it): retried with backoff
+    REJECTED = "Rejected"  # it can never be served as is (kubetune.api.admission): not retried for that manifest
+    UNKNOWN = "Unknown"  # one pod's state of it when that pod's sidecar does not answer
+
+
+# What a sidecar reports for one adapter (kubetune.api.sidecar.AdapterReport.state).
+SyncState = Literal[AdapterState.LOADING, AdapterState.READY, AdapterState.FAILED, AdapterState.REJECTED]
+# One pod's state of an adapter in the ModelDeployment status: its sidecar's report, or Unknown.
+PodAdapterState = Literal[AdapterState.LOADING, AdapterState.READY, AdapterState.FAILED, AdapterState.REJECTED,
+                          AdapterState.UNKNOWN]
+# An adapter's state in the ModelDeployment status (over all its replicas).
+DeploymentAdapterState = Literal[AdapterState.WAITING_FOR_FINETUNEJOB, AdapterState.LOADING, AdapterState.READY,
+                                 AdapterState.FAILED, AdapterState.REJECTED]
+# Worst first: the one that names an adapter's (or a deployment's) state when pods or adapters differ.
+SEVERITY = (AdapterState.REJECTED, AdapterState.FAILED, AdapterState.WAITING_FOR_FINETUNEJOB, AdapterState.LOADING)

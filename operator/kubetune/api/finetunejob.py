@@ -348,6 +348,9 @@ class Evaluation(KubeModel):
     final: EvalFigures | None = Field(default=None, description="Fine-tuned model.")
 
 
+MAX_CHECKPOINTS_LISTED = 100  # status.checkpoints keeps the newest ones
+
+
 class CheckpointInfo(KubeModel):
     """A complete checkpoint in object storage."""
 
@@ -361,6 +364,8 @@ class PublishedAdapter(KubeModel):
     uri: str = Field(description="Folder holding manifest.json and the adapter.", max_length=2048)
     manifest_sha256: str = Field(description="sha256 of manifest.json.", pattern=r"^[a-f0-9]{64}$")
     type: AdapterType | None = Field(default=None, description="Adapter type.")
+    rank: int | None = Field(default=None, description="LoRA rank, as in manifest.json (absent for a full model).",
+                             ge=1, le=256)
 
 
 class FineTuneJobStatus(KubeModel):
@@ -374,7 +379,8 @@ class FineTuneJobStatus(KubeModel):
     attempts: int | None = Field(default=None, description="Training pods started so far.", ge=0)
     progress: Progress | None = Field(default=None, description="Live progress.")
     evaluation: Evaluation | None = Field(default=None, description="Before/after evaluation.")
-    checkpoints: list[CheckpointInfo] | None = Field(default=None, description="Complete checkpoints, newest last.", max_length=100)
+    checkpoints: list[CheckpointInfo] | None = Field(default=None, description="Complete checkpoints, newest last.",
+                                                     max_length=MAX_CHECKPOINTS_LISTED)
     adapter: PublishedAdapter | None = Field(default=None, description="The published adapter.")
 
 

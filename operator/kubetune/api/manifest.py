@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from .common import KubeModel
-from .finetunejob import MethodType
+from .finetunejob import AdapterType, MethodType
 
 MANIFEST_VERSION = "kubetune.io/adapter-manifest/v1"
 
@@ -30,7 +30,7 @@ class ManifestBaseModel(KubeModel):
 
 
 class ManifestAdapter(KubeModel):
-    type: Literal["lora", "qlora", "dora", "full"] = Field(description="What was trained.")
+    type: AdapterType = Field(description="What was trained.")
     path: str = Field(description="Folder (relative) holding the adapter or full model, e.g. adapter.", max_length=1024)
     rank: int | None = Field(default=None, description="LoRA rank.", ge=1)
     alpha: int | None = Field(default=None, description="LoRA alpha.", ge=1)

@@ -21,10 +21,9 @@ from .common import (
     _check_uri_path,
     decimal,
 )
+from .conditions import DeploymentAdapterState, PodAdapterState
 
-AdapterState = Literal["WaitingForFineTuneJob", "Loading", "Ready", "Failed", "Rejected"]
-# An adapter in one pod: its sidecar's report (kubetune_serving.protocol.SyncState), Unknown when it does not answer.
-PodAdapterState = Literal["Loading", "Ready", "Failed", "Rejected", "Unknown"]
+MAX_ADAPTER_MESSAGE = 4096  # status.adapters[].message; longer ones are cut, ending in "..."
 MAX_PODS_LISTED = 128  # spec.replicas (<= 64) plus the rollout's surge pod, with room to spare
 
 
@@ -185,7 +184,7 @@ class AdapterStatus(KubeModel):
     source: str = Field(description="fineTuneJob/<name> or the URI.", max_length=1100)
     uri: str | None = Field(default=None, description="Resolved adapter folder.", max_length=2048)
     sha256: str | None = Field(default=None, description="sha256 of its manifest.json.", max_length=64)
-    state: AdapterState = Field(description="WaitingForFineTuneJob, Loading, Ready, Failed or Rejected.")
+    state: DeploymentAdapterState = Field(description="WaitingForFineTuneJob, Loading, Ready, Failed or Rejected.")
     replicas_loaded: str | None = Field(
         default=None, max_length=16, pattern=r"^[0-9]+/[0-9]+$",
         description="Replicas that serve it out of the deployment's replicas (its live pods, or spec.replicas while "
@@ -194,7 +193,8 @@ class AdapterStatus(KubeModel):
         default=None, description="Each live pod's state of this adapter (pod name -> Loading, Ready, Failed, Rejected, or "
                                   "Unknown when its adapter-sync sidecar does not answer): which pod lags.",
         json_schema_extra={"maxProperties": MAX_PODS_LISTED})
-    message: str | None = Field(default=None, description="Why it is not Ready (naming the pods that lag).", max_length=4096)
+    message: str | None = Field(default=None, description="Why it is not Ready (naming the pods that lag).",
+                                max_length=MAX_ADAPTER_MESSAGE)
 
 
 class ModelDeploymentStatus(KubeModel):

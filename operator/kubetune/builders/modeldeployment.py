@@ -15,6 +15,7 @@ from typing import Any
 from ..api import constants as c
 from ..api.common import local_only_problems, pvc_claim
 from ..api.modeldeployment import ModelDeploymentSpec
+from ..api.sidecar import DesiredAdapter, DesiredSet
 from ..api.validation import SpecError
 from ..config import OperatorSettings
 from .common import (
@@ -35,12 +36,9 @@ from .common import (
 )
 
 TEMPLATE_HASH_ANNOTATION = "kubetune.io/template-hash"
-VLLM_CONTAINER = "vllm"
-SYNC_CONTAINER = "adapter-sync"
-VLLM_PORT = 8000
-SYNC_PORT = 8081
-DESIRED_KEY = "adapters.json"
-CACHE_DIR = "/var/cache/kubetune"
+# The pod's emptyDir "cache", mounted here in both containers; the sidecar's verified adapters are in
+# its adapters/ folder, constants.ADAPTER_CACHE_DIR (vLLM loads them from the same path).
+CACHE_DIR = c.ADAPTER_CACHE_DIR.rsplit("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -90,15 +88,14 @@ def resolve_spec(spec: ModelDeploymentSpec, settings: OperatorSettings) -> Model
     return data
 
 
-def desired_set(generation: int, adapters: list[dict[str, str]]) -> dict[str, Any]:
-    """The sidecar's desired-set document: only adapters that passed resolution and admission."""
-    return {"generation": generation, "adapters": [{"name": a["name"], "uri": a["uri"], "manifestSha256": a["manifestSha256"]}
-                                                   for a in adapters]}
+def desired_set(generation: int, adapters: list[DesiredAdapter]) -> DesiredSet:
+    """The sidecar's desired set (kubetune.api.sidecar): only adapters that passed resolution and admission."""
+    return DesiredSet(generation=generation, adapters=adapters)
 
 
-def build_config_map(parent: Parent, names: ServingNames, desired: dict[str, Any]) -> dict[str, Any]:
+def build_config_map(parent: Parent, names: ServingNames, desired: DesiredSet) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": object_meta(parent, names.config_map, labels(parent)),
-            "data": {DESIRED_KEY: json.dumps(desired, sort_keys=True)}}
+            "data": {c.DESIRED_ADAPTERS_KEY: json.dumps(desired.wire(), sort_keys=True)}}
 
 
 def build_service_account(parent: Parent, names: ServingNames) -> dict[str, Any]:
@@ -153,18 +150,18 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
     hub = [secret_env(c.ENV_HF_TOKEN, spec.hub_token_secret_ref.name, spec.hub_token_secret_ref.key)] if spec.hub_token_secret_ref else []
     base_model = json.dumps(spec.base_model.to_dict(), sort_keys=True)
     vllm = {
-        "name": VLLM_CONTAINER,
+        "name": c.SERVING_VLLM_CONTAINER,
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kubetune_serving.launch"],
-        "args": ["--port", str(VLLM_PORT), "--model-cache", f"{CACHE_DIR}/models"],
+        "args": ["--port", str(c.SERVING_VLLM_PORT), "--model-cache", f"{CACHE_DIR}/models"],
         "env": [*common_env,
                 {"name": "KUBETUNE_BASE_MODEL", "value": base_model},
                 {"name": "KUBETUNE_VLLM_OPTIONS", "value": json.dumps(spec.vllm.to_dict(), sort_keys=True)},
                 {"name": "KUBETUNE_SERVED_MODEL_NAME", "value": parent.name},
                 {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
                 *_api_key_env(spec), *hub, *storage_env(spec.storage)],
-        "ports": [{"name": "http", "containerPort": VLLM_PORT}],
+        "ports": [{"name": "http", "containerPort": c.SERVING_VLLM_PORT}],
         "resources": resources(spec.resources.cpu, spec.resources.memory, spec.resources.gpus,
                                spec.resources.gpu_resource_name or settings.gpu_resource_name),
         "startupProbe": _probe("/health", "http", 10, 180),
@@ -173,23 +170,24 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"},
                          {"name": "dshm", "mountPath": "/dev/shm"}, *model_mounts],
     }
-    sync_args = ["--desired-configmap", f"{parent.namespace}/{names.config_map}", "--desired-key", DESIRED_KEY,
-                 "--vllm-url", f"http://127.0.0.1:{VLLM_PORT}", "--port", str(SYNC_PORT), "--cache-dir", f"{CACHE_DIR}/adapters",
+    sync_args = ["--desired-configmap", f"{parent.namespace}/{names.config_map}", "--desired-key", c.DESIRED_ADAPTERS_KEY,
+                 "--vllm-url", f"http://127.0.0.1:{c.SERVING_VLLM_PORT}", "--port", str(c.SERVING_SYNC_PORT),
+                 "--cache-dir", c.ADAPTER_CACHE_DIR,
                  "--max-lora-rank", str(spec.vllm.max_lora_rank), "--base-model-uri", spec.base_model.uri]
     if spec.base_model.revision:
         sync_args += ["--base-model-revision", spec.base_model.revision]
     sync = {
-        "name": SYNC_CONTAINER,
+        "name": c.SERVING_SYNC_CONTAINER,
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kubetune_serving.sync"],
         "args": sync_args,
         "env": [*common_env, *_api_key_env(spec), *storage_env(spec.storage)],
-        "ports": [{"name": "sync", "containerPort": SYNC_PORT}],
+        "ports": [{"name": "sync", "containerPort": c.SERVING_SYNC_PORT}],
         # Not Ready until vLLM is up and every desired adapter is restored: a new or restarted pod
         # receives no traffic before it serves the whole set.
-        "readinessProbe": _probe("/readyz", "sync", 2, 1),
-        "livenessProbe": _probe("/healthz", "sync", 10, 6),
+        "readinessProbe": _probe(c.SYNC_READYZ_PATH, "sync", 2, 1),
+        "livenessProbe": _probe(c.SYNC_HEALTHZ_PATH, "sync", 10, 6),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"},
@@ -241,4 +239,4 @@ def build_children(body: dict[str, Any], spec: ModelDeploymentSpec, settings: Op
     names = ServingNames.of(parent.name)
     return [build_config_map(parent, names, desired), build_service_account(parent, names), build_role(parent, names),
             build_role_binding(parent, names), build_service(parent, names, spec),
-            build_deployment(parent, names, spec, settings, [a["uri"] for a in desired.get("adapters") or []])]
+            build_deployment(parent, names, spec, settings, [a.uri for a in desired.adapters])]

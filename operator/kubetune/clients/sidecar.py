@@ -1,4 +1,4 @@
-"""Reads each serving pod's adapter-sync report (`GET /status` on the sidecar's port)."""
+"""Reads each serving pod's adapter-sync report (`GET /status` on the sidecar's port: kubetune.api.sidecar.SidecarStatus)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import logging
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
+
+from ..api.constants import SYNC_STATUS_PATH
+from ..api.sidecar import SidecarStatus
 
 log = logging.getLogger(__name__)
 TIMEOUT = aiohttp.ClientTimeout(total=3)
@@ -25,23 +29,26 @@ def sync_address(pod: dict[str, Any], container: str, port_name: str) -> str | N
     return None
 
 
-async def _fetch(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+async def _fetch(session: aiohttp.ClientSession, url: str) -> SidecarStatus | None:
     try:
-        async with session.get(f"{url}/status") as response:
+        async with session.get(f"{url}{SYNC_STATUS_PATH}") as response:
             if response.status != 200:
                 return None
-            return await response.json()
+            return SidecarStatus.model_validate_json(await response.read())
+    except ValidationError as exc:  # another version of the contract: as good as no answer
+        log.warning("sidecar %s: its %s is not a kubetune.api.sidecar.SidecarStatus: %s", url, SYNC_STATUS_PATH, exc)
+        return None
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         log.debug("sidecar %s unreachable: %s", url, exc)
         return None
 
 
-async def fetch_reports(pods: list[dict[str, Any]], container: str, port_name: str) -> dict[str, dict[str, Any] | None]:
+async def fetch_reports(pods: list[dict[str, Any]], container: str, port_name: str) -> dict[str, SidecarStatus | None]:
     """pod name -> its sidecar's /status (None when unreachable). All pods are asked concurrently."""
     targets = {p["metadata"]["name"]: sync_address(p, container, port_name) for p in pods}
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         names = [name for name, url in targets.items() if url]
         results = await asyncio.gather(*(_fetch(session, targets[name]) for name in names))  # type: ignore[arg-type]
-    reports: dict[str, dict[str, Any] | None] = {name: None for name in targets}
+    reports: dict[str, SidecarStatus | None] = {name: None for name in targets}
     reports.update(zip(names, results))
     return reports

@@ -11,14 +11,21 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from ..api.admission import AdapterFacts, ServingTarget, admission_problems
+from ..api.conditions import AdapterState
+from ..api.constants import DESIRED_ADAPTERS_KEY
+from ..api.finetunejob import PublishedAdapter
 from ..api.modeldeployment import ModelDeploymentSpec
+from ..api.sidecar import DesiredAdapter, DesiredSet
 from ..api.validation import parse
-from ..builders.modeldeployment import DESIRED_KEY, desired_set, resolve_spec
+from ..builders.modeldeployment import desired_set, resolve_spec
 from ..config import OperatorSettings
 from ..status.conditions import find, is_true
 
-WAITING = "WaitingForFineTuneJob"
-LOADING, FAILED, REJECTED = "Loading", "Failed", "Rejected"
+WAITING, LOADING = AdapterState.WAITING_FOR_FINETUNEJOB, AdapterState.LOADING
+FAILED, REJECTED = AdapterState.FAILED, AdapterState.REJECTED
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class Resolved:
 
     name: str
     source: str
-    state: str  # WaitingForFineTuneJob | Loading (sendable) | Failed | Rejected
+    state: AdapterState  # WaitingForFineTuneJob | Loading (sendable) | Failed | Rejected
     uri: str | None = None
     sha256: str | None = None
     message: str | None = None
@@ -35,10 +42,6 @@ class Resolved:
     @property
     def sendable(self) -> bool:
         return self.state == LOADING and self.uri is not None
-
-
-def _base(uri: str, revision: str | None) -> str:
-    return f"{uri}@{revision}" if revision else uri
 
 
 def resolve_adapters(spec: ModelDeploymentSpec, namespace: str, finetunejobs: dict[str, dict[str, Any]]) -> list[Resolved]:
@@ -74,24 +77,18 @@ def resolve_adapters(spec: ModelDeploymentSpec, namespace: str, finetunejobs: di
 
 
 def _admit(name: str, source: str, spec: ModelDeploymentSpec, ftj: dict[str, Any], published: dict[str, Any]) -> Resolved:
-    """Admission checks the operator can make from the FineTuneJob (the sidecar re-checks the manifest)."""
-    ftj_spec = ftj.get("spec") or {}
-    uri, sha = published["uri"], published["manifestSha256"]
-    kind = published.get("type") or (ftj_spec.get("adapter") or {}).get("type", "lora")
-    if kind == "full":
-        return Resolved(name, source, REJECTED, uri, sha, f"FineTuneJob {ftj['metadata']['name']} trained a full model, not "
-                        f"an adapter: serve it as spec.baseModel.uri {uri} in its own ModelDeployment.")
-    rank = published.get("rank") or (ftj_spec.get("adapter") or {}).get("rank", 16)
-    if rank > spec.vllm.max_lora_rank:
-        return Resolved(name, source, REJECTED, uri, sha, f"adapter rank {rank} exceeds spec.vllm.maxLoraRank "
-                        f"{spec.vllm.max_lora_rank}: raise vllm.maxLoraRank to at least {rank}.")
-    trained = ftj_spec.get("baseModel") or {}
-    trained_on = _base(trained.get("uri", "?"), trained.get("revision"))
-    served = _base(spec.base_model.uri, spec.base_model.revision)
-    if trained.get("uri") != spec.base_model.uri or (trained.get("revision") and spec.base_model.revision
-                                                     and trained.get("revision") != spec.base_model.revision):
-        return Resolved(name, source, REJECTED, uri, sha, f"adapter was trained on {trained_on} but this deployment "
-                        f"serves {served}: a LoRA adapter only works on the base model it was trained on.")
+    """kubetune.api.admission on what the FineTuneJob published, before any pod sees it: the sidecar runs the
+    same checks on the manifest, so an adapter it would reject never reaches the desired set."""
+    try:
+        adapter = PublishedAdapter.model_validate(published)
+        facts = AdapterFacts.from_finetunejob(ftj.get("spec") or {}, adapter)
+    except ValidationError as exc:
+        return Resolved(name, source, REJECTED, message=f"FineTuneJob {ftj['metadata']['name']} reports an adapter "
+                        f"kubetune cannot read: {exc}")
+    uri, sha = adapter.uri, adapter.manifest_sha256
+    problems = admission_problems(facts, ServingTarget.of(spec))
+    if problems:
+        return Resolved(name, source, REJECTED, uri, sha, "; ".join(problems))
     return Resolved(name, source, LOADING, uri, sha)
 
 
@@ -101,27 +98,27 @@ class ServingPlan:
 
     spec: ModelDeploymentSpec  # with the platform defaults filled in
     adapters: list[Resolved]
-    desired: dict[str, Any]  # the sidecar's desired-set document (desired_set)
+    desired: DesiredSet  # the sidecar's desired set (desired_set)
 
     @property
     def desired_generation(self) -> int:
-        return int(self.desired.get("generation") or 0)
+        return self.desired.generation
 
 
-def current_desired(configmap: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The desired-set document in the live ConfigMap, or None (missing, or not ours to read)."""
+def current_desired(configmap: dict[str, Any] | None) -> DesiredSet | None:
+    """The desired set in the live ConfigMap, or None (missing, or not ours to read)."""
     try:
-        return json.loads(configmap["data"][DESIRED_KEY]) if configmap else None
-    except (KeyError, TypeError, ValueError):
+        return DesiredSet.model_validate_json(configmap["data"][DESIRED_ADAPTERS_KEY]) if configmap else None
+    except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
 
 
-def next_desired(current: dict[str, Any] | None, adapters: list[Resolved]) -> dict[str, Any]:
-    """The desired-set document for these adapters; its generation goes up only when the set changes."""
-    wanted = [{"name": r.name, "uri": r.uri, "manifestSha256": r.sha256} for r in adapters if r.sendable]
-    if current and current.get("adapters") == desired_set(0, wanted)["adapters"]:
+def next_desired(current: DesiredSet | None, adapters: list[Resolved]) -> DesiredSet:
+    """The desired set for these adapters; its generation goes up only when the set changes."""
+    wanted = [DesiredAdapter(name=r.name, uri=r.uri, manifest_sha256=r.sha256) for r in adapters if r.sendable]
+    if current is not None and current.adapters == wanted:
         return current
-    return desired_set(int((current or {}).get("generation") or 0) + 1, wanted)  # type: ignore[arg-type]
+    return desired_set((current.generation if current else 0) + 1, wanted)
 
 
 def plan(body: dict[str, Any], settings: OperatorSettings, finetunejobs: dict[str, dict[str, Any]],

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ..api import exit_codes
-from ..api.conditions import FAILED, FALSE, RUNNING, SERVABLE, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN, Reason
+from ..api.conditions import FAILED, FALSE, RUNNING, SERVABLE, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN
+from ..api.conditions import FineTuneJobReason as Reason
 from ..api.constants import ANNOTATION_USER_HOLD, LABEL_KUEUE_QUEUE, TRAINER_CONTAINER
+from ..api.finetunejob import FineTuneJobStatus
+from ..api.termination import TerminationReport
 from .conditions import Cond, merge_conditions
 
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -64,18 +66,9 @@ def _by_age(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"].get("name", "")))
 
 
-def termination_report(pod: dict[str, Any]) -> dict[str, Any]:
-    """The trainer's final JSON report from the termination message, or {"message": text}."""
-    term = _terminated(pod) or {}
-    text = (term.get("message") or "").strip()
-    if text.startswith("{"):
-        try:
-            report = json.loads(text)
-            if isinstance(report, dict):
-                return report
-        except ValueError:
-            pass
-    return {"message": text} if text else {}
+def termination_report(pod: dict[str, Any]) -> TerminationReport:
+    """The trainer's termination report (kubetune.api.termination), from its container's terminated state."""
+    return TerminationReport.parse((_terminated(pod) or {}).get("message"))
 
 
 def _disruption(pod: dict[str, Any]) -> dict[str, Any] | None:
@@ -107,7 +100,7 @@ def _preemption(pod: dict[str, Any], checkpoints: list[dict[str, Any]]) -> str:
     (its termination message), else the newest one it reported to status.checkpoints."""
     why = _disruption(pod)
     cause = f" ({why.get('reason')})" if why and why.get('reason') else ""
-    said = re.search(exit_codes.PREEMPTED_CHECKPOINT_RE, str(termination_report(pod).get("message") or ""))
+    said = re.search(exit_codes.PREEMPTED_CHECKPOINT_RE, termination_report(pod).message or "")
     steps = [int(said.group(1))] if said else [
         int(cp["step"]) for cp in checkpoints if isinstance(cp, dict) and isinstance(cp.get("step"), int)]
     resume = f"resuming from checkpoint {steps[-1]}" if steps else "restarting from the beginning (no checkpoint was saved yet)"
@@ -121,8 +114,7 @@ def _describe_failure(pod: dict[str, Any] | None) -> tuple[str, str]:
         return Reason.BACKOFF_LIMIT_EXCEEDED, "The training pod failed and no pod is left to inspect."
     term = _terminated(pod) or {}
     name = pod["metadata"]["name"]
-    report = termination_report(pod)
-    said = report.get("message") or report.get("error") or ""
+    said = termination_report(pod).message or ""
     code = term.get("exitCode")
     if term.get("reason") == "OOMKilled" or (pod.get("status") or {}).get("reason") == "OOMKilled":
         return Reason.OOM_KILLED, f"Pod {name} was OOMKilled. {OOM_HINT}"
@@ -298,41 +290,32 @@ def _servable(obs: Observed) -> Cond | None:
     return Cond(SERVABLE, FALSE, Reason.DORA_NOT_SERVABLE, DORA_NOT_SERVABLE)
 
 
-def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime | None = None) -> dict[str, Any]:
-    """The operator-owned part of status (the trainer owns progress/evaluation/checkpoints)."""
+def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime | None = None) -> FineTuneJobStatus:
+    """The operator-owned part of status (the trainer owns progress/evaluation/checkpoints). ``previous`` is the
+    status as stored (its wire form); serialize the result with ``to_dict()`` to write it."""
     previous = previous or {}
     verdict = _verdict(obs, previous)
     servable = _servable(obs)
     desired = [verdict.running, verdict.succeeded, verdict.failed, verdict.suspended, *([servable] if servable else [])]
-    status: dict[str, Any] = {
-        "observedGeneration": obs.generation,
-        "conditions": merge_conditions(previous.get("conditions"), desired, obs.generation, now),
-    }
+    status = FineTuneJobStatus(observed_generation=obs.generation,
+                               conditions=merge_conditions(previous.get("conditions"), desired, obs.generation, now))
     job = obs.job
     if job is not None:
-        status["jobName"] = job["metadata"]["name"]
+        status.job_name = job["metadata"]["name"]
         job_status = job.get("status") or {}
-        if job_status.get("startTime"):
-            status["startTime"] = job_status["startTime"]
+        status.start_time = job_status.get("startTime")
         attempts = sum(int(job_status.get(key) or 0) for key in ("active", "succeeded", "failed"))
-        if attempts:
-            status["attempts"] = attempts
+        status.attempts = attempts or None
         if verdict.succeeded.status != UNKNOWN:
-            done = job_status.get("completionTime") or next(
+            status.completion_time = job_status.get("completionTime") or next(
                 (c.get("lastTransitionTime") for c in job_status.get("conditions") or [] if c.get("status") == "True"
                  and c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")), None)
-            if done:
-                status["completionTime"] = done
-    if verdict.failed.reason == Reason.CANCELLED and "completionTime" not in status:
-        failed = next((c for c in status["conditions"] if c["type"] == FAILED), {})
-        if failed.get("lastTransitionTime"):
-            status["completionTime"] = failed["lastTransitionTime"]
+    if verdict.failed.reason == Reason.CANCELLED and status.completion_time is None:
+        failed = next((c for c in status.conditions if c.type == FAILED), None)
+        status.completion_time = failed.last_transition_time if failed else None
     if verdict.succeeded.status == TRUE:
         winner = next((p for p in reversed(_by_age(obs.pods)) if (_terminated(p) or {}).get("exitCode") == 0), None)
-        report = termination_report(winner) if winner else {}
-        adapter = report.get("adapter") if isinstance(report.get("adapter"), dict) else None
-        if adapter and adapter.get("uri") and adapter.get("manifestSha256"):
-            status["adapter"] = {k: adapter[k] for k in ("uri", "manifestSha256", "type") if adapter.get(k)}
-        if isinstance(report.get("evaluation"), dict):
-            status["evaluation"] = report["evaluation"]
+        report = termination_report(winner) if winner else TerminationReport()
+        status.adapter = report.adapter
+        status.evaluation = report.evaluation
     return status
