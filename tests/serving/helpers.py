@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from kubetune.api import storage_layout as layout
 from kubetune.api.manifest import AdapterManifest
+from kubetune.api.sidecar import DesiredAdapter, DesiredSet
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING_VENV = Path(os.environ.get("KUBETUNE_SERVING_VENV", REPO / ".venv-serving"))
@@ -113,8 +114,8 @@ def fake_adapter(parent: Path, **config: Any) -> Path:
 
 def desired_set(generation: int, *adapters: tuple[str, str, str | None]) -> dict[str, Any]:
     """The desired-set JSON for (name, uri, manifestSha256) triples; a None sha: unpinned (null)."""
-    return {"generation": generation,
-            "adapters": [{"name": n, "uri": u, "manifestSha256": s} for n, u, s in adapters]}
+    return DesiredSet(generation=generation, adapters=[DesiredAdapter(name=n, uri=u, manifest_sha256=s)
+                                                       for n, u, s in adapters]).wire()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

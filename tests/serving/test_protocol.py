@@ -1,18 +1,10 @@
-"""The operator <-> sidecar contract: desired-set parsing, diffing, status shape."""
+"""The operator <-> sidecar contract (kubetune.api.sidecar): desired-set parsing, status shape; the sidecar's diffing."""
 
 from __future__ import annotations
 
 import pytest
-from kubetune_serving.protocol import (
-    AdapterReport,
-    DesiredAdapter,
-    DesiredSet,
-    SidecarStatus,
-    SyncPlan,
-    plan_resolve,
-    plan_sync,
-    sha_from_served_path,
-)
+from kubetune.api.sidecar import AdapterReport, DesiredAdapter, DesiredSet, SidecarStatus
+from kubetune_serving.protocol import SyncPlan, plan_resolve, plan_sync, sha_from_served_path
 from pydantic import ValidationError
 
 SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64

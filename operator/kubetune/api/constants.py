@@ -68,8 +68,8 @@ SERVING_VLLM_PORT = 8000
 SERVING_SYNC_PORT = 8081
 SYNC_HEALTHZ_PATH = "/healthz"  # liveness of the sidecar
 SYNC_READYZ_PATH = "/readyz"  # the pod's readiness probe: vLLM up and the desired set restored
-SYNC_STATUS_PATH = "/status"  # JSON kubetune_serving.protocol.SidecarStatus, polled by the operator
-# Key of the per-ModelDeployment ConfigMap holding the desired set (kubetune_serving.protocol.DesiredSet).
+SYNC_STATUS_PATH = "/status"  # JSON kubetune.api.sidecar.SidecarStatus, polled by the operator
+# Key of the per-ModelDeployment ConfigMap holding the desired set (kubetune.api.sidecar.DesiredSet).
 DESIRED_ADAPTERS_KEY = "adapters.json"
 # Adapter cache: an emptyDir mounted at this same path in both containers (vLLM reads what sync verified).
 ADAPTER_CACHE_DIR = "/var/cache/kubetune/adapters"

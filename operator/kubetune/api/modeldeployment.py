@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Literal
 
@@ -25,6 +26,14 @@ from .conditions import DeploymentAdapterState, PodAdapterState
 
 MAX_ADAPTER_MESSAGE = 4096  # status.adapters[].message; longer ones are cut, ending in "..."
 MAX_PODS_LISTED = 128  # spec.replicas (<= 64) plus the rollout's surge pod, with room to spare
+
+
+def check_unique_names(adapter_names: Iterable[str]) -> None:
+    """Adapter names are OpenAI model names: one per deployment (spec.adapters and the sidecar's desired set)."""
+    names = list(adapter_names)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"adapters: duplicate name(s) {', '.join(dupes)}")
 
 
 class FineTuneJobRef(KubeModel):
@@ -165,10 +174,7 @@ class ModelDeploymentSpec(KubeModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelDeploymentSpec:
-        names = [a.name for a in self.adapters]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"adapters: duplicate name(s) {', '.join(dupes)}")
+        check_unique_names(a.name for a in self.adapters)
         if self.resources.gpus and self.vllm.tensor_parallel_size > self.resources.gpus:
             raise ValueError("vllm.tensorParallelSize must not exceed resources.gpus")
         return self

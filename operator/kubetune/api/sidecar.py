@@ -35,6 +35,7 @@ from pydantic import Field, model_validator
 
 from .common import DNS_LABEL, STORAGE_URI, KubeModel
 from .conditions import SyncState
+from .modeldeployment import check_unique_names
 
 SHA256 = r"^[a-f0-9]{64}$"
 
@@ -63,10 +64,7 @@ class DesiredSet(KubeModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> DesiredSet:
-        names = [a.name for a in self.adapters]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"adapters: duplicate name(s) {', '.join(dupes)}")
+        check_unique_names(a.name for a in self.adapters)
         return self
 
     def wire(self) -> dict:
