@@ -9,9 +9,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .common import (
+    ADAPTER_URI,
     CONDITIONS_FIELD,
     DNS_LABEL,
-    STORAGE_URI,
     BaseModelSource,
     ComputeResources,
     Condition,
@@ -19,7 +19,7 @@ from .common import (
     ObjectStorage,
     Scheduling,
     SecretKeyRef,
-    _check_uri_path,
+    check_adapter_uri,
     decimal,
 )
 from .conditions import DeploymentAdapterState, PodAdapterState
@@ -67,15 +67,17 @@ class AdapterSource(KubeModel):
     )
     uri: str | None = Field(
         default=None,
-        description="Folder holding a published adapter with its manifest.json (s3://, pvc://, file://).",
+        description="Folder holding a published adapter with its manifest.json: s3://bucket/prefix, pvc://claim/path, "
+        "hf://org/name@<40-hex commit sha>[/folder] (a Hugging Face Hub repository pinned to one commit; a branch or "
+        "tag is refused, it can move between reading manifest.json and the files), or file:///path.",
         max_length=1024,
-        pattern=STORAGE_URI,
+        pattern=ADAPTER_URI,
     )
 
-    @field_validator("uri")
+    @field_validator("uri", mode="before")
     @classmethod
-    def _no_traversal(cls, value: str | None) -> str | None:
-        return _check_uri_path(value)
+    def _adapter_uri(cls, value: str | None) -> str | None:
+        return check_adapter_uri(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> AdapterSource:

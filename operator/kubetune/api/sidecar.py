@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from .common import DNS_LABEL, STORAGE_URI, KubeModel
+from .common import ADAPTER_URI, DNS_LABEL, KubeModel
 from .conditions import SyncState
 from .modeldeployment import check_unique_names
 
@@ -44,8 +44,8 @@ class DesiredAdapter(KubeModel):
     """One adapter the pod must serve."""
 
     name: str = Field(description="OpenAI model name of the adapter.", min_length=1, max_length=63, pattern=DNS_LABEL)
-    uri: str = Field(description="Folder holding manifest.json (s3://, pvc://, file://).", max_length=1024,
-                     pattern=STORAGE_URI)
+    uri: str = Field(description="Folder holding manifest.json (s3://, pvc://, hf://org/name@<commit>, file://).",
+                     max_length=1024, pattern=ADAPTER_URI)
     manifest_sha256: str | None = Field(
         default=None, pattern=SHA256,
         description="sha256 of that manifest.json; pins the exact adapter. None: unpinned, the sidecar reads "

@@ -182,7 +182,7 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kubetune_serving.sync"],
         "args": sync_args,
-        "env": [*common_env, *_api_key_env(spec), *storage_env(spec.storage)],
+        "env": [*common_env, *_api_key_env(spec), *hub, *storage_env(spec.storage)],  # hub: hf:// adapters
         "ports": [{"name": "sync", "containerPort": c.SERVING_SYNC_PORT}],
         # Not Ready until vLLM is up and every desired adapter is restored: a new or restarted pod
         # receives no traffic before it serves the whole set.
