@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from kubetune_storage.hf import HfStore
 from kubetune_storage.https import HttpsStore
 from kubetune_storage.local import FileStore, PvcStore
 from kubetune_storage.s3 import S3Store
+from tests.storage.web import http_files  # noqa: F401 - a fixture
 
 
 def test_registry_one_class_per_scheme() -> None:
@@ -191,25 +190,6 @@ def test_read_only_schemes_refuse_writes() -> None:
             store.write_bytes("f", b"")
         with pytest.raises(ReadOnly, match=r"is read-only"):
             store.delete(["f"])
-
-
-@pytest.fixture
-def http_files(tmp_path: Path):
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_https_store(tmp_path: Path, http_files):

@@ -3,9 +3,7 @@ SeaweedFS, http(s)://, hf:// from the offline Hub cache; and how storage failure
 
 from __future__ import annotations
 
-import http.server
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from kubetune_trainer.errors import UserError
 from kubetune_trainer.fetch import fetch_dataset, fetch_model
 from kubetune_trainer.main import _outcome
 from tests.fixtures.tiny_data import text_records, write_jsonl
+from tests.storage.web import http_files  # noqa: F401 - a fixture
 
 
 def test_storage_errors_end_with_the_exit_code_of_whose_fault_they_are():
@@ -45,25 +44,6 @@ def test_fetch_dataset_file_folder_and_s3(tmp_path: Path, s3_server, s3_env, s3_
         fetch_dataset(f"file://{tmp_path}/data/README.md", tmp_path / "y")
     with pytest.raises(UserError, match="does not exist"):
         fetch_dataset(f"file://{tmp_path}/missing.jsonl", tmp_path / "z")
-
-
-@pytest.fixture
-def http_files(tmp_path: Path):
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_fetch_dataset_over_http(tmp_path: Path, http_files):
