@@ -125,7 +125,9 @@ def test_operator_may_create_every_child_it_builds(mode):
     for child in built_children():
         plural = PLURALS[(child["apiVersion"], child["kind"])]
         kinds.add(child["kind"])
-        for verb in ("create", "get"):  # Kube.ensure: create, get on conflict
+        # Server-side apply (patch; an apply that creates is also a create); watched to put back what is deleted
+        # or edited by hand. A Job is only created (Kube.create_or_leave), also 'create'.
+        for verb in ("create", "patch", "list", "watch"):
             assert allows(rules, group_of(child["apiVersion"]), plural, verb), (child["kind"], verb)
         if child["metadata"].get("ownerReferences", [{}])[0].get("blockOwnerDeletion"):
             owner = PLURALS[(child["metadata"]["ownerReferences"][0]["apiVersion"], child["metadata"]["ownerReferences"][0]["kind"])]

@@ -164,10 +164,10 @@ def test_adapter_is_not_ready_until_every_replica_has_it(cluster, operator, side
 
 
 @pytest.mark.parametrize(("ftj_spec", "md_patch", "text"), [
-    ({**FTJ_SPEC, "adapter": {"rank": 64}}, {}, "adapter rank 64 exceeds spec.vllm.maxLoraRank 16"),
+    ({**FTJ_SPEC, "adapter": {"rank": 64}}, {}, "LoRA rank 64 exceeds spec.vllm.maxLoraRank 16"),
     ({**FTJ_SPEC, "baseModel": {"uri": "hf://meta-llama/Llama-3.2-1B"}}, {},
-     "adapter was trained on hf://meta-llama/Llama-3.2-1B but this deployment serves hf://Qwen/Qwen2.5-0.5B-Instruct"),
-    ({**FTJ_SPEC, "adapter": {"type": "full"}}, {}, "trained a full model, not an adapter: serve it as spec.baseModel.uri"),
+     "adapter was trained on hf://meta-llama/Llama-3.2-1B, but this deployment serves hf://Qwen/Qwen2.5-0.5B-Instruct"),
+    ({**FTJ_SPEC, "adapter": {"type": "full"}}, {}, "but vLLM serves only LoRA adapters (lora, qlora): serve it as spec.baseModel of its own ModelDeployment"),
 ])
 def test_admission_checks_reject_before_any_pod_sees_the_adapter(cluster, operator, ftj_spec, md_patch, text):
     cluster.create_ftj("tuned", ftj_spec)

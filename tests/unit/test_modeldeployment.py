@@ -170,17 +170,3 @@ def test_status_ready_only_when_every_replica_has_the_adapter_and_names_the_pod_
     obs.reports = {"p1": report("Ready"), "p2": report("Rejected", "manifest sha256 mismatch")}
     rejected = derive_status(obs, spec, resolved, status, T0).to_dict()["adapters"][0]
     assert (rejected["state"], rejected["message"]) == ("Rejected", "pod p2 Rejected (manifest sha256 mismatch)")
-
-
-def test_service_drift_patches_type_and_ports_only_when_they_differ():
-    from kubetune.handlers.modeldeployment import service_drift
-
-    wanted = {"spec": {"type": "NodePort", "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]}}
-    # what the API server returns: defaults and an allocated nodePort are not drift
-    live = {"spec": {"type": "NodePort", "clusterIP": "10.0.0.7", "sessionAffinity": "None",
-                     "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP", "nodePort": 31234}]}}
-    assert service_drift(live, wanted) is None
-    assert service_drift({"spec": {"ports": wanted["spec"]["ports"]}}, {**wanted, "spec": {**wanted["spec"], "type": "ClusterIP"}}) is None
-    moved = {"spec": {**live["spec"], "ports": [{**live["spec"]["ports"][0], "port": 9000}]}}
-    assert service_drift(moved, wanted) == {"spec": wanted["spec"]}
-    assert service_drift({"spec": {**live["spec"], "type": "ClusterIP"}}, wanted) == {"spec": wanted["spec"]}

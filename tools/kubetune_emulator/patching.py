@@ -7,7 +7,7 @@ The four patch flavours of the Kubernetes API, applied to plain dicts.
   merge key (``name`` for containers/env/volumes, ``type`` for conditions, ...), unions
   ``finalizers`` and honours the ``$patch``/``$setElementOrder``/``$deleteFromPrimitiveList``
   directives that ``kubectl apply`` sends. No OpenAPI schema is consulted.
-* Server-side apply is treated as a strategic merge (no field ownership / managedFields).
+* Server-side apply: a strategic merge after fieldmanager.py removed what the manager no longer applies.
 """
 
 from __future__ import annotations

@@ -302,7 +302,7 @@ class Emulator:
         if not name:
             return self.create(obj)
         result, _ = self.call(lambda: self.handler.store.patch(rtype, namespace, name, patching.APPLY_PATCH,
-                                                               dict(obj)))
+                                                               dict(obj), manager="emulator"))
         return result
 
     def patch(self, group: str, version: str, plural: str, namespace: str | None, name: str,

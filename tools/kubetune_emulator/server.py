@@ -33,7 +33,7 @@ handling with :class:`~kubetune_emulator.store.Store`. What it emulates:
 
 Not emulated: kubelet and the built-in controllers (tests patch child status themselves),
 protobuf (``kubectl create <kind>``: use ``kubectl apply -f``), client certificates, impersonation,
-ClusterRole aggregation, other admission plugins, admission webhooks, managedFields, OpenAPI v2 and full
+ClusterRole aggregation, other admission plugins, admission webhooks, managedFields of Update operations (fieldmanager.py), OpenAPI v2 and full
 schemas of built-in kinds (their unknown fields are kept).
 """
 
@@ -243,8 +243,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     rtype.from_crd and content_type == patching.STRATEGIC_MERGE_PATCH):
                 raise errors.unsupported_media_type(content_type)  # as for custom resources in a real cluster
             validation = FieldValidation.from_query(query, "PatchOptions")
+            manager = query.get("fieldManager")
+            if content_type == patching.APPLY_PATCH:
+                if not manager:
+                    raise errors.invalid("meta.k8s.io", "PatchOptions", "",
+                                         "fieldManager: Required value: is required for apply patch")
+                if self.rbac_enabled and path.subresource is None and self.store.find(rtype, ns, name) is None:
+                    # An apply that creates is authorized as a create too (apiserver patch.go: createValidation
+                    # runs withAuthorization(..., verb "create")).
+                    user = rbac.current_user.get()
+                    assert user is not None
+                    self.rbac.authorize(rbac.Attributes(user, "create", True, rtype.group, rtype.plural, "", ns or "", name))
             obj, created = self.store.patch(rtype, ns, name, content_type, _decode(body, raw),
-                                            subresource=path.subresource, dry_run=dry_run, validation=validation)
+                                            subresource=path.subresource, dry_run=dry_run, validation=validation,
+                                            manager=manager)
             return self._json(rtype, obj, 201 if created else 200, validation)
         if method == "DELETE":
             options = _decode(body, raw) if body else {}

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from kubetune_emulator import errors, lifecycle, schemas
+from kubetune_emulator import errors, fieldmanager, lifecycle, schemas
 from kubetune_emulator.fieldvalidation import FieldValidation, drop_unknown_metadata
 from kubetune_emulator.patching import APPLY_PATCH, JSON_PATCH, PatchTestFailed, apply_patch
 from kubetune_emulator.registry import ResourceType, Registry
@@ -89,8 +89,9 @@ class Store:
     # Writing ----------------------------------------------------------------------------------
 
     def create(self, rtype: ResourceType, namespace: str | None, body: Any, *, dry_run: bool = False,
-               validation: FieldValidation | None = None) -> dict[str, Any]:
-        """`validation`: the request's fieldValidation (None: in-process, unknown fields dropped silently)."""
+               validation: FieldValidation | None = None, managed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`validation`: the request's fieldValidation (None: in-process, unknown fields dropped silently).
+        `managed`: the managedFields of a server-side apply that creates the object."""
         if not isinstance(body, Mapping):
             raise errors.bad_request("the body of the request must be a JSON object")
         if validation is not None:
@@ -115,6 +116,8 @@ class Store:
             raise errors.already_exists(rtype.group, rtype.plural, name)
         for field in _SERVER_MANAGED + ("resourceVersion", "selfLink", "managedFields"):
             meta.pop(field, None)
+        if managed:
+            meta["managedFields"] = managed
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now()
         if rtype.has_generation:
@@ -151,20 +154,26 @@ class Store:
 
     def patch(self, rtype: ResourceType, namespace: str | None, name: str, content_type: str, patch: Any, *,
               subresource: str | None = None, dry_run: bool = False,
-              validation: FieldValidation | None = None) -> tuple[dict[str, Any], bool]:
-        """PATCH of any flavour. Returns the result and whether it was created (server-side apply)."""
+              validation: FieldValidation | None = None, manager: str | None = None) -> tuple[dict[str, Any], bool]:
+        """PATCH of any flavour. Returns the result and whether it was created (server-side apply, whose
+        field ownership by `manager` is fieldmanager.py's)."""
         if validation is not None and content_type == APPLY_PATCH:
             validation.check_applied(rtype, patch, namespace, name, schema=self.check_schemas)
         old = self.find(rtype, namespace, name)
         if old is None:
             if content_type == APPLY_PATCH and subresource is None:
                 body = dict(patch) if isinstance(patch, Mapping) else patch
+                managed = None
                 if isinstance(body, dict):
                     body["metadata"] = dict(body.get("metadata") or {}, name=name)
-                return self.create(rtype, namespace, body, dry_run=dry_run), True
+                    managed = fieldmanager.record(None, manager or "", fieldmanager.field_set(body), body)
+                return self.create(rtype, namespace, body, dry_run=dry_run, managed=managed), True
             raise errors.not_found(rtype.group, rtype.plural, name)
         try:
-            candidate = apply_patch(old, content_type, patch)
+            if content_type == APPLY_PATCH and isinstance(patch, Mapping) and subresource is None:
+                candidate = fieldmanager.apply(old, patch, manager or "")
+            else:
+                candidate = apply_patch(old, content_type, patch)
         except PatchTestFailed as exc:
             raise errors.invalid_for(rtype, name, f"the JSON patch could not be applied: {exc}")
         except ValueError as exc:
@@ -246,6 +255,8 @@ class Store:
         else:
             new = candidate
             new["metadata"] = drop_unknown_metadata(cmeta)
+            if "managedFields" not in new["metadata"] and old_meta.get("managedFields"):
+                new["metadata"]["managedFields"] = old_meta["managedFields"]  # an update that leaves them out keeps them
             if rtype.has_status:
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])

@@ -29,6 +29,15 @@ class Parent:
         return cls(body.get("apiVersion", c.API_VERSION), body["kind"], meta["namespace"], meta["name"], meta["uid"])
 
 
+@dataclass(frozen=True)
+class Child:
+    """One desired child of a reconcile: server-side applied (any drift repaired), or `create_only` where the
+    API server would reject a change to the existing object (a Job's pod template is immutable)."""
+
+    manifest: dict[str, Any]
+    create_only: bool = False
+
+
 def short_hash(data: Any, length: int = 10) -> str:
     raw = data if isinstance(data, str) else json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(raw.encode()).hexdigest()[:length]

@@ -18,6 +18,7 @@ from ..api.trainer_config import TrainerConfig, trainer_config
 from ..api.validation import SpecError
 from ..config import OperatorSettings
 from .common import (
+    Child,
     Parent,
     child_name,
     container_security_context,
@@ -321,3 +322,13 @@ def build_children(body: dict[str, Any], resolved: FineTuneJobSpec, settings: Op
         children.append(build_headless_service(parent, names))
     children.append(build_job(parent, names, resolved, settings))
     return children
+
+
+def desired_children(body: dict[str, Any], resolved: FineTuneJobSpec, settings: OperatorSettings, *, create_job: bool,
+                     keep_config: bool) -> list[Child]:
+    """The children one reconcile applies, in order. The Job is only ever created (its pod template is immutable;
+    suspend is set by plan_hold), and only when `create_job`. `keep_config`: a Job of an older spec runs, so its
+    trainer config is left as it was (created only if missing) rather than changed under it."""
+    *prerequisites, job = build_children(body, resolved, settings)
+    out = [Child(child, create_only=keep_config and child["kind"] == "ConfigMap") for child in prerequisites]
+    return out + ([Child(job, create_only=True)] if create_job else [])

@@ -19,6 +19,7 @@ from ..api.sidecar import DesiredAdapter, DesiredSet
 from ..api.validation import SpecError
 from ..config import OperatorSettings
 from .common import (
+    Child,
     Parent,
     child_name,
     container_security_context,
@@ -240,3 +241,10 @@ def build_children(body: dict[str, Any], spec: ModelDeploymentSpec, settings: Op
     return [build_config_map(parent, names, desired), build_service_account(parent, names), build_role(parent, names),
             build_role_binding(parent, names), build_service(parent, names, spec),
             build_deployment(parent, names, spec, settings, [a.uri for a in desired.adapters])]
+
+
+def desired_children(body: dict[str, Any], spec: ModelDeploymentSpec, settings: OperatorSettings,
+                     desired: DesiredSet) -> list[Child]:
+    """The children one reconcile applies, in order: all of them by server-side apply (every field here is
+    mutable; a changed pod template rolls the pods)."""
+    return [Child(child) for child in build_children(body, spec, settings, desired)]

@@ -17,12 +17,15 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from ..api import constants as c
+
 log = logging.getLogger(__name__)
 
 TIMEOUT = (5, 15)  # connect, read seconds
 WORKERS = 32  # concurrent API calls (threads); the connection pool is sized to match
 RETRIES = 3
 TRANSIENT = {0, 429, 500, 502, 503, 504}  # 0: no HTTP answer at all
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (a JSON body is YAML too)
 
 # kind -> (api prefix, plural). The operator manages only these kinds.
 PLURALS: dict[tuple[str, str], str] = {
@@ -83,7 +86,7 @@ class Kube:
         return self._api
 
     def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-              query: list[tuple[str, str]] | None = None) -> Any:
+              query: list[tuple[str, str]] | None = None) -> tuple[int, Any]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
             response = self.api.call_api(
@@ -96,10 +99,15 @@ class Kube:
         except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused / reset / timed out
             raise KubeError(0, "ConnectionFailed", str(exc)) from None
         data = response.data
-        return json.loads(data) if data else None
+        return response.status, json.loads(data) if data else None
 
     async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                       query: list[tuple[str, str]] | None = None) -> Any:
+        return (await self._request(method, path, body, content_type, query))[1]
+
+    async def _request(self, method: str, path: str, body: Any, content_type: str,
+                       query: list[tuple[str, str]] | None) -> tuple[int, Any]:
+        """(HTTP status, decoded body), retried on transient errors."""
         for attempt in range(RETRIES):
             try:
                 loop = asyncio.get_running_loop()
@@ -110,18 +118,6 @@ class Kube:
                     continue
                 raise
         raise AssertionError("unreachable")
-
-    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        meta = obj["metadata"]
-        return await self.request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
-
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.request("GET", f"{collection_path(api_version, kind, namespace)}/{name}")
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     async def merge_patch(self, obj: dict[str, Any], patch: dict[str, Any], subresource: str = "") -> dict[str, Any]:
         path = object_path(obj) + (f"/{subresource}" if subresource else "")
@@ -134,17 +130,30 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    async def ensure(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create `obj` unless it exists. Returns (live object, created?). Never overwrites."""
+    async def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Server-side apply `obj` as the operator's field manager, forcing ownership of every field it sets.
+
+        Creates the object if it is missing; otherwise sets exactly the fields `obj` has (drift on them is
+        repaired) and removes the ones this manager applied before and no longer applies. Fields other
+        managers set (defaults, a user's extra label) are left alone. Needs patch, and create where the
+        object is missing, on the kind. Returns (live object, created?).
+        """
+        query = [("fieldManager", c.FIELD_MANAGER), ("force", "true")]
+        status, live = await self._request("PATCH", object_path(obj), obj, APPLY_PATCH, query)
+        return live, status == 201
+
+    async def create_or_leave(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create `obj` unless it exists; never changes an existing one. Returns the created object, or None
+        when it already existed. For children whose spec the API server will not change after creation
+        (a Job's pod template): applying a changed one would be rejected, and leaving out the immutable
+        fields from an apply would ask the server to remove them."""
         try:
-            return await self.create(obj), True
+            return await self.request("POST", collection_path(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"]),
+                                      obj, query=[("fieldManager", c.FIELD_MANAGER)])
         except KubeError as exc:
             if exc.status != 409:
                 raise
-        live = await self.get(obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        if live is None:  # deleted in between: try once more
-            return await self.create(obj), True
-        return live, False
+            return None
 
 
 def _error(exc: ApiException) -> KubeError:

@@ -1,27 +1,29 @@
-"""Thin kopf handlers for FineTuneJob: parse -> validate -> build -> apply -> status.
+"""Thin kopf handlers for FineTuneJob: the reconcile skeleton (handlers/reconcile.py) with the FineTuneJob's
+steps: observe (the Job and Pods from kopf indexes) -> plan.finetunejob.plan -> builders.finetunejob.
+desired_children -> apply -> act (suspend/cancel the Job) -> status.finetunejob.derive_status -> write.
 
-Status is derived from the observed Job and Pods (kopf indexes), never remembered: every Job or Pod
-event re-derives the parent's status and writes it only if it changed.
+Status is derived from the observed Job and Pods, never remembered: every Job or Pod event re-derives the
+parent's status and writes it only if it changed. A child deleted or edited by hand re-applies them all.
 """
 
 from __future__ import annotations
 
-import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from ..api import constants as c
-from ..api.conditions import Reason
-from ..api.finetunejob import FineTuneJobSpec
+from ..api.conditions import FineTuneJobReason as Reason
 from ..api.storage_layout import job_prefix
-from ..api.validation import SpecError, parse
 from ..builders.common import label_value
-from ..builders.finetunejob import SPEC_HASH_ANNOTATION, HoldPlan, build_children, plan_hold, resolve_spec, spec_hash
+from ..builders.finetunejob import HoldPlan, desired_children, plan_hold
 from ..clients.kube import KubeError, collection_path
+from ..config import OperatorSettings
+from ..plan.finetunejob import TrainingPlan, plan
 from ..status.finetunejob import Observed, cancel_complete, derive_status, job_finished
-from .metrics import inc
-from .runtime import first, runtime, write_status
+from .reconcile import Controller, child_moved, reconcile, reconcile_child_owner
+from .runtime import first, runtime
 
 FTJ = (c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
 TRAINER = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_TRAINER}
@@ -53,71 +55,65 @@ def trainer_pods(body: Any, namespace: str, labels: dict[str, str], **_: Any) ->
     return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, "containers")}
 
 
-async def refresh_status(body: Any, trainer_jobs: kopf.Index, trainer_pods: kopf.Index,
-                         validation_error: str | None = None) -> None:
-    """Derive status from the observed children; write and announce it only if it changed."""
-    rt = runtime()
-    meta = body["metadata"]
-    key = (meta["namespace"], label_value(meta["name"]))
-    async with rt.locks[meta["uid"]]:
-        previous = rt.written.get(meta["uid"]) or dict(body.get("status") or {})
-        resolved = None
-        if validation_error is None:
-            try:
-                resolved = resolve_spec(parse(FineTuneJobSpec, dict(body["spec"])), rt.settings)
-            except SpecError as exc:
-                validation_error = str(exc)
-        observed = Observed(generation=meta.get("generation"), job=first(trainer_jobs, key),
-                            pods=list(trainer_pods.get(key, [])), validation_error=validation_error,
-                            output_prefix=job_prefix(resolved.output.uri or "", meta["namespace"], meta["name"]) if resolved else None,
-                            adapter_type=resolved.adapter.type if resolved else None,
-                            checkpoints=list((body.get("status") or {}).get("checkpoints") or []),
-                            merged_model=resolved.output.merged_model if resolved else False,
-                            cancel=bool(body["spec"].get("cancel")))
-        status = derive_status(observed, previous)
-        await write_status(body, previous, status)
+@dataclass(frozen=True)
+class Seen:
+    """What one reconcile observed of a FineTuneJob: its Job, its Pods, its latest status."""
+
+    job: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    status: dict[str, Any]
+
+
+def _key(body: Any) -> tuple[str, str]:
+    return body["metadata"]["namespace"], label_value(body["metadata"]["name"])
+
+
+async def observe(body: Any, previous: dict[str, Any], indexes: dict[str, Any]) -> Seen:
+    key = _key(body)
+    return Seen(first(indexes["trainer_jobs"], key), list(indexes["trainer_pods"].get(key, [])), previous)
+
+
+def derive(body: Any, planned: TrainingPlan | None, seen: Seen, previous: dict[str, Any], error: str | None) -> dict[str, Any]:
+    meta, resolved = body["metadata"], planned.resolved if planned else None
+    return derive_status(Observed(
+        generation=meta.get("generation"), job=seen.job, pods=seen.pods, validation_error=error,
+        output_prefix=job_prefix(resolved.output.uri or "", meta["namespace"], meta["name"]) if resolved else None,
+        adapter_type=resolved.adapter.type if resolved else None,
+        checkpoints=list((body.get("status") or {}).get("checkpoints") or []),
+        merged_model=resolved.output.merged_model if resolved else False, cancel=bool(body["spec"].get("cancel"))), previous).to_dict()
+
+
+async def act(body: Any, planned: TrainingPlan, seen: Seen, created: dict[str, dict[str, Any]]) -> None:
+    """What apply does not move: the Job's suspend (and its Kueue Workload's active) follows spec.suspend and
+    spec.cancel; a cancelled Job is removed once its trainer stopped."""
+    job = created.get("Job") or seen.job
+    if job is None or (planned.resolved.cancel and job_finished(job)):
+        return
+    await _hold(body["metadata"]["namespace"], job, plan_hold(job, planned.resolved))
+    await _finish_cancel(body, seen.job, seen.pods)
+
+
+def _build(body: Any, planned: TrainingPlan, settings: OperatorSettings) -> list[Any]:
+    return desired_children(dict(body), planned.resolved, settings, create_job=planned.create_job,
+                            keep_config=planned.spec_change_ignored)
+
+
+TRAINING = Controller("FineTuneJob", observe, lambda body, settings, seen: plan(dict(body), settings, seen.job, seen.status),
+                      _build, derive, act)
 
 
 @kopf.on.resume(*FTJ)
 @kopf.on.create(*FTJ)
 @kopf.on.update(*FTJ, field="spec")
-async def reconcile_finetunejob(body: Any, spec: Any, trainer_jobs: kopf.Index, trainer_pods: kopf.Index, **_: Any) -> None:
-    rt = runtime()
-    inc("kubetune_reconciles_total", "FineTuneJob")
-    try:
-        resolved = resolve_spec(parse(FineTuneJobSpec, dict(spec)), rt.settings)
-    except SpecError as exc:
-        inc("kubetune_validation_failures_total", "FineTuneJob")
-        await refresh_status(body, trainer_jobs, trainer_pods, validation_error=str(exc))
-        raise kopf.PermanentError(f"invalid spec: {exc}") from None
-    namespace = body["metadata"]["namespace"]
-    job = first(trainer_jobs, (namespace, label_value(body["metadata"]["name"])))
-    if job is None and (resolved.cancel or _cancelled(body)):  # a cancelled job never gets a Job again
-        await refresh_status(body, trainer_jobs, trainer_pods)
-        return
-    if job is None:
-        *prerequisites, job_manifest = build_children(dict(body), resolved, rt.settings)
-        await asyncio.gather(*(rt.kube.ensure(child) for child in prerequisites))
-        live, _ = await rt.kube.ensure(job_manifest)
-        for child in (*prerequisites, job_manifest):
-            inc("kubetune_children_created_total", child["kind"])
-        await _hold(namespace, live, plan_hold(live, resolved))  # a queued job created on hold: its Workload too
-        return  # the Job's own event derives the first status
-    if job["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION) != spec_hash(resolved):
+async def reconcile_finetunejob(body: Any, **kwargs: Any) -> None:
+    planned = await reconcile(TRAINING, body, kwargs)
+    if planned.spec_change_ignored:
         kopf.event(body, type="Warning", reason="SpecChangeIgnored",
                    message="Only spec.suspend and spec.cancel can change once training started; the running Job keeps "
                            "its original spec. Delete and re-create the FineTuneJob to train with the new spec.")
-    if resolved.cancel and job_finished(job):
+    job = first(kwargs["trainer_jobs"], _key(body))
+    if planned.resolved.cancel and job is not None and job_finished(job):
         kopf.event(body, type="Normal", reason=Reason.CANCEL_IGNORED, message="spec.cancel has no effect: the job already finished.")
-    else:
-        await _hold(namespace, job, plan_hold(job, resolved))
-    await refresh_status(body, trainer_jobs, trainer_pods)
-    await _finish_cancel(body, trainer_jobs, trainer_pods)
-
-
-def _cancelled(body: Any) -> bool:
-    return any(cond.get("type") == "Failed" and cond.get("status") == "True" and cond.get("reason") == Reason.CANCELLED
-               for cond in (body.get("status") or {}).get("conditions") or [])
 
 
 def _ref(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
@@ -149,24 +145,28 @@ async def _hold(namespace: str, job: dict[str, Any], plan: HoldPlan) -> None:
         raise kopf.TemporaryError(f"Job {job['metadata']['name']} is held; waiting for Kueue to create its Workload", delay=3)
 
 
-async def _finish_cancel(body: Any, trainer_jobs: kopf.Index, trainer_pods: kopf.Index) -> None:
+async def _finish_cancel(body: Any, job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> None:
     """Remove a cancelled Job once its trainer has checkpointed and stopped; status then says Cancelled."""
-    key = (body["metadata"]["namespace"], label_value(body["metadata"]["name"]))
-    job = first(trainer_jobs, key)
     if not (body.get("spec") or {}).get("cancel") or job is None or job_finished(job) or job["metadata"].get("deletionTimestamp"):
         return
-    if cancel_complete(job, list(trainer_pods.get(key, []))):
-        await runtime().kube.delete(_ref("batch/v1", "Job", key[0], job["metadata"]["name"]))
+    if cancel_complete(job, pods):
+        await runtime().kube.delete(_ref("batch/v1", "Job", body["metadata"]["namespace"], job["metadata"]["name"]))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER)
 @kopf.on.event("", "v1", "pods", labels=TRAINER)
-async def child_changed(labels: dict[str, str], namespace: str, finetunejobs: kopf.Index, trainer_jobs: kopf.Index,
-                        trainer_pods: kopf.Index, **_: Any) -> None:
-    parent = first(finetunejobs, (namespace, labels.get(c.LABEL_FINETUNEJOB)))
-    if parent is not None and not parent["metadata"].get("deletionTimestamp"):
-        await refresh_status(parent, trainer_jobs, trainer_pods)
-        await _finish_cancel(parent, trainer_jobs, trainer_pods)
+async def child_changed(type: str, body: Any, labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
+    """A Job deleted or changed other than in its status runs the whole skeleton; any other Job or Pod event
+    re-derives status (and removes a cancelled Job once its trainer stopped)."""
+    parent = first(kwargs["finetunejobs"], (namespace, labels.get(c.LABEL_FINETUNEJOB)))
+    if parent is None or parent["metadata"].get("deletionTimestamp"):
+        return
+    if body["kind"] == "Job" and child_moved(type, body):
+        await reconcile_child_owner(TRAINING, parent, kwargs)
+        return
+    await reconcile(TRAINING, parent, kwargs, apply=False)
+    key = _key(parent)
+    await _finish_cancel(parent, first(kwargs["trainer_jobs"], key), list(kwargs["trainer_pods"].get(key, [])))
 
 
 @kopf.on.event(*FTJ)

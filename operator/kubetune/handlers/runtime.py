@@ -25,6 +25,10 @@ class Runtime:
     # uid -> the operator-owned status last written (the index may lag behind our own writes).
     written: dict[str, dict[str, Any]] = field(default_factory=dict)
     locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    # child uid -> its generation (or resourceVersion) last seen: a child event that changes it re-applies.
+    child_versions: dict[str, str] = field(default_factory=dict)
+    # (namespace, FineTuneJob name) -> what of it adapter resolution reads, as last acted on.
+    ftj_outcomes: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
 
     def forget(self, uid: str) -> None:
         self.written.pop(uid, None)

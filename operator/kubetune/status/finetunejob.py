@@ -13,6 +13,7 @@ from ..api.conditions import FineTuneJobReason as Reason
 from ..api.constants import ANNOTATION_USER_HOLD, LABEL_KUEUE_QUEUE, TRAINER_CONTAINER
 from ..api.finetunejob import FineTuneJobStatus
 from ..api.termination import TerminationReport
+from ..plan.finetunejob import ended
 from .conditions import Cond, merge_conditions
 
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -186,6 +187,10 @@ def _verdict(obs: Observed, previous: dict[str, Any]) -> Verdict:
     if job is not None and obs.cancel and not job_finished(job):
         msg = "Cancelling (spec.cancel): the trainer checkpoints and stops, then the training Job is removed."
         return v((FALSE, Reason.CANCELLING, msg), (UNKNOWN, Reason.CANCELLING, msg), no_failure, not_suspended)
+    if job is None and previous.get("jobName") and ended(previous):
+        # The finished Job was removed (a TTL, a user): the run's outcome stays (plan.finetunejob does not rerun it).
+        kept = {cond["type"]: (cond["status"], cond["reason"], cond.get("message", "")) for cond in previous["conditions"]}
+        return v(kept[RUNNING], kept[SUCCEEDED], kept[FAILED], kept.get(SUSPENDED, not_suspended))
     if job is None:
         msg = "Creating the training Job."
         return v((FALSE, Reason.PENDING, msg), (UNKNOWN, Reason.PENDING, msg), no_failure, not_suspended)
