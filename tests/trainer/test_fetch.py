@@ -88,5 +88,5 @@ def test_fetch_model_from_hub_cache_offline(tmp_path: Path, tiny_model_dir, monk
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 at start-up sets it
     assert fetch_model("hf://kubetune-test/tiny", None, tmp_path) == repo / "snapshots" / commit
-    with pytest.raises(UserError, match=r"base model: cannot fetch hf://kubetune-test/tiny@v2 \(HF_HUB_OFFLINE is set"):
+    with pytest.raises(UserError, match=r"base model hf://kubetune-test/tiny: cannot fetch hf://kubetune-test/tiny@v2 \(HF_HUB_OFFLINE is set"):
         fetch_model("hf://kubetune-test/tiny", "v2", tmp_path)

@@ -42,7 +42,7 @@ def fetch_model(uri: str, revision: str | None, work_dir: Path, storage: Storage
     try:
         folder = store.local_folder(work_dir / "base-model", skip=_MODEL_SKIP)
     except NotFound as exc:
-        raise UserError(f"base model: {exc}") from None
+        raise UserError(f"base model {uri}: {str(exc).removeprefix(store.uri + ': ')}") from None
     if not (folder / "config.json").is_file():
         raise UserError(f"base model {uri} is not a Hugging Face model folder (no config.json)")
     return folder
