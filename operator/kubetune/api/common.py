@@ -26,7 +26,12 @@ SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 
 # hf://org/name, s3://bucket/key, pvc://claim/path, file:///abs/path (local runs only).
 MODEL_URI = r"^(hf://[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?|(s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|file:///[^\s]*)$"
-DATA_URI = r"^(hf://[A-Za-z0-9][-._A-Za-z0-9]*/[A-Za-z0-9][-._A-Za-z0-9]*(/[^\s]*)?|(s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|https://[^\s]+|file:///[^\s]*)$"
+# configmap://name/key: one key of a ConfigMap in the job's namespace, mounted into the training pod (small data,
+# no object storage; a ConfigMap holds at most 1 MiB).
+CONFIGMAP_SCHEME = "configmap"
+CONFIGMAP_DATA_URI = r"configmap://[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?/[-._a-zA-Z0-9]{1,253}"
+DATA_URI = (r"^(hf://[A-Za-z0-9][-._A-Za-z0-9]*/[A-Za-z0-9][-._A-Za-z0-9]*(/[^\s]*)?|(s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?"
+            r"|https://[^\s]+|file:///[^\s]*|" + CONFIGMAP_DATA_URI + ")$")
 STORAGE_URI = r"^((s3|pvc)://[a-z0-9][-.a-z0-9]{0,62}(/[^\s]*)?|file:///[^\s]*)$"
 # An adapter on the Hugging Face Hub, pinned to one commit: hf://org/name@<40-hex commit sha>[/folder] (the hf://
 # grammar of huggingface_hub's HfFileSystem). A branch or tag can move between reading manifest.json and the files.
@@ -36,6 +41,8 @@ ADAPTER_URI = r"^(" + HF_ADAPTER_URI + "|" + STORAGE_URI[2:-2] + ")$"
 ADAPTER_URI_HELP = ("Allowed: s3://bucket/prefix, pvc://claim/path, hf://org/name@<40-hex commit sha>[/folder], "
                     "file:///path (file:// only for `kubetune local`).")
 URI_SCHEMES_HELP = "Allowed schemes: hf://, s3://, pvc://, file:// (file:// only for `kubetune local`)."
+DATA_URI_HELP = ("Allowed schemes: hf://, s3://, pvc://, https://, configmap://name/key (a key of a ConfigMap in the "
+                 "job's namespace, at most 1 MiB), file:// (file:// only for `kubetune local`).")
 PVC_SCHEME = "pvc"
 # file:///path names a folder on one machine: on a cluster that is inside one pod, gone with the pod.
 LOCAL_ONLY_SCHEME = "file"

@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
 from .common import (
     CONDITIONS_FIELD,
     DATA_URI,
+    DATA_URI_HELP,
     DNS_SUBDOMAIN,
     STORAGE_URI,
-    URI_SCHEMES_HELP,
     BaseModelSource,
     ComputeResources,
     Condition,
@@ -42,8 +42,46 @@ AdapterType = Literal["lora", "qlora", "dora", "full"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 
 
+def _field_name(description: str) -> Any:
+    return Field(default=None, description=description, min_length=1, max_length=128)
+
+
+class DatasetColumns(KubeModel):
+    """Which field of each record holds what, when the data's field names are not the format's own: the `columns`
+    of a LLaMA-Factory dataset_info.json entry, under the same names. Empty fields: the format's own name
+    (docs/data.md)."""
+
+    prompt: str | None = _field_name("The instruction (alpaca: instruction), the prompt (preference/unpaired: "
+                                     "prompt), or the document (text: text).")
+    query: str | None = _field_name("The input appended to the instruction (alpaca: input).")
+    response: str | None = _field_name("The answer (alpaca: output; unpaired: completion).")
+    history: str | None = _field_name("Earlier turns as [[user, assistant], ...] (alpaca: history).")
+    messages: str | None = _field_name("The list of messages (sharegpt: conversations; chatml: messages).")
+    system: str | None = _field_name("The system prompt (system).")
+    tools: str | None = _field_name("The tool descriptions (tools).")
+    chosen: str | None = _field_name("The preferred answer (preference: chosen).")
+    rejected: str | None = _field_name("The dispreferred answer (preference: rejected).")
+    kto_tag: str | None = _field_name("The desirable/undesirable flag of an unpaired answer (unpaired: label, or "
+                                      "LLaMA-Factory's kto_tag).")
+
+
+class DatasetTags(KubeModel):
+    """The keys and role names inside each message of sharegpt-shaped data, when they are not sharegpt's own: the
+    `tags` of a LLaMA-Factory dataset_info.json entry, under the same names. Empty fields: sharegpt's own
+    (from/value, human/gpt/system/observation/function_call)."""
+
+    role_tag: str | None = _field_name("The message key holding the role (sharegpt: from).")
+    content_tag: str | None = _field_name("The message key holding the text (sharegpt: value).")
+    user_tag: str | None = _field_name("The role value of a user message (sharegpt: human).")
+    assistant_tag: str | None = _field_name("The role value of an assistant message (sharegpt: gpt).")
+    observation_tag: str | None = _field_name("The role value of a tool result (sharegpt: observation).")
+    function_tag: str | None = _field_name("The role value of an assistant's tool call (sharegpt: function_call).")
+    system_tag: str | None = _field_name("The role value of a system message (sharegpt: system).")
+
+
 class Dataset(KubeModel):
-    """Training data. JSONL, JSON, CSV or Parquet; the trainer validates it before any training."""
+    """Training data: JSONL, JSON, CSV, Parquet, or plain text (.txt, one document per line, for text data); the
+    trainer validates every record before any training. The accepted shapes: docs/data.md."""
 
     model_config = KubeModel.model_config | {
         "json_schema_extra": {
@@ -57,7 +95,8 @@ class Dataset(KubeModel):
     }
 
     train: str = Field(
-        description="Training data file or folder: s3://, https://, hf://org/dataset, pvc://claim/path. " + URI_SCHEMES_HELP,
+        description="Training data file or folder: s3://, https://, hf://org/dataset, pvc://claim/path, or "
+        "configmap://name/key for small data kept in a ConfigMap (mounted into the training pod). " + DATA_URI_HELP,
         min_length=6,
         max_length=1024,
         pattern=DATA_URI,
@@ -77,6 +116,12 @@ class Dataset(KubeModel):
         description="Record format: " + ", ".join(f"{name} ({fields})" for name, fields in FORMATS.items())
         + ", or auto (the method's only format, else detected from the records' fields).",
     )
+    columns: DatasetColumns | None = Field(
+        default=None, description="Field names of the records when they differ from the format's own (like "
+        "LLaMA-Factory's dataset_info.json columns).")
+    tags: DatasetTags | None = Field(
+        default=None, description="Message keys and role names of sharegpt-shaped data when they differ from "
+        "sharegpt's own (like LLaMA-Factory's dataset_info.json tags).")
 
     @field_validator("train", "validation")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .common import STORAGE_URI, URI_SCHEMES_HELP
+from .common import DATA_URI, DATA_URI_HELP, STORAGE_URI, URI_SCHEMES_HELP
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -55,6 +55,8 @@ def _message(error: dict[str, Any]) -> str:
         pattern = error.get("ctx", {}).get("pattern", "")
         if pattern == STORAGE_URI:
             return f"{shown} is not a valid storage URI. Allowed schemes: s3://, pvc://, file:// (file:// only for `kubetune local`)."
+        if pattern == DATA_URI:
+            return f"{shown} is not a valid data URI. {DATA_URI_HELP}"
         if field in _URI_FIELDS:
             return f"{shown} is not a valid URI. {URI_SCHEMES_HELP}"
         if "eE" in pattern:
