@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune_trainer", description="Run one kubetune FineTuneJob.")
     parser.add_argument("--config", type=Path, default=None,
                         help=f"trainer config JSON (default: ${ENV_CONFIG_PATH} or {TRAINER_CONFIG_PATH})")
+    parser.add_argument("--preflight", action="store_true",
+                        help="check only, on a CPU: data, tokens, steps, GPU memory estimate (docs/trainer.md)")
     args = parser.parse_args(argv)
     rank = distributed.current_rank()
     # ranks other than 0 log warnings and errors only, each line marked with its rank
@@ -162,4 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopFlag()
     _install_signals(stop)
     path = args.config or Path(os.environ.get(ENV_CONFIG_PATH) or TRAINER_CONFIG_PATH)
+    if args.preflight:
+        from .preflight import execute as preflight
+
+        return preflight(path)
     return execute(path, stop)

@@ -251,10 +251,11 @@ def estimate(shape: ModelShape, training: TrainingShape) -> MemoryEstimate:
         tokens_per_micro_batch=tokens, notes=notes)
 
 
-def gib(n: int | float) -> str:
-    """Bytes as people read GPU sizes: '≈ 19 GiB', '≈ 0.6 GiB'."""
+def gib(n: int | float, approx: bool = True) -> str:
+    """Bytes as people read GPU sizes: '≈ 19 GiB', '≈ 0.6 GiB' (a budget: '80 GiB')."""
     value = n / GIB
-    return f"≈ {value:.0f} GiB" if value >= 10 else f"≈ {value:.1f} GiB"
+    text = f"{value:.0f} GiB" if value >= 10 or value == int(value) else f"{value:.1f} GiB"
+    return f"≈ {text}" if approx else text
 
 
 def params_text(n: int) -> str:
@@ -290,7 +291,7 @@ def fit_message(shape: ModelShape, training: TrainingShape, budget: int, *, grad
     options = alternatives(shape, training, budget)
     what = f"{ADAPTER_LABELS[training.adapter]} of {params_text(mine.parameters)} params"
     if mine.peak_bytes <= budget:
-        return True, f"{what} needs {gib(mine.peak_bytes)} of {gib(budget)} {gpus}", options
+        return True, f"{what} needs {gib(mine.peak_bytes)} of {gib(budget, False)} {gpus}", options
     fixes = []
     batch = largest_batch(shape, training, budget)
     if batch:
@@ -305,4 +306,24 @@ def fit_message(shape: ModelShape, training: TrainingShape, budget: int, *, grad
     if not batch and training.sequence_length > 512:
         fixes.append("a lower hyperparameters.maxLength")
     fixes.append("or a GPU with more memory")
-    return False, f"{what} needs {gib(mine.peak_bytes)} > {gib(budget)} {gpus}: " + ", ".join(fixes), options
+    return False, f"{what} needs {gib(mine.peak_bytes)} > {gib(budget, False)} {gpus}: " + ", ".join(fixes), options
+
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+
+def parse_bytes(quantity: str | int | None) -> int | None:
+    """A Kubernetes memory quantity ("80Gi", "40G", "85899345920") in bytes; None or 0 -> None (no budget).
+    ValueError names a bad one."""
+    if quantity is None or quantity == "" or quantity == 0:
+        return None
+    if isinstance(quantity, int):
+        return quantity
+    import re
+
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?(?:[eE][0-9]+)?)\s*(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?\s*", quantity)
+    if not found:
+        raise ValueError(f"{quantity!r} is not a memory quantity (e.g. 80Gi, 40G)")
+    value = int(float(found.group(1)) * _UNITS[found.group(2) or ""])
+    return value or None
