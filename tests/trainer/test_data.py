@@ -173,9 +173,9 @@ def test_parquet(tmp_path):
 def test_not_utf8_and_unknown_type(tmp_path):
     (tmp_path / "x.jsonl").write_bytes(b'{"text": "\xff"}\n')
     assert _raises([tmp_path / "x.jsonl"], method="cpt").problems == ["x.jsonl: not UTF-8 text (byte 10)"]
-    (tmp_path / "x.txt").write_text("hello")
-    assert _raises([tmp_path / "x.txt"], method="cpt").problems == [
-        "x.txt: unsupported file type '.txt' (use .jsonl, .json, .csv, .parquet)"]
+    (tmp_path / "x.xml").write_text("<hello/>")
+    assert _raises([tmp_path / "x.xml"], method="cpt").problems == [
+        "x.xml: unsupported file type '.xml' (use .jsonl, .json, .csv, .parquet, .txt)"]
 
 
 def test_mixed_preference_forms_become_conversational(tmp_path):

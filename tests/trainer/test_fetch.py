@@ -40,7 +40,7 @@ def test_fetch_dataset_file_folder_and_s3(tmp_path: Path, s3_server, s3_env, s3_
     assert fetch_dataset(f"s3://{s3_bucket}/ds", tmp_path / "all") == [tmp_path / "all/a.jsonl", tmp_path / "all/b.jsonl"]
     with pytest.raises(UserError, match=r"dataset s3://.*/nope does not exist"):
         fetch_dataset(f"s3://{s3_bucket}/nope", tmp_path / "none")
-    with pytest.raises(UserError, match=r"no data files \(.jsonl, .json, .csv, .parquet\) found"):
+    with pytest.raises(UserError, match=r"no data files \(.jsonl, .json, .csv, .parquet, .txt\) found"):
         fetch_dataset(f"file://{tmp_path}/data/README.md", tmp_path / "y")
     with pytest.raises(UserError, match="does not exist"):
         fetch_dataset(f"file://{tmp_path}/missing.jsonl", tmp_path / "z")

@@ -70,7 +70,7 @@ def test_sharegpt_maps_roles():
 
 def test_alpaca_to_messages():
     assert formats.check_record("alpaca", {"instruction": "Add", "input": "1 2", "output": "3"}) == (
-        {"messages": [{"role": "user", "content": "Add\n\n1 2"}, {"role": "assistant", "content": "3"}]}, [])
+        {"messages": [{"role": "user", "content": "Add\n1 2"}, {"role": "assistant", "content": "3"}]}, [])
     assert formats.check_record("alpaca", {"instruction": "Hi", "output": "Yo", "system": "S"}) == (
         {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
                       {"role": "assistant", "content": "Yo"}]}, [])
@@ -91,7 +91,7 @@ def test_preference_strings_and_lists():
     ({"prompt": "q", "rejected": "b"}, ['missing field "chosen"']),
     ({"chosen": "a", "rejected": "b"}, ['missing field "prompt"']),
     ({"prompt": "q", "chosen": "", "rejected": 1}, ["chosen must not be empty",
-                                                   "rejected must be a string or a list of messages (got number)"]),
+                                                   "rejected must be a string, a message or a list of messages (got number)"]),
     ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "chosen": "a",
       "rejected": "b"}, ["prompt must end with a user message"]),
     ({"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
@@ -139,7 +139,7 @@ def test_unpaired_llama_factory_kto_tag_in_sharegpt_shape():
     ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "kto_tag": "yes"},
      ["kto_tag must be true or false (got 'yes')"]),
     ({"conversations": [{"from": "gpt", "value": "a"}], "kto_tag": True},
-     ["conversations must end with a user turn and then the assistant turn being judged"]),
+     ["conversations[0].from must be 'human' here (got 'gpt'): turns alternate human, gpt, ... starting with human"]),
 ])
 def test_unpaired_problems_name_the_field(record, problems):
     assert formats.check_record("unpaired", record) == (None, problems)

@@ -1,10 +1,12 @@
-"""Read and validate training data before any training: JSONL, JSON, CSV, Parquet.
+"""Read and validate training data before any training: JSONL, JSON, CSV, Parquet, and plain text (.txt: one
+document per line, as LLaMA-Factory and `datasets`' text loader read it; for text data only).
 
 Every problem is reported as `<file>:<line>: <field message>` (JSONL, CSV) or `<file>[<index>]: ...`
 (JSON arrays, Parquet), capped at MAX_PROBLEMS and summarised (blank lines of a JSONL file are skipped,
 as every JSONL reader does; line numbers stay the file's own); any problem, or fewer than
 MIN_EXAMPLES valid records, fails the job with the user-error exit code. Fewer than WARN_EXAMPLES is
-a warning.
+a warning. dataset.columns / dataset.tags (formats.Names) rename the fields; a name that the chosen format
+does not read, or that no record has, is an error too (a typo must not silently train on nothing).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Loaded:
 # Each yields (location, record or None, problem or None).
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+def _read_jsonl(path: Path, names: formats.Names) -> Iterator[tuple[str, Any, str | None]]:
     with path.open(encoding="utf-8-sig") as handle:
         for lineno, line in enumerate(handle, 1):
             if not line.strip():  # blank or whitespace-only, anywhere: skipped, not a record
@@ -62,7 +64,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any, str | None]]:
                 yield f"{path.name}:{lineno}", None, f"not valid JSON: {exc.msg} (column {exc.colno})"
 
 
-def _read_json(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+def _read_json(path: Path, names: formats.Names) -> Iterator[tuple[str, Any, str | None]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
@@ -77,7 +79,15 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any, str | None]]:
         yield f"{path.name}[{i}]", record, None
 
 
-def _read_csv(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+def _read_txt(path: Path, names: formats.Names) -> Iterator[tuple[str, Any, str | None]]:
+    field = names.prompt or "text"
+    with path.open(encoding="utf-8-sig") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if line.strip():  # blank lines separate nothing: skipped
+                yield f"{path.name}:{lineno}", {field: line.rstrip("\r\n")}, None
+
+
+def _read_csv(path: Path, names: formats.Names) -> Iterator[tuple[str, Any, str | None]]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames:
@@ -90,8 +100,9 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Any, str | None]]:
             if None in row:
                 yield where, None, f"has {len(reader.fieldnames) + len(row[None])} cells, the header has {len(reader.fieldnames)}"
                 continue
-            record: dict[str, Any] = {k: v for k, v in row.items() if v != "" or k in ("input", "system")}
-            for key in formats.JSON_FIELDS:  # nested fields are JSON inside a cell
+            record: dict[str, Any] = {k: v for k, v in row.items()
+                                      if v != "" or k in ("input", "system", names.query, names.system)}
+            for key in names.json_fields():  # nested fields are JSON inside a cell
                 value = record.get(key)
                 if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
                     try:
@@ -103,7 +114,7 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Any, str | None]]:
                 yield where, record, None
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+def _read_parquet(path: Path, names: formats.Names) -> Iterator[tuple[str, Any, str | None]]:
     import pyarrow.parquet as pq
 
     try:
@@ -115,16 +126,17 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any, str | None]]:
         yield f"{path.name}[{i}]", {k: v for k, v in record.items() if v is not None}, None
 
 
-READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet, ".txt": _read_txt}
 
 
-def read_file(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+def read_file(path: Path, names: formats.Names = formats.DEFAULT_NAMES) -> Iterator[tuple[str, Any, str | None]]:
+    """(location, record or None, problem or None) for each record of one data file."""
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         yield path.name, None, f"unsupported file type {path.suffix!r} (use {', '.join(READERS)})"
         return
     try:
-        yield from reader(path)
+        yield from reader(path, names)
     except UnicodeDecodeError as exc:
         yield path.name, None, f"not UTF-8 text (byte {exc.start})"
 
@@ -132,7 +144,8 @@ def read_file(path: Path) -> Iterator[tuple[str, Any, str | None]]:
 # ---------------------------------------------------------------------------------------- validate
 
 
-def _choose_format(requested: str, method: str, records: list[Any], names: str) -> str:
+def _choose_format(requested: str, method: str, records: list[Any], names: str,
+                   fields: formats.Names = formats.DEFAULT_NAMES) -> str:
     """dataset.format, or for auto: the method's only format, else the format most records look like."""
     accepted = METHODS[method].formats
     if requested != "auto":
@@ -140,7 +153,7 @@ def _choose_format(requested: str, method: str, records: list[Any], names: str) 
     elif len(accepted) == 1:
         fmt = accepted[0]
     else:
-        votes = Counter(f for f in map(formats.detect, records) if f)
+        votes = Counter(f for f in (formats.detect(r, fields) for r in records) if f)
         if not votes:
             keys = sorted({k for r in records[:50] if isinstance(r, dict) for k in r})[:10]
             expected = "; ".join(f"{FORMATS[f]} ({f})" for f in accepted)
@@ -149,19 +162,37 @@ def _choose_format(requested: str, method: str, records: list[Any], names: str) 
         fmt = votes.most_common(1)[0][0]
     if fmt not in accepted:
         allowed = ", ".join(accepted)
-        raise DataError(f"{names}: method {method} cannot train on {fmt} data (it needs {allowed})")
+        hint = " (.txt files hold text: one document per line)" if names.endswith(".txt") else ""
+        raise DataError(f"{names}: method {method} cannot train on {fmt} data (it needs {allowed}){hint}")
     return fmt
 
 
-def load(files: list[Path], *, fmt: str, method: str, role: str = "train",
-         min_examples: int = MIN_EXAMPLES) -> Loaded:
-    """Read, detect, validate and normalise. Raises DataError naming file, line and field."""
+def check_names(fmt: str, fields: formats.Names, records: list[Any]) -> None:
+    """dataset.columns and dataset.tags must fit the format, and each named field must occur in the data:
+    a typo would otherwise read as 'missing field' on every record, or silently drop an optional part."""
+    problems = [f"dataset.columns.{part} ({name!r}) is not read by {fmt} data (it reads "
+                f"{', '.join(formats.COLUMNS_USED[fmt])})"
+                for part, name in fields.columns().items() if part not in formats.COLUMNS_USED[fmt]]
+    if fields.tags() and fmt not in formats.TAGGED_FORMATS:
+        problems.append(f"dataset.tags apply to sharegpt-shaped data, not to {fmt} data")
+    present = {k for r in records if isinstance(r, dict) for k in r}
+    problems += [f"dataset.columns.{part} names field {name!r}, which no record has (records have "
+                 f"{', '.join(sorted(present)[:10]) or 'no fields'})"
+                 for part, name in fields.columns().items() if part in formats.COLUMNS_USED[fmt] and name not in present]
+    if problems:
+        raise DataError("dataset.columns/tags do not fit the data", problems)
+
+
+def load(files: list[Path], *, fmt: str, method: str, role: str = "train", min_examples: int = MIN_EXAMPLES,
+         fields: formats.Names = formats.DEFAULT_NAMES) -> Loaded:
+    """Read, detect, validate and normalise. Raises DataError naming file, line and field. `fields`: the
+    records' field names (formats.Names.of(spec.dataset): dataset.columns and dataset.tags)."""
     names = ", ".join(p.name for p in files)
     located: list[tuple[str, Any]] = []
     problems: list[str] = []
     seen = bad = 0
     for path in files:
-        for where, record, problem in read_file(path):
+        for where, record, problem in read_file(path, fields):
             seen += 1
             if problem is not None:
                 bad += 1
@@ -170,10 +201,12 @@ def load(files: list[Path], *, fmt: str, method: str, role: str = "train",
                 located.append((where, record))
     if not located and not problems:
         raise DataError(f"{role} data {names} is empty")
-    chosen = _choose_format(fmt, method, [r for _, r in located], names) if located else fmt
+    chosen = _choose_format(fmt, method, [r for _, r in located], names, fields) if located else fmt
+    if located:
+        check_names(chosen, fields, [r for _, r in located])
     out: list[dict[str, Any]] = []
     for where, record in located:
-        normalised, found = formats.check_record(chosen, record)
+        normalised, found = formats.check_record(chosen, record, fields)
         if found:
             bad += 1
             problems += [f"{where}: {p}" for p in found]

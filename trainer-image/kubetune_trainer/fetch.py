@@ -2,7 +2,8 @@
 
 Models: hf://org/name (+ spec revision), s3://bucket/prefix, pvc://claim/path, file:///path. Datasets: the same
 plus https://; hf://org/name/path names a dataset repository. A URI that names a folder yields every data file in
-it (.jsonl, .json, .csv, .parquet), sorted. Storage failures surface as kubetune_storage errors (main maps them to
+it (.jsonl, .json, .csv, .parquet, .txt; .txt only where the folder holds no other data files), sorted.
+Storage failures surface as kubetune_storage errors (main maps them to
 exit codes: NotFound, Denied, InvalidUri are the user's to fix); what only a model or dataset can get wrong is a
 UserError here.
 """
@@ -19,7 +20,7 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # Weights in formats the trainer never loads: skip them when downloading a model.
 _MODEL_SKIP = ["*.gguf", "*.onnx", "*.onnx_data", "*.msgpack", "*.h5", "*.tflite", "*.ot", "original/*",
                "onnx/*", "openvino/*", "coreml/*"]
@@ -50,6 +51,11 @@ def fetch_model(uri: str, revision: str | None, work_dir: Path, storage: Storage
 
 def _data_files(paths: list[Path], uri: str) -> list[Path]:
     files = sorted(p for p in paths if p.is_file() and p.name.lower().endswith(DATA_EXTENSIONS))
+    structured = [p for p in files if not p.name.lower().endswith(".txt")]
+    if structured and len(structured) < len(files):  # a notes.txt or LICENSE.txt next to the data is not data
+        log.info("dataset %s: reading %d structured file(s), skipping %d .txt file(s) beside them: %s", uri,
+                 len(structured), len(files) - len(structured), ", ".join(p.name for p in files if p not in structured)[:300])
+        files = structured
     if not files:
         raise UserError(f"dataset {uri}: no data files ({', '.join(DATA_EXTENSIONS)}) found")
     return files

@@ -27,6 +27,7 @@ from .collate import RowPackedCollator, needs_row_packing
 from .distributed import SINGLE, Rank, Topology
 from .errors import Preempted, StopFlag, TransientError, UserError
 from .fetch import fetch_dataset, fetch_model
+from .formats import Names
 from .methods import TRAINERS, load
 from .metrics import MetricsServer
 from .plan import Facts, TrainingPlan, plan_training, trl_args
@@ -89,10 +90,12 @@ class Inputs:
 def load_records(config: TrainerConfig, inputs: Inputs) -> tuple[data.Loaded, list[dict], list[dict]]:
     """Parse and validate the dataset files; split off the held-out set."""
     spec = config.spec
-    train = data.load([Path(f) for f in inputs.train_files], fmt=spec.dataset.format, method=spec.method.type)
+    fields = Names.of(spec.dataset)
+    train = data.load([Path(f) for f in inputs.train_files], fmt=spec.dataset.format, method=spec.method.type,
+                      fields=fields)
     if inputs.validation_files is not None:
         held = data.load([Path(f) for f in inputs.validation_files], fmt=train.format, method=spec.method.type,
-                         role="validation", min_examples=1)
+                         role="validation", min_examples=1, fields=fields)
         records = held.records
         if held.conversational != train.conversational and train.records and "prompt" in train.records[0]:
             from .formats import as_conversational
