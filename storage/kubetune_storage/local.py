@@ -1,4 +1,5 @@
-"""Folders on this machine: file:///abs/path (local runs, tests) and pvc://claim/path (a mounted claim).
+"""Folders on this machine: file:///abs/path (local runs, tests), pvc://claim/path (a mounted claim) and
+configmap://name/key (a key of a ConfigMap mounted into the pod, read-only).
 
 A folder is treated like a bucket: writes are atomic (a hidden temporary file renamed into place), listing skips
 those temporaries, and deleting the last file of a folder removes the folder.
@@ -13,11 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kubetune.api.constants import DEFAULT_PVC_ROOT, ENV_PVC_ROOT
+from kubetune.api.constants import (
+    CONFIGMAP_MAX_BYTES,
+    DEFAULT_CONFIGMAP_ROOT,
+    DEFAULT_PVC_ROOT,
+    ENV_CONFIGMAP_ROOT,
+    ENV_PVC_ROOT,
+)
 
 from . import register
 from .base import Store, clean_rel
-from .errors import Denied, InvalidUri, NotFound, StorageError
+from .errors import Denied, InvalidUri, NotFound, ReadOnly, StorageError
 
 if TYPE_CHECKING:
     from . import Storage
@@ -136,3 +143,37 @@ class PvcStore(FolderStore):
         root = Path(storage.env.get(ENV_PVC_ROOT) or DEFAULT_PVC_ROOT) / claim
         path = clean_rel(path, uri)
         return cls(root / path if path else root, uri)
+
+
+@register
+class ConfigMapStore(FolderStore):
+    """configmap://name/key: the operator mounts the key of ConfigMap `name` at $KUBETUNE_CONFIGMAP_ROOT/name/key
+    (default /mnt/configmap, kubetune.api.common.configmap_mount_path), optionally: a missing ConfigMap or key is
+    a missing file here, reported by name instead of a pod stuck in ContainerCreating. Read-only; at most
+    CONFIGMAP_MAX_BYTES (the API server's limit: only a stand-in for it can hand over more)."""
+
+    schemes = ("configmap",)
+
+    @classmethod
+    def from_uri(cls, uri: str, storage: Storage) -> ConfigMapStore:
+        name, _, key = uri.split("://", 1)[1].partition("/")
+        if not name or not key or "/" in key:
+            raise InvalidUri(f"ConfigMap URI {uri!r} must name a ConfigMap and one key: configmap://name/key")
+        return cls(Path(storage.env.get(ENV_CONFIGMAP_ROOT) or DEFAULT_CONFIGMAP_ROOT) / name / clean_rel(key, uri), uri)
+
+    def local_folder(self, dest: Path, skip: Sequence[str] = ()) -> Path:
+        name, key = self.uri.split("://", 1)[1].split("/", 1)
+        if not self.root.is_file():
+            raise NotFound(f"{self.uri}: no key {key!r} in ConfigMap {name!r}, or no ConfigMap {name!r} in the "
+                           f"job's namespace (kubectl create configmap {name} --from-file={key}=<file>)")
+        size = self.root.stat().st_size
+        if size > CONFIGMAP_MAX_BYTES:
+            raise InvalidUri(f"{self.uri} holds {size} bytes: a ConfigMap holds at most {CONFIGMAP_MAX_BYTES} "
+                             "bytes (1 MiB); put larger data in object storage (s3://) or a volume (pvc://)")
+        return self.root
+
+    def _atomic(self, rel: str, write) -> None:
+        raise ReadOnly(f"cannot write {self.uri_of(rel)}: configmap:// is read-only")
+
+    def delete(self, rels: list[str]) -> None:
+        raise ReadOnly(f"cannot delete from {self.uri}: configmap:// is read-only")

@@ -223,6 +223,7 @@ class LocalKubelet:
                 (mount / key).write_text(value)
             env[c.ENV_CONFIG_PATH] = str(mount / c.TRAINER_CONFIG_KEY)
         self._mount_claims(container, volumes, poddir, env)
+        self._mount_config_maps(ns, container, volumes, poddir, env)
         # Writable paths the image would provide as emptyDirs, and the API the pod would reach.
         for key in ("HOME", "HF_HOME", "TRITON_CACHE_DIR", c.ENV_WORK_DIR):
             if key in env:
@@ -235,6 +236,25 @@ class LocalKubelet:
     def claim_folder(self, claim: str) -> Path:
         """The host folder that plays PersistentVolumeClaim `claim`."""
         return self.pvc_map.get(claim) or self.pvc_dir / claim
+
+    def _mount_config_maps(self, ns: str, container: dict[str, Any], volumes: list[dict[str, Any]], poddir: Path,
+                           env: dict[str, str]) -> None:
+        """The container's ConfigMap data mounts (under DEFAULT_CONFIGMAP_ROOT: configmap://name/key) as files in
+        the pod's own ConfigMap root, as kubelet projects them: the listed items only, a missing optional
+        ConfigMap or key simply absent."""
+        sources = {v["name"]: v["configMap"] for v in volumes if "configMap" in v and v["name"] != "config"}
+        root = poddir / "configmap" / container["name"]
+        for mount in container.get("volumeMounts") or []:
+            source, path = sources.get(mount["name"]), PurePosixPath(mount["mountPath"])
+            if source is None or not path.is_relative_to(c.DEFAULT_CONFIGMAP_ROOT):
+                continue
+            data = (self.emu.get("", "v1", "configmaps", ns, source["name"]) or {}).get("data") or {}
+            folder = root / path.relative_to(c.DEFAULT_CONFIGMAP_ROOT)
+            folder.mkdir(parents=True, exist_ok=True)
+            for item in source.get("items") or [{"key": k, "path": k} for k in data]:
+                if item["key"] in data:
+                    (folder / item["path"]).write_text(data[item["key"]])
+            env[c.ENV_CONFIGMAP_ROOT] = str(root)
 
     def _mount_claims(self, container: dict[str, Any], volumes: list[dict[str, Any]], poddir: Path, env: dict[str, str]) -> None:
         """The container's PVC mounts (under DEFAULT_PVC_ROOT) as links in the pod's own PVC root: a claim the

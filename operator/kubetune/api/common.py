@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
-from .constants import DEFAULT_PVC_ROOT
+from .constants import DEFAULT_CONFIGMAP_ROOT, DEFAULT_PVC_ROOT
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -118,6 +118,20 @@ def pvc_mount_path(claim: str) -> str:
     """Where pods mount a claim. The trainer and the serving sidecar read pvc://claim/path at
     $KUBETUNE_PVC_ROOT/claim/path, the root defaulting to DEFAULT_PVC_ROOT: this same place."""
     return f"{DEFAULT_PVC_ROOT}/{claim}"
+
+
+def configmap_key(uri: str | None) -> tuple[str, str] | None:
+    """(ConfigMap name, key) of a configmap://name/key URI; None for other schemes."""
+    if uri_scheme(uri) != CONFIGMAP_SCHEME:
+        return None
+    name, _, key = uri.split("://", 1)[1].partition("/")  # type: ignore[union-attr]
+    return name, key
+
+
+def configmap_mount_path(name: str) -> str:
+    """Where the training pod mounts ConfigMap `name`: the trainer reads configmap://name/key at
+    $KUBETUNE_CONFIGMAP_ROOT/name/key, the root defaulting to DEFAULT_CONFIGMAP_ROOT: this same place."""
+    return f"{DEFAULT_CONFIGMAP_ROOT}/{name}"
 
 
 def local_only_problems(uris: dict[str, str | None]) -> list[str]:

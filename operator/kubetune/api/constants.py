@@ -76,6 +76,10 @@ ADAPTER_CACHE_DIR = "/var/cache/kubetune/adapters"
 ENV_VLLM_API_KEY = "VLLM_API_KEY"  # read by vLLM itself and by the sidecar
 ENV_PVC_ROOT = "KUBETUNE_PVC_ROOT"  # where pvc://claim/... is mounted: <root>/<claim>
 DEFAULT_PVC_ROOT = "/mnt/pvc"
+# configmap://name/key data: the operator mounts ConfigMap `name` (its keys that the spec names) at <root>/<name>.
+ENV_CONFIGMAP_ROOT = "KUBETUNE_CONFIGMAP_ROOT"
+DEFAULT_CONFIGMAP_ROOT = "/mnt/configmap"
+CONFIGMAP_MAX_BYTES = 1024 * 1024  # the API server's limit on a whole ConfigMap
 ENV_NAMESPACE = "KUBETUNE_NAMESPACE"  # the pod's namespace (downward API); else the service account's
 
 # Overrides the termination-log path outside a pod (`kubetune local`, tests); in a pod it is TERMINATION_LOG.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import constants as c
-from ..api.common import ObjectStorage, SecretRef, pvc_mount_path
+from ..api.common import ObjectStorage, SecretRef, configmap_mount_path, pvc_mount_path
 
 MAX_NAME = 63  # Job, Service and label values are DNS labels.
 
@@ -176,10 +176,15 @@ def storage_env(storage: ObjectStorage) -> list[dict[str, Any]]:
     return env
 
 
+def volume_name(prefix: str, source: str) -> str:
+    """A volume name (a DNS label) for a claim or ConfigMap name (a DNS subdomain: it may hold dots)."""
+    name = f"{prefix}-" + source.replace(".", "-")
+    return name if name == f"{prefix}-{source}" and len(name) <= MAX_NAME else \
+        f"{prefix}-{source.replace('.', '-')[:40].rstrip('-')}-{short_hash(source, 10)}"
+
+
 def pvc_volume_name(claim: str) -> str:
-    """A volume name (a DNS label) for a claim name (a DNS subdomain: it may hold dots)."""
-    name = "pvc-" + claim.replace(".", "-")
-    return name if name == f"pvc-{claim}" and len(name) <= MAX_NAME else f"pvc-{claim.replace('.', '-')[:40].rstrip('-')}-{short_hash(claim, 10)}"
+    return volume_name("pvc", claim)
 
 
 def pvc_volumes(claims: dict[str, bool]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -190,4 +195,17 @@ def pvc_volumes(claims: dict[str, bool]) -> tuple[list[dict[str, Any]], list[dic
         read_only = {"readOnly": True} if claims[claim] else {}
         volumes.append({"name": pvc_volume_name(claim), "persistentVolumeClaim": {"claimName": claim, **read_only}})
         mounts.append({"name": pvc_volume_name(claim), "mountPath": pvc_mount_path(claim), **read_only})
+    return volumes, mounts
+
+
+def configmap_volumes(keys: dict[str, list[str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) for configmap://name/key data, {ConfigMap: keys}, sorted: each ConfigMap's named keys
+    at configmap_mount_path(name)/key, where the trainer resolves configmap://name/key. Optional, so that a
+    missing ConfigMap or key reaches the trainer as a missing file it reports by name (a required one would
+    leave the pod in ContainerCreating); mounting needs no RBAC of the operator's or the trainer's."""
+    volumes, mounts = [], []
+    for name in sorted(keys):
+        items = [{"key": key, "path": key} for key in sorted(set(keys[name]))]
+        volumes.append({"name": volume_name("cm", name), "configMap": {"name": name, "items": items, "optional": True}})
+        mounts.append({"name": volume_name("cm", name), "mountPath": configmap_mount_path(name), "readOnly": True})
     return volumes, mounts

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..api import constants as c
 from ..api import exit_codes
-from ..api.common import local_only_problems, pvc_claim
+from ..api.common import configmap_key, local_only_problems, pvc_claim
 from ..api.finetunejob import FineTuneJobSpec
 from ..api.trainer_config import TrainerConfig, trainer_config
 from ..api.validation import SpecError
@@ -21,6 +21,7 @@ from .common import (
     Child,
     Parent,
     child_name,
+    configmap_volumes,
     container_security_context,
     label_value,
     object_meta,
@@ -92,6 +93,15 @@ def pvc_claims(resolved: FineTuneJobSpec) -> dict[str, bool]:
     if claim := pvc_claim(resolved.output.uri):
         claims[claim] = False
     return claims
+
+
+def configmap_keys(resolved: FineTuneJobSpec) -> dict[str, list[str]]:
+    """{ConfigMap: keys} of the spec's configmap://name/key data URIs."""
+    keys: dict[str, list[str]] = {}
+    for uri in (resolved.dataset.train, resolved.dataset.validation):
+        if ref := configmap_key(uri):
+            keys.setdefault(ref[0], []).append(ref[1])
+    return keys
 
 
 MUTABLE_FIELDS = ("suspend", "cancel")  # the spec fields that act on a Job that already exists
@@ -234,6 +244,7 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
     nodes = resolved.resources.nodes
     gpu_resource = resolved.resources.gpu_resource_name or settings.gpu_resource_name
     claim_volumes, claim_mounts = pvc_volumes(pvc_claims(resolved))
+    data_volumes, data_mounts = configmap_volumes(configmap_keys(resolved))
     container = {
         "name": c.TRAINER_CONTAINER,
         "image": resolved.image or settings.trainer_image,
@@ -253,6 +264,7 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True},
             *claim_mounts,
+            *data_mounts,
         ],
     }
     pod_spec: dict[str, Any] = {
@@ -270,6 +282,7 @@ def build_job(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, se
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
             service_account_token_volume(),
             *claim_volumes,
+            *data_volumes,
         ],
         **scheduling_fields(resolved.scheduling),
     }
