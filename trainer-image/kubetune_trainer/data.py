@@ -162,8 +162,7 @@ def _choose_format(requested: str, method: str, records: list[Any], names: str,
         fmt = votes.most_common(1)[0][0]
     if fmt not in accepted:
         allowed = ", ".join(accepted)
-        hint = " (.txt files hold text: one document per line)" if names.endswith(".txt") else ""
-        raise DataError(f"{names}: method {method} cannot train on {fmt} data (it needs {allowed}){hint}")
+        raise DataError(f"{names}: method {method} cannot train on {fmt} data (it needs {allowed})")
     return fmt
 
 
@@ -202,6 +201,10 @@ def load(files: list[Path], *, fmt: str, method: str, role: str = "train", min_e
     if not located and not problems:
         raise DataError(f"{role} data {names} is empty")
     chosen = _choose_format(fmt, method, [r for _, r in located], names, fields) if located else fmt
+    texts = [p.name for p in files if p.suffix.lower() == ".txt"]
+    if texts and located and chosen != "text":
+        raise DataError(f"{', '.join(texts)}: a .txt file holds plain text, one document per line (format text), "
+                        f"but this job reads {chosen} data (method {method} trains on {', '.join(METHODS[method].formats)})")
     if located:
         check_names(chosen, fields, [r for _, r in located])
     out: list[dict[str, Any]] = []

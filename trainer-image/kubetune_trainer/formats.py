@@ -263,7 +263,7 @@ def _conversation(value: Any, field: str, names: Names, *, ends_with: str) -> tu
                             "write tool calls in the chatml (OpenAI) format, docs/data.md")
         elif mapped == "system" and i != 0:
             problems.append(f"{where}.{tags.role}: a system message is only allowed first")
-        elif mapped != "system" and mapped != expected:
+        elif mapped != "system" and mapped != expected and not any("turns alternate" in p for p in problems):
             want = tags.user if expected == "user" else tags.assistant
             problems.append(f"{where}.{tags.role} must be {want!r} here (got {role!r}): turns alternate "
                             f"{tags.user}, {tags.assistant}, ... starting with {tags.user}")
