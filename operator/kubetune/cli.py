@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("files", nargs="+")
     val.set_defaults(func=_validate)
 
+    from .importers.cli import add_parser as add_import
+
+    add_import(sub)  # kubetune import llamafactory
     _add_local(sub)
 
     args = parser.parse_args(argv)
