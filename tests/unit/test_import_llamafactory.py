@@ -377,3 +377,41 @@ def test_docs_table_names_every_key():
     missing = sorted(k for k in keys if f"`{k}`" not in doc)
     assert not missing, missing
     assert "docs/migrate-llamafactory.md" in (ROOT / "README.md").read_text()
+
+
+# Records in the shape of LLaMA-Factory's demo files (data/identity.json, dpo_en_demo.json, kto_en_demo.json,
+# c4_demo.jsonl), our own content.
+_QA = [(f"What is the code of box {i}?", f"Box {i} has code {i * 7}.") for i in range(64)]
+LF_DEMO_FILES = {
+    "identity.json": [{"instruction": q, "input": "", "output": a} for q, a in _QA],
+    "dpo_en_demo.json": [{"conversations": [{"from": "human", "value": q}], "chosen": {"from": "gpt", "value": a},
+                          "rejected": {"from": "gpt", "value": "I do not know."}} for q, a in _QA],
+    "kto_en_demo.json": [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                          "label": i % 2 == 0} for i, (q, a) in enumerate(_QA)],
+    "c4_demo.jsonl": [{"text": f"{q} {a}"} for q, a in _QA],
+}
+
+
+@pytest.mark.parametrize("example, fmt", [("llama3_lora_sft", "alpaca"), ("llama3_lora_dpo", "preference"),
+                                          ("llama3_lora_kto", "unpaired"), ("llama3_lora_pretrain", "text")])
+def test_the_trainer_reads_llamafactory_files_with_the_imported_dataset_fields(example, fmt, tmp_path):
+    """The imported dataset.format/columns/tags, given to the trainer's own data loader (kubetune_trainer.data),
+    read files in LLaMA-Factory's demo shapes: the column mapping holds end to end."""
+    from kubetune.api.finetunejob import FineTuneJobSpec
+    from kubetune_trainer import data, formats
+
+    spec = FineTuneJobSpec.model_validate(_convert(_config(example)).manifest["spec"])
+    name = spec.dataset.train.rsplit("/", 1)[1]
+    records = LF_DEMO_FILES[name]
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) if name.endswith(".jsonl") else json.dumps(records))
+    loaded = data.load([path], fmt=spec.dataset.format, method=spec.method.type, fields=formats.Names.of(spec.dataset))
+    assert (loaded.format, len(loaded.records)) == (fmt, 64)
+    q, a = _QA[0]
+    user, answer = [{"role": "user", "content": q}], [{"role": "assistant", "content": a}]
+    assert loaded.records[0] == {
+        "alpaca": {"messages": user + answer},
+        "preference": {"prompt": user, "chosen": answer, "rejected": [{"role": "assistant", "content": "I do not know."}]},
+        "unpaired": {"prompt": user, "completion": answer, "label": True},
+        "text": {"text": f"{q} {a}"},
+    }[fmt]
