@@ -92,6 +92,28 @@ def _add_local(sub) -> None:
     add_parser(sub)
 
 
+def _data_validate(args: argparse.Namespace) -> int:
+    try:
+        from kubetune_trainer.validate_cli import run
+    except ImportError as exc:
+        print(f"kubetune data validate needs the trainer package (pip install -e '.[trainer]'): {exc}", file=sys.stderr)
+        return 2
+    return run(args)
+
+
+def _add_data(sub) -> None:
+    """`kubetune data validate`: the trainer's pre-flight check on local files (kubetune_trainer.validate_cli)."""
+    data = sub.add_parser("data", help="check training data before training").add_subparsers(dest="data_command", required=True)
+    validate = data.add_parser("validate", help="formats, counts, tokens, truncation, steps, GPU memory; exit 1 on errors")
+    try:
+        from kubetune_trainer.validate_cli import add_arguments
+    except ImportError:
+        validate.add_argument("rest", nargs=argparse.REMAINDER)
+    else:
+        add_arguments(validate)
+    validate.set_defaults(func=_data_validate)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tuning and LoRA serving on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_import(sub)  # kubetune import llamafactory
     _add_local(sub)
+    _add_data(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

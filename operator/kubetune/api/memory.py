@@ -16,8 +16,10 @@ hard-coded. The terms (docs/data.md, "Memory estimate", gives the derivation and
 - activations per token per decoder layer, counted from what autograd keeps for a Llama/Qwen-style layer
   (RMSNorm inputs in fp32, q/k/v/o inputs and outputs, SDPA outputs, gated-MLP intermediates, LoRA dropout
   copies and masks); with gradient checkpointing only each layer's input is kept, plus one layer recomputed;
-- logits: batch x sequence x vocabulary x (compute bytes + 12): the logits, the fp32 log-softmax the loss keeps,
-  and its gradient in and out at the start of backward;
+- logits: batch x sequence x vocabulary x (compute bytes + 8): the logits, the fp32 log-softmax the loss keeps,
+  and one fp32 gradient of that size at the start of backward. Without checkpointing they add to every layer's
+  activations; with it, the layer recomputed in backward comes after the logits' memory is freed, so the larger
+  of the two counts;
 - overhead: CUDA_CONTEXT_BYTES (CUDA context, cuBLAS workspaces, kernels) + FRAGMENTATION of the rest (the
   caching allocator reserves more than it hands out). Stated here, not hidden: measured peaks on a GPU are
   ``torch.cuda.max_memory_reserved`` plus the context.
@@ -38,7 +40,7 @@ FRAGMENTATION = 0.10  # the caching allocator's reserve above what tensors hold
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64, fp32 per 256 absmax blocks
 ADAPTER_BYTES = 4  # PEFT keeps LoRA weights in fp32 (autocast_adapter_dtype)
-LOGITS_EXTRA_BYTES = 12  # fp32 log-softmax kept by the loss + its gradient in and out
+LOGITS_EXTRA_BYTES = 8  # the fp32 log-softmax the loss keeps + one fp32 gradient of the same size
 # Model types whose MLP is up -> activation -> down (no gate projection).
 UNGATED_MLP = frozenset({"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi", "starcoder2", "gpt_bigcode"})
 QKV_BIAS = frozenset({"qwen2"})  # model types with q/k/v biases although the config does not say so
@@ -228,17 +230,16 @@ def estimate(shape: ModelShape, training: TrainingShape) -> MemoryEstimate:
     h = shape.hidden_size
     outside = tokens * (c * h + (4 * h + c * h) + c * h)  # embeddings output, final norm, lm_head input
     activations = math.ceil(tokens * layer * shape.num_layers + outside)
-    checkpointed = math.ceil(tokens * (c * h * shape.num_layers + layer) + outside)
+    kept = math.ceil(tokens * c * h * shape.num_layers + outside)  # each layer's input (the checkpoints)
+    recomputed = math.ceil(tokens * layer)  # one layer's activations, rebuilt in backward
+    checkpointed = kept + recomputed
     logits = tokens * shape.vocab_size * (c + LOGITS_EXTRA_BYTES)
     static = weights + reference + adapter_bytes + optimizer
-
-    def peak(acts: int) -> int:
-        held = static + gradients + max(acts + logits, temp)  # gradients live across micro-batches (accumulation)
-        return math.ceil(held * (1 + FRAGMENTATION)) + CUDA_CONTEXT_BYTES
-
-    without, with_ = peak(activations), peak(checkpointed)
-    overhead = with_ - (static + gradients + max(checkpointed + logits, temp)) if training.gradient_checkpointing else \
-        without - (static + gradients + max(activations + logits, temp))
+    # gradients are counted as held throughout: they live across the micro-batches of gradient accumulation
+    held_without = static + gradients + max(activations + logits, temp)
+    held_with = static + gradients + max(kept + max(logits, recomputed), temp)
+    without, with_ = (math.ceil(held * (1 + FRAGMENTATION)) + CUDA_CONTEXT_BYTES for held in (held_without, held_with))
+    overhead = with_ - held_with if training.gradient_checkpointing else without - held_without
     if training.sequences_per_example > 1:
         notes.append(f"{training.sequences_per_example} sequences per example (chosen and rejected in one batch)")
     return MemoryEstimate(
