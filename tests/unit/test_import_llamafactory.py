@@ -286,6 +286,9 @@ def test_values_kubetune_refuses_are_taken_out_and_listed():
     assert notes["cutoff_len"].startswith("kubetune refuses it as hyperparameters.maxLength: must be >= 16")
     assert "maxSteps" in notes["num_train_epochs"] and "cosine" in notes["lr_scheduler_type"]
     assert "positive decimal" in notes["learning_rate"]
+    assert "maxSteps" not in spec["hyperparameters"]
+    assert "no step limit" in _notes(_convert(_config() | {"max_steps": -1}), OPERATOR)["max_steps"]
+    assert _convert(_config() | {"max_steps": 1000}).manifest["spec"]["hyperparameters"]["maxSteps"] == 1000
 
 
 def test_model_sources(tmp_path):
@@ -311,13 +314,13 @@ def test_trust_remote_code_is_never_carried_over():
 
 
 def test_hub_token_never_shows(tmp_path, capsys):
-    config = _write(tmp_path, _config() | {"hf_hub_token": "hf_SECRETsecret123"})
+    config = _write(tmp_path, _config() | {"hf_hub_token": "hf_SECRETsecret123", "wandb_api_key": "SECRETwandb"})
     out = tmp_path / "ftj.yaml"
     code, stdout, err = _import(capsys, config, "--dataset-info", str(LF / "dataset_info.json"),
                                 "--data-uri-prefix", PREFIX, "-o", str(out))
     assert code == 0
     assert "SECRET" not in stdout + err + out.read_text()
-    assert "hubTokenSecretRef" in err
+    assert "hubTokenSecretRef" in err and "wandb_api_key (<redacted>): looks like a credential" in err
 
 
 @pytest.mark.parametrize("change, message", [

@@ -20,7 +20,7 @@ from ..api.common import DNS_SUBDOMAIN, MODEL_URI
 from ..api.finetunejob import FineTuneJobSpec
 from ..api.methods import default_learning_rate
 from ..api.validation import SpecError, parse
-from .build import Build, ImportProblem, Note, Skip, names, show, to_bool, to_decimal, to_int, to_str
+from .build import REDACTED, Build, ImportProblem, Note, Skip, names, show, to_bool, to_decimal, to_int, to_str
 from .llamafactory_data import map_datasets
 from .llamafactory_keys import (
     DEFAULT,
@@ -37,6 +37,7 @@ DPO_LOSSES = {"sigmoid", "ipo", "hinge"}  # pref_loss values that are method.dpo
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 HUB_ID = re.compile(r"[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?")
 SPEC_ORDER = ("baseModel", "dataset", "method", "adapter", "hyperparameters", "checkpointing")  # as in examples/
+SECRET_LIKE = re.compile(r"token|secret|passw|api_?key|credential", re.I)  # unknown keys whose value is never shown
 _REQUIRED = ("baseModel.uri", "dataset.train")  # a refused value here cannot be noted away
 
 
@@ -131,6 +132,9 @@ def convert(config: dict[str, Any], dataset_info: dict[str, Any] | None = None, 
     method = _method(b)
     adapter = _adapter(b)
     map_datasets(b, dataset_info, method, data_uri_prefix)
+    steps = config.get("max_steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps <= 0:
+        b.note("max_steps", steps, "no step limit (the epochs decide): kubetune's default too", OPERATOR)
     for key, (path, convert_) in SIMPLE.items():
         if key in config and key not in b.used:
             b.take(key, path, convert_)
@@ -258,7 +262,10 @@ def _leftovers(b: Build) -> None:
         if key in b.used:
             continue
         if key in SECRET_KEYS:
-            b.note(key, "<redacted>", SECRET_REASON)
+            b.note(key, REDACTED, SECRET_REASON)
+        elif SECRET_LIKE.search(key):
+            b.note(key, REDACTED, "looks like a credential: never copied into a spec nor shown; kubetune takes "
+                   "credentials from Secrets (spec.hubTokenSecretRef, storage.credentialsSecretRef)")
         elif key == "report_to":
             none = value in (None, "none", [], ["none"])
             b.note(key, value, "nothing to report to; " + NOT_CARRIED["logging_dir"][1] if none else
