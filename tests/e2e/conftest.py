@@ -46,12 +46,12 @@ def _operator_is_never_denied(request) -> Iterator[None]:
 
 
 @pytest.fixture
-def operator(cluster, monkeypatch) -> Iterator[KopfRunner]:
+def operator(cluster, monkeypatch, request) -> Iterator[KopfRunner]:
     """The real kopf operator in this process (its own thread and loop), talking HTTPS to the emulator as
-    the chart's ServiceAccount."""
+    the chart's ServiceAccount, with the platform settings SETTINGS_ENV and the test module's OPERATOR_ENV."""
     import kubernetes.config.kube_config as kube_config
 
-    for key, value in SETTINGS_ENV.items():
+    for key, value in {**SETTINGS_ENV, **getattr(request.module, "OPERATOR_ENV", {})}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("KUBECONFIG", cluster.operator_kubeconfig)
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", cluster.operator_kubeconfig)

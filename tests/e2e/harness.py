@@ -26,6 +26,9 @@ SETTINGS_ENV = {
     "KUBETUNE_DEFAULT_OUTPUT_URI": "s3://adapters/test",
     "KUBETUNE_S3_ENDPOINT": "http://s3.example:9000",
     "KUBETUNE_STORAGE_SECRET": "platform-s3",
+    # Off here: these tests play the training Job's controller and kubelet from the start. test_preflight.py turns
+    # it on (its OPERATOR_ENV) and plays the pre-flight Job first, as a cluster runs every FineTuneJob by default.
+    "KUBETUNE_PREFLIGHT_ENABLED": "false",
 }
 
 

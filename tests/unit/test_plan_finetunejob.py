@@ -8,7 +8,8 @@ from kubetune.api.validation import parse
 from kubetune.config import OperatorSettings
 from kubetune.plan.finetunejob import plan
 
-SETTINGS = OperatorSettings(trainer_image="registry.example/kubetune/trainer:1", default_output_uri="s3://out")
+SETTINGS = OperatorSettings(trainer_image="registry.example/kubetune/trainer:1", default_output_uri="s3://out",
+                            preflight_enabled=False)  # the pre-flight's own plan: test_preflight.py
 SPEC = {"baseModel": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"}, "dataset": {"train": "s3://data/chat.jsonl"}}
 BODY = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bot", "namespace": "ml", "uid": "u"},
         "spec": SPEC}

@@ -19,7 +19,8 @@ SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 SUSPENDED = "Suspended"
 SERVABLE = "Servable"  # only on DoRA jobs: whether vLLM can serve what the job publishes
-FINETUNEJOB_CONDITION_TYPES = (RUNNING, SUCCEEDED, FAILED, SUSPENDED, SERVABLE)
+DATA_VALIDATED = "DataValidated"  # the CPU-only pre-flight: data valid and the job fits its GPUs
+FINETUNEJOB_CONDITION_TYPES = (RUNNING, SUCCEEDED, FAILED, SUSPENDED, SERVABLE, DATA_VALIDATED)
 
 # ModelDeployment condition types.
 READY = "Ready"
@@ -58,6 +59,13 @@ class FineTuneJobReason(StrEnum):
     CANCELLING = "Cancelling"  # the trainer checkpoints and stops; then the Job is removed
     CANCELLED = "Cancelled"  # terminal: Failed=True; status, checkpoints and metrics are kept
     CANCEL_IGNORED = "CancelIgnored"  # spec.cancel on a job that had already finished
+    # Pre-flight (DataValidated; Running while it runs). A failed pre-flight is Failed=True with reason
+    # ValidationFailed (the user's to fix) or PreflightFailed (its pod crashed, ran out of memory or time);
+    # neither ends the job: a spec change or deleting the pre-flight Job runs it again.
+    VALIDATING = "Validating"  # the pre-flight Job runs (or is being created); no GPU is asked for yet
+    VALIDATED = "Validated"  # DataValidated=True: the training Job may start
+    PREFLIGHT_FAILED = "PreflightFailed"
+    PREFLIGHT_DISABLED = "PreflightDisabled"  # DataValidated=Unknown: the platform turned pre-flight off
     # Servable (DoRA jobs).
     DORA_NOT_SERVABLE = "DoRANotServable"
     MERGED_MODEL_SERVABLE = "MergedModelServable"

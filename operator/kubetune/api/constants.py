@@ -29,8 +29,12 @@ LABEL_KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
 # On a queued training Job: "true" while the user holds it (spec.suspend or spec.cancel). The operator
 # only ever releases a hold it recorded here; every other suspension of a queued Job is Kueue's.
 ANNOTATION_USER_HOLD = "kubetune.io/user-hold"
+# On a FineTuneJob's training and pre-flight Jobs: the identity of the spec they were built from.
+ANNOTATION_SPEC_HASH = "kubetune.io/spec-hash"
 
 COMPONENT_TRAINER = "trainer"
+# The CPU-only pre-flight Job of a FineTuneJob (validate data, count tokens, estimate memory) and its pod.
+COMPONENT_PREFLIGHT = "preflight"
 COMPONENT_SERVING = "serving"
 
 # The trainer's config file, mounted from a ConfigMap.

@@ -20,9 +20,11 @@ from .common import (
     Condition,
     KubeModel,
     ObjectStorage,
+    Quantity,
     Scheduling,
     SecretKeyRef,
     _check_uri_path,
+    check_quantity,
     decimal,
 )
 from .methods import (
@@ -265,6 +267,18 @@ class Resources(ComputeResources):
     """Compute per training node."""
 
     nodes: int = Field(default=1, description="Training nodes (data-parallel). More than one needs gpus > 0.", ge=1, le=64)
+    gpu_memory: Quantity | None = Field(
+        default=None,
+        description="Memory of one GPU, e.g. 80Gi: the pre-flight fails the job (ValidationFailed, with the estimate "
+        "and the cheapest fix) before any GPU is requested if training would not fit in it. Empty: the platform's "
+        "value for the GPU type (by the GPU product in scheduling.nodeSelector, else resources.gpuResourceName); "
+        "none known: the fit is not checked.",
+    )
+
+    @field_validator("gpu_memory")
+    @classmethod
+    def _gpu_memory(cls, value: int | str | None) -> int | str | None:
+        return check_quantity(value, "gpuMemory")
 
 
 class FineTuneJobSpec(KubeModel):
@@ -413,6 +427,34 @@ class PublishedAdapter(KubeModel):
                              ge=1, le=256)
 
 
+class SplitFigures(KubeModel):
+    """One data split as the pre-flight counted it."""
+
+    examples: int = Field(description="Valid examples in this split.", ge=0)
+    tokens: int = Field(description="Tokens in them, before truncation.", ge=0)
+    truncated: int = Field(default=0, description="Examples longer than hyperparameters.maxLength.", ge=0)
+    invalid: int = Field(default=0, description="Records with problems.", ge=0)
+
+
+class DataFigures(KubeModel):
+    """What the pre-flight found (the CPU-only run before the training Job; condition DataValidated)."""
+
+    format: str | None = Field(default=None, description="Record format found.", max_length=32)
+    max_length: int | None = Field(default=None, description="hyperparameters.maxLength the examples were measured against.", ge=1)
+    train: SplitFigures | None = Field(default=None, description="Training split.")
+    validation: SplitFigures | None = Field(default=None, description="Held-out split.")
+    planned_steps: int | None = Field(default=None, description="Optimizer steps the training Job will run.", ge=0)
+    estimated_training_tokens: int | None = Field(default=None, description="Tokens training will see (all epochs).", ge=0)
+    estimated_peak_gpu_memory: str | None = Field(default=None, description="Estimated peak memory per GPU, e.g. 17.2Gi.",
+                                                  max_length=32)
+    gpu_memory: str | None = Field(default=None, description="Memory of one GPU it was checked against (absent: not checked).",
+                                   max_length=32)
+    fits: bool | None = Field(default=None, description="Whether the estimate fits gpuMemory (absent: not checked).")
+    errors: int = Field(default=0, description="Bad records found.", ge=0)
+    report_uri: str | None = Field(default=None, description="The whole pre-flight report (JSON) in object storage.",
+                                   max_length=2048)
+
+
 class FineTuneJobStatus(KubeModel):
     """Observed state, derived from the training Job and Pods and the trainer's reports."""
 
@@ -427,6 +469,10 @@ class FineTuneJobStatus(KubeModel):
     checkpoints: list[CheckpointInfo] | None = Field(default=None, description="Complete checkpoints, newest last.",
                                                      max_length=MAX_CHECKPOINTS_LISTED)
     adapter: PublishedAdapter | None = Field(default=None, description="The published adapter.")
+    preflight_job_name: str | None = Field(default=None, description="Name of the pre-flight batch/v1 Job (CPU only).",
+                                           max_length=253, pattern=DNS_SUBDOMAIN)
+    data: DataFigures | None = Field(default=None, description="What the pre-flight found: examples and tokens per split, "
+                                     "truncated examples, planned steps, estimated tokens and peak GPU memory.")
 
 
 class FineTuneJob(KubeModel):

@@ -17,6 +17,7 @@ from ..api.finetunejob import FineTuneJobSpec
 from ..api.trainer_config import TrainerConfig, trainer_config
 from ..api.validation import SpecError
 from ..config import OperatorSettings
+from .preflight import build_preflight_job
 from .common import (
     Child,
     Parent,
@@ -36,7 +37,7 @@ from .common import (
     with_storage_defaults,
 )
 
-SPEC_HASH_ANNOTATION = "kubetune.io/spec-hash"
+SPEC_HASH_ANNOTATION = c.ANNOTATION_SPEC_HASH
 WORK_DIR = "/work"
 
 
@@ -48,6 +49,7 @@ class TrainerNames:
     role_binding: str
     job: str
     headless_service: str
+    preflight_job: str
 
     @classmethod
     def of(cls, ftj_name: str) -> TrainerNames:
@@ -59,6 +61,7 @@ class TrainerNames:
             role_binding=trainer,
             job=child_name(ftj_name, "train"),
             headless_service=child_name(ftj_name, "nodes"),
+            preflight_job=child_name(ftj_name, "preflight"),
         )
 
 
@@ -338,10 +341,14 @@ def build_children(body: dict[str, Any], resolved: FineTuneJobSpec, settings: Op
 
 
 def desired_children(body: dict[str, Any], resolved: FineTuneJobSpec, settings: OperatorSettings, *, create_job: bool,
-                     keep_config: bool) -> list[Child]:
-    """The children one reconcile applies, in order. The Job is only ever created (its pod template is immutable;
-    suspend is set by plan_hold), and only when `create_job`. `keep_config`: a Job of an older spec runs, so its
-    trainer config is left as it was (created only if missing) rather than changed under it."""
+                     keep_config: bool, create_preflight: bool = False) -> list[Child]:
+    """The children one reconcile applies, in order. The Jobs are only ever created (their pod templates are
+    immutable; suspend is set by plan_hold): the pre-flight Job when `create_preflight`, the training Job when
+    `create_job` (plan.finetunejob: once the pre-flight passed). `keep_config`: a Job of an older spec runs, so
+    its trainer config is left as it was (created only if missing) rather than changed under it."""
     *prerequisites, job = build_children(body, resolved, settings)
     out = [Child(child, create_only=keep_config and child["kind"] == "ConfigMap") for child in prerequisites]
+    if create_preflight:
+        name = TrainerNames.of(Parent.of(body).name).preflight_job
+        out.append(Child(build_preflight_job(job, name, resolved, settings), create_only=True))
     return out + ([Child(job, create_only=True)] if create_job else [])

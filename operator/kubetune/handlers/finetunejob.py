@@ -27,6 +27,8 @@ from .runtime import first, runtime
 
 FTJ = (c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
 TRAINER = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_TRAINER}
+PREFLIGHT = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_PREFLIGHT}
+JOB_SPEC_KEYS = ("suspend", "backoffLimit", "activeDeadlineSeconds", "completions")
 
 
 def _slim(body: Any, *spec_keys: str) -> dict[str, Any]:
@@ -47,7 +49,7 @@ def finetunejobs(body: Any, namespace: str, name: str, **_: Any) -> dict[Any, An
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER)
 def trainer_jobs(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, "suspend", "backoffLimit", "activeDeadlineSeconds", "completions")}
+    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, *JOB_SPEC_KEYS)}
 
 
 @kopf.index("", "v1", "pods", labels=TRAINER)
@@ -55,13 +57,26 @@ def trainer_pods(body: Any, namespace: str, labels: dict[str, str], **_: Any) ->
     return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, "containers")}
 
 
+@kopf.index("batch", "v1", "jobs", labels=PREFLIGHT)
+def preflight_jobs(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, *JOB_SPEC_KEYS)}
+
+
+@kopf.index("", "v1", "pods", labels=PREFLIGHT)
+def preflight_pods(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, "containers")}
+
+
 @dataclass(frozen=True)
 class Seen:
-    """What one reconcile observed of a FineTuneJob: its Job, its Pods, its latest status."""
+    """What one reconcile observed of a FineTuneJob: its training Job and Pods, its latest status, its pre-flight
+    Job and Pods."""
 
     job: dict[str, Any] | None
     pods: list[dict[str, Any]]
     status: dict[str, Any]
+    preflight_job: dict[str, Any] | None = None
+    preflight_pods: tuple[dict[str, Any], ...] = ()
 
 
 def _key(body: Any) -> tuple[str, str]:
@@ -70,7 +85,8 @@ def _key(body: Any) -> tuple[str, str]:
 
 async def observe(body: Any, previous: dict[str, Any], indexes: dict[str, Any]) -> Seen:
     key = _key(body)
-    return Seen(first(indexes["trainer_jobs"], key), list(indexes["trainer_pods"].get(key, [])), previous)
+    return Seen(first(indexes["trainer_jobs"], key), list(indexes["trainer_pods"].get(key, [])), previous,
+                first(indexes["preflight_jobs"], key), tuple(indexes["preflight_pods"].get(key, [])))
 
 
 def derive(body: Any, planned: TrainingPlan | None, seen: Seen, previous: dict[str, Any], error: str | None) -> dict[str, Any]:
@@ -80,13 +96,17 @@ def derive(body: Any, planned: TrainingPlan | None, seen: Seen, previous: dict[s
         output_prefix=job_prefix(resolved.output.uri or "", meta["namespace"], meta["name"]) if resolved else None,
         adapter_type=resolved.adapter.type if resolved else None,
         checkpoints=list((body.get("status") or {}).get("checkpoints") or []),
-        merged_model=resolved.output.merged_model if resolved else False, cancel=bool(body["spec"].get("cancel"))), previous).to_dict()
+        merged_model=resolved.output.merged_model if resolved else False, cancel=bool(body["spec"].get("cancel")),
+        preflight=planned.preflight if planned else None), previous).to_dict()
 
 
 async def act(body: Any, planned: TrainingPlan, seen: Seen, created: dict[str, dict[str, Any]]) -> None:
     """What apply does not move: the Job's suspend (and its Kueue Workload's active) follows spec.suspend and
-    spec.cancel; a cancelled Job is removed once its trainer stopped."""
-    job = created.get("Job") or seen.job
+    spec.cancel; a cancelled Job is removed once its trainer stopped; a pre-flight Job of an older spec (or of a
+    job cancelled before training) is removed (its DELETED event runs the skeleton again, which replaces it)."""
+    if planned.delete_preflight and seen.preflight_job is not None:
+        await runtime().kube.delete(_ref("batch/v1", "Job", body["metadata"]["namespace"], seen.preflight_job["metadata"]["name"]))
+    job = (created.get("Job") if planned.create_job else None) or seen.job  # created: this pass's new Job, if any
     if job is None or (planned.resolved.cancel and job_finished(job)):
         return
     await _hold(body["metadata"]["namespace"], job, plan_hold(job, planned.resolved))
@@ -95,11 +115,14 @@ async def act(body: Any, planned: TrainingPlan, seen: Seen, created: dict[str, d
 
 def _build(body: Any, planned: TrainingPlan, settings: OperatorSettings) -> list[Any]:
     return desired_children(dict(body), planned.resolved, settings, create_job=planned.create_job,
-                            keep_config=planned.spec_change_ignored)
+                            keep_config=planned.spec_change_ignored, create_preflight=planned.create_preflight)
 
 
-TRAINING = Controller("FineTuneJob", observe, lambda body, settings, seen: plan(dict(body), settings, seen.job, seen.status),
-                      _build, derive, act)
+def _plan(body: Any, settings: OperatorSettings, seen: Seen) -> TrainingPlan:
+    return plan(dict(body), settings, seen.job, seen.status, seen.preflight_job, list(seen.preflight_pods))
+
+
+TRAINING = Controller("FineTuneJob", observe, _plan, _build, derive, act)
 
 
 @kopf.on.resume(*FTJ)
@@ -167,6 +190,20 @@ async def child_changed(type: str, body: Any, labels: dict[str, str], namespace:
     await reconcile(TRAINING, parent, kwargs, apply=False)
     key = _key(parent)
     await _finish_cancel(parent, first(kwargs["trainer_jobs"], key), list(kwargs["trainer_pods"].get(key, [])))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=PREFLIGHT)
+@kopf.on.event("", "v1", "pods", labels=PREFLIGHT)
+async def preflight_changed(type: str, body: Any, labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
+    """A pre-flight Job that finished (the training Job may start), was deleted (it is run again) or changed other
+    than in its status runs the whole skeleton; its other Job and Pod events re-derive status."""
+    parent = first(kwargs["finetunejobs"], (namespace, labels.get(c.LABEL_FINETUNEJOB)))
+    if parent is None or parent["metadata"].get("deletionTimestamp"):
+        return
+    if body["kind"] == "Job" and (child_moved(type, body) or job_finished(body)):
+        await reconcile_child_owner(TRAINING, parent, kwargs)
+    else:
+        await reconcile(TRAINING, parent, kwargs, apply=False)
 
 
 @kopf.on.event(*FTJ)

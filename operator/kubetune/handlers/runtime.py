@@ -58,6 +58,7 @@ EVENT_ON = {
     ("Failed", "True"): "Warning",
     ("Suspended", "True"): "Normal",
     ("Servable", "False"): "Warning",
+    ("DataValidated", "True"): "Normal",  # the pre-flight passed (its failure is Failed=True's Warning)
     ("Ready", "True"): "Normal",
     ("AdaptersReady", "False"): "Warning",
 }

@@ -8,15 +8,19 @@ from datetime import datetime
 from typing import Any
 
 from ..api import exit_codes
-from ..api.conditions import FAILED, FALSE, RUNNING, SERVABLE, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN
+from ..api.conditions import DATA_VALIDATED, FAILED, FALSE, RUNNING, SERVABLE, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN
 from ..api.conditions import FineTuneJobReason as Reason
-from ..api.constants import ANNOTATION_USER_HOLD, LABEL_KUEUE_QUEUE, TRAINER_CONTAINER
+from ..api.constants import ANNOTATION_USER_HOLD, LABEL_KUEUE_QUEUE
 from ..api.finetunejob import FineTuneJobStatus
 from ..api.termination import TerminationReport
 from ..plan.finetunejob import ended
-from .conditions import Cond, merge_conditions
+from . import preflight
+from .conditions import Cond, find, merge_conditions
+from .pods import by_age as _by_age
+from .pods import stuck as _stuck
+from .pods import terminated as _terminated
+from .pods import trainer_status as _trainer_status
 
-IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 OOM_HINT = ("The trainer ran out of memory. Try adapter.type qlora, a smaller hyperparameters.batchSize "
             "(with more gradientAccumulationSteps), a shorter hyperparameters.maxLength, or more resources.memory / a larger GPU.")
 
@@ -34,6 +38,7 @@ class Observed:
     merged_model: bool = False
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # status.checkpoints, reported by the trainer
     cancel: bool = False  # spec.cancel
+    preflight: preflight.Outcome | None = None  # where the pre-flight stands (None: pre-flight is off)
 
 
 @dataclass(frozen=True)
@@ -49,22 +54,6 @@ def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
         if cond.get("type") == type_ and cond.get("status") == "True":
             return cond
     return None
-
-
-def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == TRAINER_CONTAINER:
-            return status
-    return {}
-
-
-def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
-    status = _trainer_status(pod)
-    return (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
-
-
-def _by_age(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"].get("name", "")))
 
 
 def termination_report(pod: dict[str, Any]) -> TerminationReport:
@@ -128,21 +117,6 @@ def _describe_failure(pod: dict[str, Any] | None) -> tuple[str, str]:
     return Reason.BACKOFF_LIMIT_EXCEEDED, f"Pod {name} failed ({pod_reason}, exit code {code}).{detail}"
 
 
-def _stuck(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
-    """An active pod that cannot start: image pull failure or unschedulable."""
-    for pod in _by_age(pods):
-        waiting = (_trainer_status(pod).get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in IMAGE_PULL_REASONS:
-            img = next((ctr.get("image") for ctr in pod["spec"].get("containers", []) if ctr.get("name") == TRAINER_CONTAINER), "?")
-            return Reason.IMAGE_PULL_FAILED, (f"Cannot pull trainer image {img}: {waiting.get('reason')}: {waiting.get('message', '')}"
-                                               " Check spec.image and the image pull secret.").strip()
-        for cond in (pod.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-                return Reason.UNSCHEDULABLE, (f"Pod {pod['metadata']['name']} cannot be scheduled: {cond.get('message', '')} "
-                                              "Check spec.resources (GPUs, memory) and spec.scheduling (nodeSelector, tolerations).")
-    return None
-
-
 def job_finished(job: dict[str, Any]) -> bool:
     """The Job reached a terminal condition (Complete or Failed, or their *Target/SuccessCriteriaMet forerunners)."""
     return any(_job_condition(job, t) for t in ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget"))
@@ -191,8 +165,14 @@ def _verdict(obs: Observed, previous: dict[str, Any]) -> Verdict:
         # The finished Job was removed (a TTL, a user): the run's outcome stays (plan.finetunejob does not rerun it).
         kept = {cond["type"]: (cond["status"], cond["reason"], cond.get("message", "")) for cond in previous["conditions"]}
         return v(kept[RUNNING], kept[SUCCEEDED], kept[FAILED], kept.get(SUSPENDED, not_suspended))
+    pre = obs.preflight
+    if job is None and pre is not None and pre.state == preflight.State.FAILED:
+        failed = (TRUE, pre.reason, pre.message)
+        return v((FALSE, pre.reason, pre.message), (FALSE, pre.reason, pre.message), failed, not_suspended)
+    if job is None and pre is not None and pre.state != preflight.State.PASSED:
+        return v((FALSE, pre.reason, pre.message), (UNKNOWN, pre.reason, pre.message), no_failure, not_suspended)
     if job is None:
-        msg = "Creating the training Job."
+        msg = "Pre-flight passed; creating the training Job." if pre is not None else "Creating the training Job."
         return v((FALSE, Reason.PENDING, msg), (UNKNOWN, Reason.PENDING, msg), no_failure, not_suspended)
     ignored = " spec.cancel has no effect: the job had already finished." if obs.cancel else ""
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
@@ -295,15 +275,44 @@ def _servable(obs: Observed) -> Cond | None:
     return Cond(SERVABLE, FALSE, Reason.DORA_NOT_SERVABLE, DORA_NOT_SERVABLE)
 
 
+PREFLIGHT_OFF = "Pre-flight is off on this platform: the trainer validates the data once the training Job has started."
+
+
+def _data_validated(obs: Observed, previous: dict[str, Any]) -> Cond | None:
+    """DataValidated: the pre-flight's verdict on the current spec until the training Job exists; after that what
+    it said when training started (its pre-flight for an edited spec, which is ignored, does not run)."""
+    if obs.validation_error:
+        return None
+    pre = obs.preflight
+    if obs.job is None and not (obs.cancel or _was_cancelled(previous)) and not (previous.get("jobName") and ended(previous)):
+        return pre.condition(DATA_VALIDATED) if pre is not None else Cond(DATA_VALIDATED, UNKNOWN, Reason.PREFLIGHT_DISABLED, PREFLIGHT_OFF)
+    passed = pre is not None and pre.state == preflight.State.PASSED
+    if passed and pre.report is not None:
+        return pre.condition(DATA_VALIDATED)
+    if (before := find(previous.get("conditions"), DATA_VALIDATED)) is not None:
+        return Cond(DATA_VALIDATED, before["status"], before["reason"], before.get("message", ""))
+    if passed:
+        return pre.condition(DATA_VALIDATED)
+    if obs.job is None:  # cancelled before the pre-flight said anything
+        return Cond(DATA_VALIDATED, UNKNOWN, Reason.CANCELLED, "Cancelled before the pre-flight finished.")
+    return Cond(DATA_VALIDATED, UNKNOWN, Reason.PREFLIGHT_DISABLED, "No pre-flight ran for this job: the trainer validated the data itself.")
+
+
 def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime | None = None) -> FineTuneJobStatus:
     """The operator-owned part of status (the trainer owns progress/evaluation/checkpoints). ``previous`` is the
     status as stored (its wire form); serialize the result with ``to_dict()`` to write it."""
     previous = previous or {}
     verdict = _verdict(obs, previous)
     servable = _servable(obs)
-    desired = [verdict.running, verdict.succeeded, verdict.failed, verdict.suspended, *([servable] if servable else [])]
+    data = _data_validated(obs, previous)
+    desired = [verdict.running, verdict.succeeded, verdict.failed, verdict.suspended, *([servable] if servable else []),
+               *([data] if data else [])]
     status = FineTuneJobStatus(observed_generation=obs.generation,
                                conditions=merge_conditions(previous.get("conditions"), desired, obs.generation, now))
+    if obs.preflight is not None and obs.preflight.job_name is not None:
+        status.preflight_job_name = obs.preflight.job_name
+    if obs.preflight is not None and obs.preflight.report is not None:
+        status.data = preflight.figures(obs.preflight.report, preflight.report_uri(obs.output_prefix))
     job = obs.job
     if job is not None:
         status.job_name = job["metadata"]["name"]
