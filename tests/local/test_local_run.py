@@ -137,7 +137,7 @@ def test_local_multi_node_run_trains_on_every_index_and_succeeds_once_all_have(t
         obj = lr.get("FineTuneJob", "tiny")
         assert outcome == "Succeeded", json.dumps(obj.get("status"), indent=1)
         pods = sorted(p["metadata"]["name"] for p in lr.emu.list("", "v1", "pods", "default"))
-        assert pods == ["tiny-train-0-0", "tiny-train-1-0"]
+        assert pods == ["tiny-preflight-0", "tiny-train-0-0", "tiny-train-1-0"]  # one CPU pre-flight pod, then one per node
         uri = obj["status"]["adapter"]["uri"]
         root = Path(uri[len("file://"):])
         assert json.loads((root / "training_config.json").read_text())["effective"]["processes"] == 2
@@ -145,6 +145,32 @@ def test_local_multi_node_run_trains_on_every_index_and_succeeds_once_all_have(t
         assert_least_privilege(lr, {c.COMPONENT_TRAINER})  # every pod got its token; nobody was denied
     assert "Training on 2 of 2 pods: tiny-train-0-0, tiny-train-1-0." in messages
 
+
+
+@pytest.mark.slow
+def test_local_run_with_bad_data_fails_at_preflight_and_never_creates_the_training_job(tiny_model_dir, tmp_path):
+    """The pre-flight Job's pod runs the real trainer in pre-flight mode (python -m kubetune_trainer ... --preflight)
+    on the real tokenizer: a bad record fails the job with file:line before a training Job (a GPU) is asked for."""
+    ftj, _ = _manifests(tmp_path, tiny_model_dir)
+    bad = tmp_path / "bad.jsonl"
+    lines = (tmp_path / "identity.jsonl").read_text().splitlines()
+    lines[6] = json.dumps({"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": ANSWER}]})
+    bad.write_text("\n".join(lines) + "\n")
+    ftj["spec"]["dataset"]["train"] = f"file://{bad}"
+    started = time.monotonic()
+    with LocalRun(workdir=tmp_path / "work") as lr:
+        lr.apply(ftj)
+        outcome = lr.wait("FineTuneJob", "tiny", finetunejob_outcome, lambda _: None, timeout=180)
+        obj = lr.get("FineTuneJob", "tiny")
+        failed = condition(obj, "Failed")
+        assert (outcome, failed["reason"]) == ("Failed", "ValidationFailed"), json.dumps(obj.get("status"), indent=1)
+        assert "bad.jsonl:7" in failed["message"] and "role" in failed["message"], failed["message"]
+        assert condition(obj, "DataValidated")["status"] == "False"
+        assert obj["status"]["data"]["errors"] == 1 and obj["status"]["data"]["train"]["invalid"] == 1
+        time.sleep(2)  # more operator passes: still nothing else
+        assert [j["metadata"]["name"] for j in lr.emu.list("batch", "v1", "jobs", "default")] == ["tiny-preflight"]
+        assert [p["metadata"]["name"] for p in lr.emu.list("", "v1", "pods", "default")] == ["tiny-preflight-0"]
+    print(f"pre-flight verdict in {time.monotonic() - started:.1f} s: {failed['message']}")
 
 
 def _cli(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
@@ -171,7 +197,7 @@ def test_local_run_from_any_directory_with_the_default_relative_workdir(tiny_mod
     own folder as working directory, so every path they get must be absolute. A good job trains and its
     adapter is served with --serve until Ctrl-C behind an API key from a Secret in the same file (--ask
     and the printed endpoint use it; the openai client with it is answered, without it gets 401); a job
-    whose data is bad fails with the trainer's own message (its termination log) in status."""
+    whose data is bad fails at pre-flight with the trainer's own message (its termination log) in status."""
     ftj, md = _manifests(tmp_path, tiny_model_dir)
     ftj["spec"]["hyperparameters"]["maxSteps"] = 4
     key = "local-cli-api-key-4c1d"
@@ -215,5 +241,7 @@ def test_local_run_from_any_directory_with_the_default_relative_workdir(tiny_mod
     failed = _cli(["-f", "../bad.yaml"], here)
     out = " ".join(failed.communicate(timeout=600)[0].split())
     assert failed.returncode == 1, out[-3000:]
-    assert "FineTuneJob bad: Failed (UserError)" in out, out[-3000:]
-    assert "bad.jsonl:41" in out, out[-3000:]  # the trainer's data error, read back from the pod's termination log
+    assert "FineTuneJob bad: Failed (ValidationFailed)" in out, out[-3000:]
+    assert "bad.jsonl:41" in out, out[-3000:]  # the pre-flight's data error, read back from its pod's termination log
+    ran = sorted(p.name for p in (here / ".kubetune" / "pods" / "default").iterdir() if p.name.startswith("bad-"))
+    assert ran == ["bad-preflight-0"], ran  # no training pod ever ran

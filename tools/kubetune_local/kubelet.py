@@ -1,5 +1,5 @@
 """A local stand-in for the Job controller and kubelet: runs the trainer containers of kubetune Jobs
-as local processes, so `kubetune local run` exercises the real operator and the real trainer.
+(training and pre-flight) as local processes, so `kubetune local run` exercises the real operator and the real trainer.
 
 It reads the Job the operator built, creates its Pod, resolves the container's env (values,
 secretKeyRefs, fieldRefs) and config volume from the emulator, runs the container's args with the
@@ -42,6 +42,7 @@ from .serving import LocalServing
 log = logging.getLogger("kubetune_local")
 MAX_TERMINATION_MESSAGE = 4096
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+JOB_COMPONENTS = (c.COMPONENT_TRAINER, c.COMPONENT_PREFLIGHT)
 
 
 def _now() -> str:
@@ -114,7 +115,8 @@ class LocalKubelet:
     def sync_once(self) -> None:
         for job in self.emu.list("batch", "v1", "jobs"):
             labels = job["metadata"].get("labels") or {}
-            if labels.get(c.LABEL_MANAGED_BY) != c.MANAGED_BY_VALUE or labels.get(c.LABEL_COMPONENT) != c.COMPONENT_TRAINER:
+            # training Jobs and their pre-flight Jobs: both run the trainer image (the latter with --preflight)
+            if labels.get(c.LABEL_MANAGED_BY) != c.MANAGED_BY_VALUE or labels.get(c.LABEL_COMPONENT) not in JOB_COMPONENTS:
                 continue
             self._sync_job(job)
         if self.serving is not None:
