@@ -44,41 +44,47 @@ AdapterType = Literal["lora", "qlora", "dora", "full"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 
 
-def _field_name(description: str) -> Any:
-    return Field(default=None, description=description, min_length=1, max_length=128)
+# dataset.columns and dataset.tags: LLaMA-Factory's dataset_info.json `columns` and `tags`, same names (camelCase on
+# the wire), each the name of a field in the data. {name: description}.
+DATASET_COLUMNS = {
+    "prompt": "The instruction (alpaca: instruction), the prompt (preference/unpaired: prompt), or the document "
+              "(text: text).",
+    "query": "The input appended to the instruction (alpaca: input).",
+    "response": "The answer (alpaca: output; unpaired: completion).",
+    "history": "Earlier turns as [[user, assistant], ...] (alpaca: history).",
+    "messages": "The list of messages (sharegpt: conversations; chatml: messages).",
+    "system": "The system prompt (system).",
+    "tools": "The tool descriptions (tools).",
+    "chosen": "The preferred answer (preference: chosen).",
+    "rejected": "The dispreferred answer (preference: rejected).",
+    "kto_tag": "The desirable/undesirable flag of an unpaired answer (unpaired: label, or LLaMA-Factory's kto_tag).",
+}
+DATASET_TAGS = {
+    "role_tag": "The message key holding the role (sharegpt: from).",
+    "content_tag": "The message key holding the text (sharegpt: value).",
+    "user_tag": "The role value of a user message (sharegpt: human).",
+    "assistant_tag": "The role value of an assistant message (sharegpt: gpt).",
+    "observation_tag": "The role value of a tool result (sharegpt: observation).",
+    "function_tag": "The role value of an assistant's tool call (sharegpt: function_call).",
+    "system_tag": "The role value of a system message (sharegpt: system).",
+}
 
 
-class DatasetColumns(KubeModel):
-    """Which field of each record holds what, when the data's field names are not the format's own: the `columns`
-    of a LLaMA-Factory dataset_info.json entry, under the same names. Empty fields: the format's own name
-    (docs/data.md)."""
-
-    prompt: str | None = _field_name("The instruction (alpaca: instruction), the prompt (preference/unpaired: "
-                                     "prompt), or the document (text: text).")
-    query: str | None = _field_name("The input appended to the instruction (alpaca: input).")
-    response: str | None = _field_name("The answer (alpaca: output; unpaired: completion).")
-    history: str | None = _field_name("Earlier turns as [[user, assistant], ...] (alpaca: history).")
-    messages: str | None = _field_name("The list of messages (sharegpt: conversations; chatml: messages).")
-    system: str | None = _field_name("The system prompt (system).")
-    tools: str | None = _field_name("The tool descriptions (tools).")
-    chosen: str | None = _field_name("The preferred answer (preference: chosen).")
-    rejected: str | None = _field_name("The dispreferred answer (preference: rejected).")
-    kto_tag: str | None = _field_name("The desirable/undesirable flag of an unpaired answer (unpaired: label, or "
-                                      "LLaMA-Factory's kto_tag).")
+def _field_names(name: str, doc: str, fields: dict[str, str]) -> Any:
+    """A model of optional field names (1-128 characters), one per entry of `fields`."""
+    return create_model(name, __base__=KubeModel, __doc__=doc, **{
+        key: (str | None, Field(default=None, description=text, min_length=1, max_length=128))
+        for key, text in fields.items()})
 
 
-class DatasetTags(KubeModel):
-    """The keys and role names inside each message of sharegpt-shaped data, when they are not sharegpt's own: the
-    `tags` of a LLaMA-Factory dataset_info.json entry, under the same names. Empty fields: sharegpt's own
-    (from/value, human/gpt/system/observation/function_call)."""
-
-    role_tag: str | None = _field_name("The message key holding the role (sharegpt: from).")
-    content_tag: str | None = _field_name("The message key holding the text (sharegpt: value).")
-    user_tag: str | None = _field_name("The role value of a user message (sharegpt: human).")
-    assistant_tag: str | None = _field_name("The role value of an assistant message (sharegpt: gpt).")
-    observation_tag: str | None = _field_name("The role value of a tool result (sharegpt: observation).")
-    function_tag: str | None = _field_name("The role value of an assistant's tool call (sharegpt: function_call).")
-    system_tag: str | None = _field_name("The role value of a system message (sharegpt: system).")
+DatasetColumns = _field_names(
+    "DatasetColumns", "Which field of each record holds what, when the data's field names are not the format's "
+    "own: the `columns` of a LLaMA-Factory dataset_info.json entry, under the same names. Empty fields: the "
+    "format's own name (docs/data.md).", DATASET_COLUMNS)
+DatasetTags = _field_names(
+    "DatasetTags", "The keys and role names inside each message of sharegpt-shaped data, when they are not "
+    "sharegpt's own: the `tags` of a LLaMA-Factory dataset_info.json entry, under the same names. Empty fields: "
+    "sharegpt's own (from/value, human/gpt/system/observation/function_call).", DATASET_TAGS)
 
 
 class Dataset(KubeModel):
@@ -118,10 +124,10 @@ class Dataset(KubeModel):
         description="Record format: " + ", ".join(f"{name} ({fields})" for name, fields in FORMATS.items())
         + ", or auto (the method's only format, else detected from the records' fields).",
     )
-    columns: DatasetColumns | None = Field(
+    columns: DatasetColumns | None = Field(  # type: ignore[valid-type]
         default=None, description="Field names of the records when they differ from the format's own (like "
         "LLaMA-Factory's dataset_info.json columns).")
-    tags: DatasetTags | None = Field(
+    tags: DatasetTags | None = Field(  # type: ignore[valid-type]
         default=None, description="Message keys and role names of sharegpt-shaped data when they differ from "
         "sharegpt's own (like LLaMA-Factory's dataset_info.json tags).")
 
