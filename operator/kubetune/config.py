@@ -11,6 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .api.common import check_quantity
 
 ENV_PREFIX = "KUBETUNE_"
+# Memory of one GPU by NVIDIA GPU feature discovery's product name (the nvidia.com/gpu.product node label): the
+# total nvidia-smi reports, rounded down to GiB. The chart's platform.gpuMemory default is this table.
+DEFAULT_GPU_MEMORY = {
+    "NVIDIA-H200": "140Gi",
+    "NVIDIA-H100-80GB-HBM3": "79Gi",
+    "NVIDIA-A100-SXM4-80GB": "79Gi",
+    "NVIDIA-A100-SXM4-40GB": "39Gi",
+    "NVIDIA-L40S": "44Gi",
+    "NVIDIA-A10G": "22Gi",
+    "NVIDIA-L4": "22Gi",
+    "Tesla-T4": "15Gi",
+}
 
 
 class OperatorSettings(BaseModel):
@@ -45,7 +57,7 @@ class OperatorSettings(BaseModel):
     # GPU products (the value of gpu_product_label in the job's nodeSelector, e.g. NVIDIA-A100-SXM4-80GB) or GPU
     # resource names (nvidia.com/mig-3g.40gb); "default" for any other. No match: the fit is not checked.
     # From the environment as a JSON object.
-    gpu_memory: dict[str, str] = Field(default_factory=dict)
+    gpu_memory: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_GPU_MEMORY))
     gpu_product_label: str = "nvidia.com/gpu.product"
 
     @field_validator("preflight_cpu", "preflight_memory")

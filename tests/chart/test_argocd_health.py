@@ -14,7 +14,9 @@ from kubetune.api.sidecar import AdapterReport, SidecarStatus
 from kubetune.api.finetunejob import FineTuneJobStatus
 from kubetune.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from kubetune.api.validation import parse
+from kubetune.api.preflight import PreflightReport, RecordError, SplitReport
 from kubetune.status import finetunejob as ftj_status
+from kubetune.status import preflight
 from kubetune.status import modeldeployment as md_status
 
 from .helm import CHART, ROOT
@@ -68,6 +70,16 @@ def derived(observed) -> dict:
 
 
 Observed = ftj_status.Observed
+PASSED = PreflightReport(passed=True, train=SplitReport(examples=950, tokens=412_000)).text()
+BAD_DATA = PreflightReport(passed=False, message="train.jsonl: 1 bad record.", error_count=1, errors=[
+    RecordError.parse("train.jsonl:17: messages[2].role must be one of system, user, assistant")]).text()
+
+
+def preflight_outcome(conditions=(), pods=()) -> preflight.Outcome:
+    """Where a pre-flight Job with these Job conditions and pods stands (status.preflight reads it)."""
+    pre = job(conditions)
+    pre["metadata"] = {"name": "support-bot-preflight", "annotations": {"kubetune.io/spec-hash": "h"}}
+    return preflight.outcome(pre, list(pods), "h", "s3://models/adapters/team-a/support-bot")
 REPORT = json.dumps({"adapter": {"uri": "s3://models/adapters/team-a/support-bot", "manifestSha256": SHA, "type": "lora"}})
 FTJ_CASES = {
     "not reconciled yet": (None, 1, "Progressing", "Waiting for the kubetune operator"),
@@ -90,6 +102,20 @@ FTJ_CASES = {
                                        [pod({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}, "Failed")])),
                       1, "Degraded", "Pod support-bot-train-p1 was OOMKilled. The trainer ran out of memory. Try adapter.type qlora"),
     "cancelled": (derived(Observed(1, cancel=True)), 1, "Suspended", "Cancelled (spec.cancel)"),
+    "pre-flight running": (derived(Observed(1, preflight=preflight_outcome(pods=[pod({"running": {}})]))), 1, "Progressing",
+                           "Validating: Pre-flight on pod support-bot-train-p1: validating every record"),
+    "pre-flight passed, training Job being created": (
+        derived(Observed(1, preflight=preflight_outcome([("Complete", "")], [pod({"terminated": {"exitCode": 0, "message": PASSED}},
+                                                                             "Succeeded")]))),
+        1, "Progressing", "Pending: Pre-flight passed; creating the training Job."),
+    "pre-flight found bad records": (
+        derived(Observed(1, preflight=preflight_outcome([("Failed", "PodFailurePolicy")],
+                                                        [pod({"terminated": {"exitCode": 1, "message": BAD_DATA}}, "Failed")]))),
+        1, "Degraded", "train.jsonl: 1 bad record. train.jsonl:17: messages[2].role must be one of system, user, assistant"),
+    "pre-flight ran out of memory": (
+        derived(Observed(1, preflight=preflight_outcome([("Failed", "BackoffLimitExceeded")],
+                                                        [pod({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}, "Failed")]))),
+        1, "Degraded", "Pre-flight pod support-bot-train-p1 ran out of memory (OOMKilled)."),
     "invalid spec": (derived(Observed(3, validation_error="spec.dataset.train: required field is missing")),
                      3, "Degraded", "spec.dataset.train: required field is missing"),
     "succeeded, then spec edited": (derived(Observed(1, job([("Complete", "")], succeeded=1))), 2, "Progressing",

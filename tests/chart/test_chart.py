@@ -230,8 +230,8 @@ def test_network_policies_are_off_by_default():
 
 def test_network_policies_per_namespace():
     got = policies(PLATFORM_VALUES)
-    assert sorted(got) == [("team-a", "kubetune-serving"), ("team-a", "kubetune-trainer"),
-                           ("team-b", "kubetune-serving"), ("team-b", "kubetune-trainer")]
+    assert sorted(got) == [("team-a", "kubetune-preflight"), ("team-a", "kubetune-serving"), ("team-a", "kubetune-trainer"),
+                           ("team-b", "kubetune-preflight"), ("team-b", "kubetune-serving"), ("team-b", "kubetune-trainer")]
     serving = got[("team-a", "kubetune-serving")]["spec"]
     assert serving["podSelector"] == {"matchLabels": {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_SERVING}}
     assert serving["policyTypes"] == ["Ingress"]
@@ -267,6 +267,14 @@ def test_trainer_egress_goes_to_dns_api_storage_and_hub_only():
     own, metrics = trainer["ingress"]
     assert own == {"from": [{"podSelector": {"matchLabels": selector}}]}
     assert metrics["ports"] == [{"port": c.TRAINER_METRICS_PORT, "protocol": "TCP"}]
+
+
+def test_preflight_pods_get_the_trainers_egress_and_no_ingress():
+    got = policies(PLATFORM_VALUES)
+    preflight, trainer = got[("team-b", "kubetune-preflight")]["spec"], got[("team-b", "kubetune-trainer")]["spec"]
+    assert preflight["podSelector"] == {"matchLabels": {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_PREFLIGHT}}
+    assert preflight["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in preflight
+    assert preflight["egress"] == trainer["egress"][1:]  # DNS, API server, storage, hub: not the other training pods
 
 
 def test_air_gapped_trainer_has_no_hub_egress():

@@ -2,7 +2,9 @@
 -- Healthy: Succeeded=True. Degraded: Failed=True (the condition's message), except a user's cancel
 -- (reason Cancelled), which is Suspended like a user's pause: stopped on purpose, not broken.
 -- Suspended: Suspended=True.
--- Progressing otherwise, and always while the operator has not observed the latest generation.
+-- Progressing otherwise, and always while the operator has not observed the latest generation: the pre-flight
+-- running (Running=False reason Validating) or passed (the training Job being created), queued, training. A failed
+-- pre-flight is Failed=True (ValidationFailed: bad records or too big for its GPUs; PreflightFailed), so Degraded.
 local hs = {status = "Progressing", message = "Waiting for the kubetune operator"}
 
 local function condition(status, kind)
