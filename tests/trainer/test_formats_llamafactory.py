@@ -92,51 +92,37 @@ def test_sharegpt_system_message_overrides_the_system_column_as_in_llama_factory
     assert formats.check_record("sharegpt", record)[0]["messages"][0] == {"role": "system", "content": "first"}
 
 
-def test_alpaca_history_problems_are_named(tmp_path):
-    records = lf_data.alpaca_sft(12)
-    records[3]["history"] = [["only a question"]]
-    records[5]["history"] = "not a list"
-    records[7]["history"] = [["q", " "]]
-    path = tmp_path / "alpaca.json"
-    path.write_text(lf_data.json_array(records))
-    assert _error(path, "sft").problems == [
+# (records, {index: fields set, None = field deleted}, file, method, dataset, problems)
+BROKEN = {
+    "alpaca-history": (lf_data.alpaca_sft, {3: {"history": [["only a question"]]}, 5: {"history": "not a list"},
+                                            7: {"history": [["q", " "]]}}, "alpaca.json", "sft", {}, [
         "alpaca.json[3]: history[0] must be a [user, assistant] pair of strings (got ['only a question'])",
         "alpaca.json[5]: history must be a list of [user, assistant] pairs (got string)",
-        "alpaca.json[7]: history[0] must not hold an empty turn",
-    ]
-
-
-def test_preference_shapes_name_their_fields(tmp_path):
-    records = lf_data.sharegpt_preference(12)
-    records[2] = {**records[2], "chosen": {"from": "human", "value": A0}}
-    records[4] = {**records[4], "conversations": [{"from": "human", "value": Q0}, {"from": "gpt", "value": A0}]}
-    records[6] = {**records[6], "rejected": {"from": "gpt", "value": ""}}
-    path = tmp_path / "pairs.jsonl"
-    path.write_text(lf_data.jsonl(records))
-    assert _error(path, "dpo").problems == [
+        "alpaca.json[7]: history[0] must not hold an empty turn"]),
+    "sharegpt-preference": (lf_data.sharegpt_preference, {
+        2: {"chosen": {"from": "human", "value": A0}},
+        4: {"conversations": [{"from": "human", "value": Q0}, {"from": "gpt", "value": A0}]},
+        6: {"rejected": {"from": "gpt", "value": ""}}}, "pairs.jsonl", "dpo", {}, [
         "pairs.jsonl:3: chosen.from must be 'gpt' (got 'human')",
         "pairs.jsonl:5: conversations must end with a 'human' turn (the prompt that chosen and rejected answer)",
-        "pairs.jsonl:7: rejected.value must be a non-empty string (got '')",
-    ]
+        "pairs.jsonl:7: rejected.value must be a non-empty string (got '')"]),
+    "alpaca-kto-tag": (lf_data.alpaca_kto, {1: {"kto_tag": "maybe"}, 2: {"kto_tag": None}}, "kto.json", "kto", {}, [
+        "kto.json[1]: kto_tag must be true or false (got 'maybe')", 'kto.json[2]: missing field "kto_tag"']),
+    "renamed-columns": (lf_data.renamed_alpaca, {4: {"answer": None}}, "qa.jsonl", "sft",
+                        {"columns": {"prompt": "question", "query": "context", "response": "answer"}},
+                        ['qa.jsonl:5: missing field "answer"']),  # the data's own field name
+}
 
 
-def test_kto_tag_must_be_a_boolean_in_both_shapes(tmp_path):
-    records = lf_data.alpaca_kto(12)
-    records[1]["kto_tag"] = "maybe"
-    del records[2]["kto_tag"]
-    path = tmp_path / "kto.json"
-    path.write_text(lf_data.json_array(records))
-    assert _error(path, "kto").problems == ["kto.json[1]: kto_tag must be true or false (got 'maybe')",
-                                            'kto.json[2]: missing field "kto_tag"']
-
-
-def test_problems_name_the_datas_own_field_under_a_column_mapping(tmp_path):
-    records = lf_data.renamed_alpaca(12)
-    del records[4]["answer"]
-    path = tmp_path / "qa.jsonl"
-    path.write_text(lf_data.jsonl(records))
-    assert _error(path, "sft", {"columns": {"prompt": "question", "query": "context", "response": "answer"}}).problems == [
-        'qa.jsonl:5: missing field "answer"']
+@pytest.mark.parametrize("name", BROKEN)
+def test_problems_name_file_record_and_the_datas_own_field(tmp_path, name):
+    make, changes, filename, method, dataset, problems = BROKEN[name]
+    records = make(12)
+    for index, fields in changes.items():
+        records[index] = {k: v for k, v in {**records[index], **fields}.items() if v is not None}
+    path = tmp_path / filename
+    path.write_text(lf_data.json_array(records) if filename.endswith(".json") else lf_data.jsonl(records))
+    assert _error(path, method, dataset).problems == problems
 
 
 @pytest.mark.parametrize(("dataset", "problems"), [
