@@ -47,24 +47,18 @@ def finetunejobs(body: Any, namespace: str, name: str, **_: Any) -> dict[Any, An
     return {(namespace, label_value(name)): body}
 
 
-@kopf.index("batch", "v1", "jobs", labels=TRAINER)
-def trainer_jobs(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, *JOB_SPEC_KEYS)}
+def _child_index(resource: tuple[str, str, str], labels: dict[str, str], spec_keys: tuple[str, ...], name: str) -> None:
+    """kopf index `name`: the children of `resource` with `labels`, by (namespace, FineTuneJob label)."""
+    def index(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, *spec_keys)}
+
+    kopf.index(*resource, labels=labels, id=name)(index)
 
 
-@kopf.index("", "v1", "pods", labels=TRAINER)
-def trainer_pods(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, "containers")}
-
-
-@kopf.index("batch", "v1", "jobs", labels=PREFLIGHT)
-def preflight_jobs(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, *JOB_SPEC_KEYS)}
-
-
-@kopf.index("", "v1", "pods", labels=PREFLIGHT)
-def preflight_pods(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, "containers")}
+# trainer_jobs, trainer_pods (the training Job and its pods), preflight_jobs, preflight_pods (the pre-flight's)
+for _component, _labels in (("trainer", TRAINER), ("preflight", PREFLIGHT)):
+    _child_index(("batch", "v1", "jobs"), _labels, JOB_SPEC_KEYS, f"{_component}_jobs")
+    _child_index(("", "v1", "pods"), _labels, ("containers",), f"{_component}_pods")
 
 
 @dataclass(frozen=True)
