@@ -85,9 +85,11 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise UserError(f"cannot load the tokenizer in {model_dir}: {exc}") from None
+    tokenizer.model_max_length = 2**62  # counting only: no "longer than the maximum" warning per long example
+    return tokenizer
 
 
 # -------------------------------------------------------------------------------------------- scan

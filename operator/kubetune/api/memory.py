@@ -255,7 +255,10 @@ def estimate(shape: ModelShape, training: TrainingShape) -> MemoryEstimate:
 def gib(n: int | float, approx: bool = True) -> str:
     """Bytes as people read GPU sizes: '≈ 19 GiB', '≈ 0.6 GiB' (a budget: '80 GiB')."""
     value = n / GIB
-    text = f"{value:.0f} GiB" if value >= 10 or value == int(value) else f"{value:.1f} GiB"
+    if value < 1:
+        text = f"{n / 2**20:.0f} MiB"
+    else:
+        text = f"{value:.0f} GiB" if value >= 10 or value == int(value) else f"{value:.1f} GiB"
     return f"≈ {text}" if approx else text
 
 

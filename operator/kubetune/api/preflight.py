@@ -35,8 +35,6 @@ ENV_GPU_MEMORY = "KUBETUNE_GPU_MEMORY"  # per-GPU memory budget of the pre-fligh
 PREFLIGHT_FLAG = "--preflight"
 PREFLIGHT_DIR = "preflight"  # under the job prefix
 REPORT_FILE = "report.json"
-DATA_DIR = "data"  # <job prefix>/preflight/data/<train|validation>/<file>: the validated files, for the training Job
-CACHE_KEY_FILE = "cache_key.json"
 MAX_ERRORS = 50  # record errors kept in the stored report (the termination log keeps what fits)
 MAX_ERROR_TEXT = 300
 
@@ -118,8 +116,6 @@ class PreflightReport(KubeModel):
     errors: list[RecordError] = Field(default_factory=list, description="Record errors, in file order (capped).",
                                       max_length=MAX_ERRORS)
     error_count: int = Field(default=0, description="All record errors found (errors holds the first ones).", ge=0)
-    data_cache: str | None = Field(default=None, description="Where the validated data files were left for the training "
-                                   "Job (URI), when they were copied there.", max_length=2048)
     warnings: list[str] = Field(default_factory=list, description="Things worth knowing that do not fail the job.",
                                 max_length=20)
 
