@@ -20,11 +20,19 @@ OWNERS = {c.COMPONENT_TRAINER: (c.LABEL_FINETUNEJOB, "finetunejobs", TRAINING),
           c.COMPONENT_SERVING: (c.LABEL_MODELDEPLOYMENT, "modeldeployments", SERVING_CONTROLLER)}
 
 
-@kopf.on.event("", "v1", "configmaps", labels=MANAGED)
-@kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED)
-@kopf.on.event("", "v1", "services", labels=MANAGED)
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED)
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED)
+def _moved(type: str | None, body: Any, **_: Any) -> bool:
+    """kopf's filter: only a change or a deletion of a child can call for a reconcile, so the other events (the
+    operator's own creates, its start-up listing: most of them) invoke nothing. A child with a generation (a
+    Service, where the API server gives it one) is seen from its first event on: handlers.reconcile.child_moved
+    compares its generation with the one seen before."""
+    return type in ("MODIFIED", "DELETED") or "generation" in body["metadata"]
+
+
+@kopf.on.event("", "v1", "configmaps", labels=MANAGED, when=_moved)
+@kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED, when=_moved)
+@kopf.on.event("", "v1", "services", labels=MANAGED, when=_moved)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED, when=_moved)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED, when=_moved)
 async def child_changed(type: str, body: Any, labels: dict[str, str], namespace: str, **kwargs: Any) -> None:
     if labels.get(c.LABEL_COMPONENT) not in OWNERS or not child_moved(type, body):
         return

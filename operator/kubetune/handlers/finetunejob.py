@@ -8,7 +8,7 @@ parent's status and writes it only if it changed. A child deleted or edited by h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kopf
@@ -116,7 +116,13 @@ def _plan(body: Any, settings: OperatorSettings, seen: Seen) -> TrainingPlan:
     return plan(dict(body), settings, seen.job, seen.status, seen.preflight_job, list(seen.preflight_pods))
 
 
-TRAINING = Controller("FineTuneJob", observe, _plan, _build, derive, act)
+def seen_created(seen: Seen, planned: TrainingPlan, created: dict[str, dict[str, Any]]) -> Seen:
+    """The training Job this pass created, as trainer_jobs will index it: the status written now says it exists."""
+    job = created.get("Job") if planned.create_job else None
+    return replace(seen, job=_slim(job, *JOB_SPEC_KEYS)) if job is not None else seen
+
+
+TRAINING = Controller("FineTuneJob", observe, _plan, _build, derive, act, seen_created)
 
 
 @kopf.on.resume(*FTJ)

@@ -41,7 +41,9 @@ from .runtime import runtime, write_status
 class Controller:
     """The steps of one kind. `observe(body, previous status, kopf indexes)` reads what exists; `plan(body, settings, observed)`
     raises SpecError for an invalid spec; `derive(body, plan or None, observed, previous, error)` returns the status;
-    `act(body, plan, observed, created)` (optional) moves what apply does not: a Job's suspend, a cancel."""
+    `act(body, plan, observed, created)` (optional) moves what apply does not: a Job's suspend, a cancel;
+    `seen_created(observed, plan, created)` (optional) is what observe will read once the children this pass created
+    reach the indexes, so that the status written now already says so (one write, not a second one on their event)."""
 
     kind: str
     observe: Callable[[Any, dict[str, Any], dict[str, Any]], Awaitable[Any]]
@@ -49,6 +51,7 @@ class Controller:
     build: Callable[[Any, Any, OperatorSettings], list[Child]]
     derive: Callable[[Any, Any, Any, dict[str, Any], str | None], dict[str, Any]]
     act: Callable[[Any, Any, Any, dict[str, dict[str, Any]]], Awaitable[None]] | None = None
+    seen_created: Callable[[Any, Any, dict[str, dict[str, Any]]], Any] | None = None
 
 
 async def reconcile(ctl: Controller, body: Any, indexes: dict[str, Any], *, apply: bool = True) -> Any:
@@ -73,6 +76,8 @@ async def reconcile(ctl: Controller, body: Any, indexes: dict[str, Any], *, appl
             created = await apply_children(ctl.build(body, plan, rt.settings))
             if ctl.act is not None:
                 await ctl.act(body, plan, observed, created)
+            if created and ctl.seen_created is not None:
+                observed = ctl.seen_created(observed, plan, created)
         await write_status(body, previous, ctl.derive(body, plan, observed, previous, None))
         return plan
 
@@ -107,12 +112,17 @@ def child_version(body: Any) -> str:
 
 def child_moved(type_: str | None, body: Any) -> bool:
     """A child event that calls for the whole skeleton: deleted, or changed other than in its status. A child
-    seen for the first time (the operator's start-up listing, its own create) calls for nothing."""
+    seen for the first time (the operator's start-up listing, its own create) calls for nothing. A kind without
+    a status (no metadata.generation: ConfigMap, Service, RBAC objects) changes only where it matters, so every
+    MODIFIED event of one counts and nothing is remembered of it."""
     rt = runtime()
-    uid = body["metadata"].get("uid", "")
+    meta = body["metadata"]
+    uid = meta.get("uid", "")
     if type_ == "DELETED":
         rt.child_versions.pop(uid, None)
         return True
+    if "generation" not in meta:
+        return type_ == "MODIFIED"
     version, before = child_version(body), rt.child_versions.get(uid)
     rt.child_versions[uid] = version
     return type_ == "MODIFIED" and before is not None and before != version
