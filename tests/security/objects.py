@@ -38,6 +38,16 @@ def finetunejob_children(spec: dict[str, Any] | None = None, settings: OperatorS
     return ftj.build_children(body("FineTuneJob", name, spec), resolved, settings)
 
 
+def finetunejob_preflight(spec: dict[str, Any] | None = None, settings: OperatorSettings = SETTINGS,
+                          name: str = "support-bot") -> list[dict[str, Any]]:
+    """The pre-flight Job the operator creates before the training Job (builders.preflight)."""
+    spec = dict(spec or FTJ_SPEC)
+    resolved = ftj.resolve_spec(parse(FineTuneJobSpec, spec), settings)
+    children = ftj.desired_children(body("FineTuneJob", name, spec), resolved, settings, create_job=False, keep_config=False,
+                                    create_preflight=True)
+    return [child.manifest for child in children if child.manifest["kind"] == "Job"]
+
+
 def modeldeployment_children(spec: dict[str, Any] | None = None, settings: OperatorSettings = SETTINGS,
                              name: str = "support") -> list[dict[str, Any]]:
     spec = spec or MD_SPEC

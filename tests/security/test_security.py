@@ -20,7 +20,7 @@ from kubetune.api.validation import SpecError, parse
 from kubetune.config import OperatorSettings
 
 from ..chart.helm import ROOT, load_values_file, objects
-from .objects import CANARY, FTJ_SPEC, MD_SPEC, finetunejob_children, modeldeployment_children
+from .objects import CANARY, FTJ_SPEC, MD_SPEC, finetunejob_children, finetunejob_preflight, modeldeployment_children
 from .pss import pod_spec_of, violations
 
 PLATFORM_VALUES = load_values_file(ROOT / "examples" / "platform-values.yaml")
@@ -37,6 +37,7 @@ def everything() -> dict[str, list[dict[str, Any]]]:
         "FineTuneJob (every option)": finetunejob_children({**FTJ_SPEC, "scheduling": {
             "priorityClassName": "high", "nodeSelector": {"gpu": "h100"}, "tolerations": [{"operator": "Exists"}],
             "queueName": "team-a"}, "activeDeadlineSeconds": 3600, "suspend": True}),
+        "FineTuneJob pre-flight": finetunejob_preflight({**FTJ_SPEC, "scheduling": {"queueName": "team-a"}}),
         "ModelDeployment": modeldeployment_children(),
     }
 
