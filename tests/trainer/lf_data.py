@@ -108,6 +108,12 @@ CASES = [
 ]
 
 
+# Cases whose records normalise to exactly those of another case (test_formats_llamafactory checks it): real
+# training runs once per group (test_training_formats), on the second of each pair.
+SAME_RECORDS = [("sharegpt-system", "openai-via-columns-and-tags"), ("alpaca-preference-dpo", "sharegpt-preference-dpo"),
+                ("sharegpt-kto", "alpaca-kto"), ("pretraining-jsonl-renamed", "pretraining-txt")]
+
+
 def write(case: Case, folder: Path) -> Path:
     path = folder / case.filename
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,13 @@ def test_each_llama_factory_shape_is_detected_and_normalised(case, tmp_path):
     assert (loaded.format, len(loaded.records), loaded.records[:2]) == (fmt, 64, first)
 
 
+@pytest.mark.parametrize(("one", "other"), lf_data.SAME_RECORDS)
+def test_shapes_that_train_alike_normalise_to_the_same_records(one, other, tmp_path):
+    a, b = (next(c for c in lf_data.CASES if c.name == name) for name in (one, other))
+    assert _load(lf_data.write(a, tmp_path / "a"), a.method["type"], a.dataset).records == \
+        _load(lf_data.write(b, tmp_path / "b"), b.method["type"], b.dataset).records
+
+
 def test_sharegpt_turns_must_alternate_and_end_with_the_answer(tmp_path):
     good = {"conversations": [{"from": "human", "value": Q0}, {"from": "gpt", "value": A0}]}
     records = [good] * 12 + [
