@@ -145,8 +145,9 @@ class PySpy:
 
     def __enter__(self) -> PySpy:
         if self.out:
-            self.proc = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(self.pid), "--format", "raw", "--rate", "250",
-                                          "-o", self.out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            command = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(self.pid), "--format", "raw",
+                       "--rate", "250", "--nonblocking", "-o", self.out]  # nonblocking: the operator is not paused
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # attached
         return self
 
