@@ -23,7 +23,7 @@ from ..config import OperatorSettings
 from ..plan.finetunejob import TrainingPlan, plan
 from ..status.finetunejob import Observed, cancel_complete, derive_status, job_finished
 from .reconcile import Controller, child_moved, reconcile, reconcile_child_owner
-from .runtime import first, runtime
+from .runtime import deleted, first, runtime
 
 FTJ = (c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
 TRAINER = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_TRAINER}
@@ -206,7 +206,7 @@ async def preflight_changed(type: str, body: Any, labels: dict[str, str], namesp
         await reconcile(TRAINING, parent, kwargs, apply=False)
 
 
-@kopf.on.event(*FTJ)
+@kopf.on.event(*FTJ, when=deleted)
 def finetunejob_event(type: str, uid: str, **_: Any) -> None:
     if type == "DELETED":
         runtime().forget(uid)

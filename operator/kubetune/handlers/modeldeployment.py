@@ -23,7 +23,7 @@ from ..config import OperatorSettings
 from ..plan.modeldeployment import ServingPlan, adapter_outcome, plan, referenced_jobs
 from ..status.modeldeployment import ServingObserved, derive_status
 from .reconcile import Controller, child_moved, reconcile, reconcile_child_owner
-from .runtime import first, runtime
+from .runtime import deleted, first, runtime
 
 MD = (c.GROUP, c.VERSION, c.MODELDEPLOYMENT_PLURAL)
 SERVING = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_SERVING}
@@ -101,7 +101,13 @@ async def reconcile_modeldeployment(body: Any, **kwargs: Any) -> None:
     await reconcile(SERVING_CONTROLLER, body, kwargs)
 
 
-@kopf.on.event(c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
+def _any_modeldeployment(modeldeployments: kopf.Index, **_: Any) -> bool:
+    """kopf's filter of finetunejob_changed: with no ModelDeployment there is nothing to re-plan (one created later
+    plans from the FineTuneJobs as they are), so a training-only cluster's FineTuneJob events invoke nothing."""
+    return bool(modeldeployments)
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL, when=_any_modeldeployment)
 async def finetunejob_changed(type: str, body: Any, name: str, namespace: str, **kwargs: Any) -> None:
     """Re-plan and re-apply every ModelDeployment in the namespace that references this FineTuneJob, when what
     adapter resolution reads of it changed (not on its progress patches)."""
@@ -139,7 +145,7 @@ async def poll_sidecars(body: Any, **kwargs: Any) -> None:
     await reconcile(SERVING_CONTROLLER, body, kwargs, apply=False)
 
 
-@kopf.on.event(*MD)
+@kopf.on.event(*MD, when=deleted)
 def modeldeployment_event(type: str, uid: str, **_: Any) -> None:
     if type == "DELETED":
         runtime().forget(uid)

@@ -78,6 +78,11 @@ def announce(body: Any, before: list[dict[str, Any]] | None, after: list[dict[st
             kopf.event(body, type=kind, reason=cond["reason"], message=cond["message"] or cond["reason"])
 
 
+def deleted(type: str | None, **_: Any) -> bool:
+    """kopf's `when=` filter of a handler that acts only on an object's deletion: its other events invoke nothing."""
+    return type == "DELETED"
+
+
 def first(index: kopf.Index, key: Any) -> Any:
     """The one object an index holds under `key`, or None."""
     return next(iter(index.get(key, [])), None)
