@@ -24,8 +24,9 @@ def free_port() -> int:
 
 def test_rendered_operator_serves_its_health_probe(emulator, kubectl, tmp_path):
     kubectl("apply", "-f", str(ROOT / "crds"))
-    port = free_port()
-    deployment = one(objects({"operator": {"healthPort": port}, "watch": {"namespaces": ["default"]},
+    port, metrics_port = free_port(), free_port()  # not the chart's defaults: another process may hold 9090
+    deployment = one(objects({"operator": {"healthPort": port}, "metrics": {"port": metrics_port},
+                              "watch": {"namespaces": ["default"]},
                               "platform": {"defaultOutputUri": "s3://models/adapters"}}), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     probe = container["readinessProbe"]["httpGet"]

@@ -171,7 +171,7 @@ def test_trust_remote_code_is_carried_only_when_set(monkeypatch, capsys):
     ({"baseModel": {"uri": "ftp://models/llama"}}, "spec.baseModel.uri: 'ftp://models/llama' is not a valid URI. Allowed schemes"),
     ({"baseModel": {"uri": "https://evil.example/model"}}, "spec.baseModel.uri: 'https://evil.example/model' is not a valid URI"),
     ({"baseModel": {"uri": "s3://models/../../etc"}}, "spec.baseModel.uri: must not contain '..' path segments"),
-    ({"dataset": {"train": "gs://bucket/data.jsonl"}}, "spec.dataset.train: 'gs://bucket/data.jsonl' is not a valid URI"),
+    ({"dataset": {"train": "gs://bucket/data.jsonl"}}, "spec.dataset.train: 'gs://bucket/data.jsonl' is not a valid data URI. Allowed schemes"),
     ({"dataset": {"train": "pvc://corpus/../other-team/data"}}, "spec.dataset.train: must not contain '..' path segments"),
     ({"output": {"uri": "s3://models/adapters/.."}}, "spec.output.uri: must not contain '..' path segments"),
     ({"output": {"uri": "https://models.example/adapters"}}, "spec.output.uri: 'https://models.example/adapters' is not a valid storage URI. Allowed schemes: s3://, pvc://"),
@@ -188,7 +188,9 @@ def test_finetunejob_uris_are_restricted(patch, error):
     ({"name": "team/bot", "uri": "s3://a/b"}, "spec.adapters[0].name: 'team/bot' must be lowercase"),
     ({"name": "a" * 64, "uri": "s3://a/b"}, "spec.adapters[0].name: must be at most 63 characters"),
     ({"name": "bot", "uri": "s3://adapters/../secrets"}, "spec.adapters[0].uri: must not contain '..' path segments"),
-    ({"name": "bot", "uri": "hf://org/adapter"}, "spec.adapters[0].uri: 'hf://org/adapter' is not a valid storage URI. Allowed schemes: s3://, pvc://"),
+    # hf:// adapters are accepted only pinned to a commit: a branch can move under a served adapter.
+    ({"name": "bot", "uri": "hf://org/adapter"}, "spec.adapters[0].uri: 'hf://org/adapter': an hf:// adapter must be pinned to a commit"),
+    ({"name": "bot", "uri": "gs://bucket/adapter"}, "spec.adapters[0].uri: 'gs://bucket/adapter' is not a valid"),
 ])
 def test_adapter_names_are_dns_labels_and_uris_stay_in_their_bucket(adapter, error):
     with pytest.raises(SpecError) as err:

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -91,11 +92,13 @@ class LocalKubelet:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        for runs in list(self.runs.values()):
-            for run in runs:
-                _terminate(run.proc)
+        # Every pod at once (Ctrl-C stops the node in seconds, not a grace period per container in turn).
+        procs = [run.proc for runs in list(self.runs.values()) for run in runs]
         if self.serving is not None:
-            self.serving.stop()
+            procs += self.serving.detach_all()
+        _terminate(procs)
+        if self.serving is not None:
+            self.serving.release_all()
 
     def __enter__(self) -> LocalKubelet:
         return self.start()
@@ -352,19 +355,31 @@ def _cond(type_: str, reason: str, message: str) -> dict[str, Any]:
             "lastProbeTime": _now(), "lastTransitionTime": _now()}
 
 
-def _terminate(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM the process group, then SIGKILL after `grace` seconds: no orphan is left."""
-    if isinstance(proc, ContainerProcess):
-        proc.stop()  # podman stop -t <terminationGracePeriodSeconds>
-        return
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+def _terminate(procs: list[subprocess.Popen], grace: float = 30) -> None:
+    """Stop processes together, as a kubelet stops a pod's containers (and a node its pods) in parallel:
+    SIGTERM every process group first, then wait for all under one `grace` deadline and SIGKILL what is left.
+    Containers stop in threads (`podman stop -t <terminationGracePeriodSeconds>`). No orphan is left."""
+    stoppers = [threading.Thread(target=proc.stop, daemon=True) for proc in procs if isinstance(proc, ContainerProcess)]
+    for thread in stoppers:
+        thread.start()
+    signalled = []
+    for proc in procs:
+        if isinstance(proc, ContainerProcess) or proc.poll() is not None:
+            continue
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
+            signalled.append(proc)
         except ProcessLookupError:
             pass
-        proc.wait(timeout=10)
+    deadline = time.monotonic() + grace
+    for proc in signalled:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+    for thread in stoppers:
+        thread.join()
