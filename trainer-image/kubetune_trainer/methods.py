@@ -51,10 +51,11 @@ def load(path: str) -> Any:
 def _sft_like(method: str) -> Callable[[FineTuneJobSpec, Facts], Args]:
     def args(spec: FineTuneJobSpec, facts: Facts) -> Args:
         packing = spec.hyperparameters.packing if spec.hyperparameters.packing is not None else True
-        assistant_only = method == "sft" and facts.chat and facts.assistant_masks
+        # rendered_chat: the rows arrive tokenized with their assistant mask (kubetune_trainer.chat), TRL only applies it
+        assistant_only = method == "sft" and facts.chat and (facts.assistant_masks or facts.rendered_chat)
         strategy = "bfd_split" if method == "cpt" else "bfd"  # CPT splits long documents instead of truncating
         return ({"packing": packing, "packing_strategy": strategy, "eval_packing": packing,
-                 "assistant_only_loss": assistant_only, "dataset_text_field": "text"},
+                 "assistant_only_loss": assistant_only and not facts.rendered_chat, "dataset_text_field": "text"},
                 {"trainer": "sft", "packing": packing, "packingStrategy": strategy if packing else None,
                  "assistantOnlyLoss": assistant_only})
     return args

@@ -33,6 +33,7 @@ class Facts:
     bf16: bool = False
     chat: bool = False  # the records are conversational (messages)
     assistant_masks: bool = False  # the chat template marks assistant turns with {% generation %}
+    rendered_chat: bool = False  # records with tools, calls or weights: kubetune_trainer.chat tokenizes and masks them
     has_eval: bool = True
     local_rank: int = 0  # this process's GPU on the pod in a distributed run
 

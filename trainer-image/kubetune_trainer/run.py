@@ -20,7 +20,7 @@ from kubetune.api.finetunejob import TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting, TrainerConfig
 from kubetune_storage import Store, open_store
 
-from . import data, distributed
+from . import chat, data, distributed
 from .callbacks import KubetuneCallback
 from .checkpoints import Checkpoints, fingerprint
 from .collate import RowPackedCollator, needs_row_packing
@@ -170,14 +170,19 @@ def load_tokenizer(model_dir: Path, config: TrainerConfig):
     return tokenizer
 
 
-def build_trainer(plan: TrainingPlan, model, tokenizer, train_records: list[dict], eval_records: list[dict]):
+def build_trainer(plan: TrainingPlan, model, tokenizer, train_records: list[dict], eval_records: list[dict],
+                  model_uri: str = "the base model"):
     method = TRAINERS[plan.method]
     seed = plan.args["seed"]
+    train_rows, eval_rows = method.prepare(train_records, seed), method.prepare(eval_records, seed)
+    if chat.needs_rendering(train_rows + eval_rows):  # tools, calls, weights: tokenized and masked by kubetune
+        train_rows, eval_rows = (chat.tokenize_all(tokenizer, rows, model_uri) for rows in (train_rows, eval_rows))
+        if (warning := chat.cut_by_max_length(train_rows, plan.args.get("max_length"))) is not None:
+            log.warning("data: %s", warning)
     try:
         trainer = load(method.trainer)(
-            model=model, args=trl_args(plan), train_dataset=data.to_dataset(method.prepare(train_records, seed)),
-            eval_dataset=data.to_dataset(method.prepare(eval_records, seed)), processing_class=tokenizer,
-            peft_config=plan.peft)
+            model=model, args=trl_args(plan), train_dataset=data.to_dataset(train_rows),
+            eval_dataset=data.to_dataset(eval_rows), processing_class=tokenizer, peft_config=plan.peft)
     except ValueError as exc:  # TRL rejects data/template combinations with ValueError
         raise UserError(f"the trainer rejected the data or settings: {exc}") from None
     if getattr(trainer, "padding_free", False) and needs_row_packing(trainer.model):
@@ -312,12 +317,12 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     device, bf16 = _device()
     facts = Facts(output_dir=str(work_dir / "trainer"), train_examples=len(train_records), device=device, bf16=bf16,
                   chat=train.conversational, assistant_masks=_assistant_masks(tokenizer), has_eval=bool(eval_records),
-                  local_rank=rank.local_rank)
+                  rendered_chat=chat.needs_rendering(train_records + eval_records), local_rank=rank.local_rank)
     plan = plan_training(spec, facts)
     log.info("plan: %s", plan.summary)
     model = load_model(model_dir, plan, spec.base_model.uri)
     reporter.enter(TrainerPhase.TOKENIZING_DATA)
-    trainer = build_trainer(plan, model, tokenizer, train_records, eval_records)
+    trainer = build_trainer(plan, model, tokenizer, train_records, eval_records, spec.base_model.uri)
 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
