@@ -5,6 +5,8 @@ The operator passes the spec as JSON (``--base-model`` = ``BaseModelSource``, ``
 tested place (``build_vllm_argv``). The process then execs vLLM (same PID: signals reach it).
 Model URIs: hf://org/name (+revision), file:///path, pvc://claim/path ($KUBETUNE_PVC_ROOT), s3://
 (downloaded to --model-cache first). The API key stays in $VLLM_API_KEY (vLLM reads it), never argv.
+Tool calling: vllm.enableAutoToolChoice / toolCallParser / chatTemplate (written to $TMPDIR/kubetune/, the
+pod's /tmp emptyDir, and passed as --chat-template FILE).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ VLLM_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` console script 
 
 def build_vllm_argv(model: str, options: VLLMOptions, *, served_model_name: str, host: str = "0.0.0.0",
                     port: int = c.SERVING_VLLM_PORT, revision: str | None = None, trust_remote_code: bool = False,
-                    lora_modules: Sequence[tuple[str, str]] = (), python: str = "python") -> list[str]:
-    """vLLM's command line. LoRA is always on (adapters come and go at run time)."""
+                    lora_modules: Sequence[tuple[str, str]] = (), python: str = "python",
+                    chat_template_file: str | None = None) -> list[str]:
+    """vLLM's command line. LoRA is always on (adapters come and go at run time). `chat_template_file`: where
+    options.chat_template was written (vLLM reads a template from a file; see write_chat_template)."""
     argv = [python, "-m", VLLM_MODULE, "--model", model, "--served-model-name", served_model_name,
             "--host", host, "--port", str(port)]
     if revision:
@@ -43,10 +47,28 @@ def build_vllm_argv(model: str, options: VLLMOptions, *, served_model_name: str,
         argv += ["--tensor-parallel-size", str(options.tensor_parallel_size)]
     if options.gpu_memory_utilization != "0.9":  # vLLM's own default
         argv += ["--gpu-memory-utilization", options.gpu_memory_utilization]
+    if options.enable_auto_tool_choice:
+        argv.append("--enable-auto-tool-choice")
+    if options.tool_call_parser is not None:
+        argv += ["--tool-call-parser", options.tool_call_parser]
+    if options.chat_template is not None:
+        if chat_template_file is None:
+            raise ValueError("vllm.chatTemplate is set: pass the file it was written to (chat_template_file)")
+        argv += ["--chat-template", chat_template_file]
     if lora_modules:
         argv += ["--lora-modules", *(f"{name}={path}" for name, path in lora_modules)]
     argv += list(options.extra_args or [])
     return argv
+
+
+def write_chat_template(options: VLLMOptions, folder: Path) -> str | None:
+    """vllm.chatTemplate into a file for --chat-template (a multi-line template is not an argv word). -> its path."""
+    if options.chat_template is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "chat-template.jinja"
+    path.write_text(options.chat_template, encoding="utf-8")
+    return str(path)
 
 
 def vllm_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -105,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     served = args.served_model_name or source.uri.rstrip("/").rsplit("/", 1)[-1]
     argv_ = build_vllm_argv(model, options, served_model_name=served, host=args.host, port=args.port,
                             revision=revision, trust_remote_code=source.trust_remote_code,
-                            lora_modules=lora_modules, python=sys.executable)  # type: ignore[arg-type]
+                            lora_modules=lora_modules, python=sys.executable,  # type: ignore[arg-type]
+                            chat_template_file=write_chat_template(options, Path(env.get("TMPDIR", "/tmp")) / "kubetune"))
     if args.dry_run:
         print(json.dumps(argv_))
         return 0

@@ -86,6 +86,23 @@ class AdapterSource(KubeModel):
         return self
 
 
+# vLLM 0.32's registered tool-call parsers (vllm.tool_parsers.ToolParserManager; `--tool-call-parser`). A test
+# keeps this list equal to the installed vLLM's registry.
+TOOL_CALL_PARSERS = (
+    "apertus", "cohere_command3", "cohere_command4", "deepseek_v3", "deepseek_v31", "deepseek_v32", "deepseek_v4",
+    "deepseek_v41", "dots", "ernie45", "functiongemma", "gemma4", "gigachat3", "glm45", "glm47", "granite",
+    "granite-20b-fc", "granite4", "hermes", "hf", "hunyuan_a13b", "hy_v3", "hy_v4", "inkling", "internlm", "jamba",
+    "k2_horizon", "kimi_k2", "kimi_k3", "lfm2", "ling3", "llama3_json", "llama4_json", "llama4_pythonic", "longcat",
+    "mimo", "minicpm5", "minimax_m2", "minimax_m3", "mistral", "muse_glimmer", "olmo3", "openai", "phi4_mini_json",
+    "plamo3", "poolside_v1", "pythonic", "qwen3_coder", "qwen3_json", "qwen3_xml", "seed_oss", "step3", "step3p5",
+    "xlam",
+)
+# vLLM flags that have a field here: extraArgs must not set them a second time.
+FLAG_FIELDS = {"--enable-auto-tool-choice": "enableAutoToolChoice", "--tool-call-parser": "toolCallParser",
+               "--chat-template": "chatTemplate"}
+MAX_CHAT_TEMPLATE = 65536
+
+
 class VLLMOptions(KubeModel):
     """vLLM engine options (see vLLM's engine arguments)."""
 
@@ -95,7 +112,11 @@ class VLLMOptions(KubeModel):
                 {
                     "rule": "!has(self.maxCpuLoras) || self.maxCpuLoras >= self.maxLoras",
                     "message": "vllm.maxCpuLoras must be >= vllm.maxLoras",
-                }
+                },
+                {
+                    "rule": "!has(self.enableAutoToolChoice) || !self.enableAutoToolChoice || has(self.toolCallParser)",
+                    "message": "vllm.enableAutoToolChoice needs vllm.toolCallParser (how to read calls out of the model's output)",
+                },
             ]
         }
     }
@@ -112,9 +133,28 @@ class VLLMOptions(KubeModel):
     tensor_parallel_size: int = Field(default=1, description="GPUs one replica shards the model over.", ge=1, le=16)
     gpu_memory_utilization: str = decimal("Fraction of GPU memory vLLM may use, e.g. \"0.9\".", default="0.9")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(default="auto", description="Weight and activation dtype.")
+    enable_auto_tool_choice: bool | None = Field(
+        default=None,
+        description="Tool calling (--enable-auto-tool-choice): requests with OpenAI `tools` (tool_choice auto) get the "
+        "model's calls back as `tool_calls`, read out of its output by toolCallParser. Needs toolCallParser. Empty: off.",
+    )
+    tool_call_parser: Literal[TOOL_CALL_PARSERS] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="vLLM's parser for the model's tool-call format (--tool-call-parser), e.g. hermes (Qwen2.5, Hermes), "
+        "llama3_json (Llama 3.1+), mistral, qwen3_xml. Must match the format the model (and its adapters) were trained "
+        "to write.",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="A Jinja chat template that replaces the model's own (--chat-template), e.g. one that renders tools "
+        "for a model whose template does not. Empty: the model's tokenizer template.",
+        min_length=1,
+        max_length=MAX_CHAT_TEMPLATE,
+    )
     extra_args: list[str] | None = Field(
         default=None,
-        description="Further vLLM command-line arguments, appended as given.",
+        description="Further vLLM command-line arguments, appended as given (not the flags that have a field here: "
+        "--enable-auto-tool-choice, --tool-call-parser, --chat-template).",
         max_length=32,
         json_schema_extra={"items": {"type": "string", "maxLength": 256}},
     )
@@ -126,10 +166,22 @@ class VLLMOptions(KubeModel):
             raise ValueError(f"must be in (0, 1], got {value}")
         return value
 
+    @field_validator("extra_args")
+    @classmethod
+    def _no_field_flags(cls, value: list[str] | None) -> list[str] | None:
+        for arg in value or []:
+            flag = arg.split("=", 1)[0]
+            if flag in FLAG_FIELDS:
+                raise ValueError(f"{flag} has its own field: set vllm.{FLAG_FIELDS[flag]} instead of extraArgs")
+        return value
+
     @model_validator(mode="after")
     def _cpu_loras(self) -> VLLMOptions:
         if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
             raise ValueError("vllm.maxCpuLoras must be >= vllm.maxLoras")
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("vllm.enableAutoToolChoice needs vllm.toolCallParser (how to read calls out of the "
+                             "model's output: hermes, llama3_json, mistral, ...; see docs/serving.md)")
         return self
 
 
