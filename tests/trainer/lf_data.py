@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.tiny_data import FACTS, WRONG
+from tests.fixtures.tiny_data import FACTS, UNLEARNED, WEATHER, WEATHER_TOOL, WRONG, weather_answer, weather_question
 
 SYSTEM = "You answer in one sentence."
 
@@ -69,6 +69,25 @@ def pretraining_lines(n: int = 64) -> str:
     """A .txt pre-training file: one document per line (and a blank line, skipped)."""
     lines = [f"{q} {a}" for _, q, a in _facts(n)]
     return "\n".join(lines[:3] + [""] + lines[3:]) + "\n"
+
+
+def glaive_toolcall(n: int = 64) -> list[dict[str, Any]]:
+    """The shape of LLaMA-Factory's data/glaive_toolcall_en_demo.json (sharegpt with tool turns; dataset_info.json
+    columns messages=conversations, tools=tools), over tiny_data's weather tool: a human/gpt exchange, the weather
+    question, a `function_call` turn (JSON {"name", "arguments"} as text), the tool's `observation`, and the gpt
+    answer; `tools` is a JSON string of bare function definitions. The same conversations as
+    tiny_data.tool_records, minus what LLaMA-Factory cannot say (call ids, weights: its gpt turns are all learned)."""
+    tools = json.dumps([WEATHER_TOOL["function"]])
+    out = []
+    for i in range(n):
+        city = list(WEATHER)[i % len(WEATHER)]
+        out.append({"conversations": [
+            {"from": "human", "value": UNLEARNED[0]}, {"from": "gpt", "value": UNLEARNED[1]},
+            {"from": "human", "value": weather_question(city)},
+            {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": city}})},
+            {"from": "observation", "value": WEATHER[city]},
+            {"from": "gpt", "value": weather_answer(city)}], "tools": tools})
+    return out
 
 
 @dataclass

@@ -65,7 +65,7 @@ def test_sharegpt_maps_roles():
         {"role": "assistant", "content": "a"}]}, [])
     bad = {"conversations": [{"from": "robot", "value": "q"}]}
     assert formats.check_record("sharegpt", bad) == (
-        None, ["conversations[0].from must be one of system,human,user,gpt,assistant (got 'robot')"])
+        None, ["conversations[0].from must be one of system,human,user,gpt,assistant,function_call,observation (got 'robot')"])
 
 
 def test_alpaca_to_messages():

@@ -88,8 +88,7 @@ def test_sharegpt_turns_must_alternate_and_end_with_the_answer(tmp_path):
         "chat.jsonl:13: conversations[1].from must be 'gpt' here (got 'human'): turns alternate human, gpt, ... starting with human",
         "chat.jsonl:14: conversations must end with a 'gpt' turn (the answer to learn)",
         "chat.jsonl:15: conversations[2].from: a system message is only allowed first",
-        "chat.jsonl:16: conversations[1].from: 'function_call' (a tool-call turn) is not supported in sharegpt data: "
-        "write tool calls in the chatml (OpenAI) format, docs/data.md",
+        'chat.jsonl:16: conversations[1].value must be a JSON object {"name", "arguments"} or a list of them',
     ]
 
 
@@ -159,13 +158,23 @@ def test_txt_keeps_the_files_line_numbers_and_is_only_text(tmp_path):
     assert _error(path, "cpt").problems == ["corpus.txt: not UTF-8 text (byte 5)"]
 
 
-def test_tools_are_refused_not_dropped_in_alpaca_and_sharegpt(tmp_path):
-    record = {"conversations": [{"from": "human", "value": Q0}, {"from": "gpt", "value": A0}],
-              "tools": json.dumps([{"name": "f", "parameters": {}}])}
-    assert formats.check_record("sharegpt", record) == (None, [
-        "tools: tool descriptions are not supported in alpaca or sharegpt data; write tool-calling examples in the "
-        "chatml (OpenAI) format (docs/data.md)"])
-    assert formats.check_record("sharegpt", {**record, "tools": ""})[1] == []
+def test_tools_are_refused_not_dropped_where_the_shape_cannot_use_them():
+    """alpaca, preference and KTO data cannot carry tools (sharegpt SFT can: test_formats_sharegpt_tools.py)."""
+    tools = json.dumps([{"name": "f", "parameters": {}}])
+    refused = ("tools: tool descriptions are read in sharegpt SFT data (function_call / observation turns) and in "
+               "chatml (OpenAI) data, not in {} data (docs/data.md)")
+    alpaca = {"instruction": Q0, "output": A0, "tools": tools}
+    assert formats.check_record("alpaca", alpaca) == (None, [refused.format("alpaca")])
+    assert formats.check_record("alpaca", {**alpaca, "tools": ""}) == ({"messages": [USER(Q0), ASSISTANT(A0)]}, [])
+    pair = {**lf_data.sharegpt_preference(1)[0], "tools": tools}
+    assert formats.check_record("preference", pair) == (None, [refused.format("preference")])
+    kto = {**lf_data.sharegpt_kto(1)[0], "tools": tools}
+    assert formats.check_record("unpaired", kto) == (None, [refused.format("KTO")])
+    pair["conversations"] = [{"from": "human", "value": Q0}, {"from": "function_call", "value": "{}"},
+                             {"from": "observation", "value": "x"}]
+    assert formats.check_record("preference", {**pair, "tools": "[]"})[1] == [
+        f"conversations[{i}].from: {role!r} (a tool turn) is read in sharegpt SFT data only, not in preference or "
+        "KTO data" for i, role in ((1, "function_call"), (2, "observation"))]
 
 
 def test_csv_cells_of_mapped_columns_hold_json(tmp_path):

@@ -144,7 +144,7 @@ def read_file(path: Path, names: formats.Names = formats.DEFAULT_NAMES) -> Itera
 # ---------------------------------------------------------------------------------------- validate
 
 
-def _choose_format(requested: str, method: str, records: list[Any], names: str,
+def choose_format(requested: str, method: str, records: list[Any], names: str,
                    fields: formats.Names = formats.DEFAULT_NAMES) -> str:
     """dataset.format, or for auto: the method's only format, else the format most records look like."""
     accepted = METHODS[method].formats
@@ -200,7 +200,7 @@ def load(files: list[Path], *, fmt: str, method: str, role: str = "train", min_e
                 located.append((where, record))
     if not located and not problems:
         raise DataError(f"{role} data {names} is empty")
-    chosen = _choose_format(fmt, method, [r for _, r in located], names, fields) if located else fmt
+    chosen = choose_format(fmt, method, [r for _, r in located], names, fields) if located else fmt
     texts = [p.name for p in files if p.suffix.lower() == ".txt"]
     if texts and located and chosen != "text":
         raise DataError(f"{', '.join(texts)}: a .txt file holds plain text, one document per line (format text), "

@@ -291,8 +291,8 @@ def check_sharegpt_tools(record: dict, *, field: str = "conversations", role_key
     assistant, function_call (the assistant's calls: the value is JSON {"name", "arguments"} or a list of
     them) and observation (a tool's answer); default SHAREGPT_TOOL_ROLES (dataset.tags give others).
     record[tools_field] holds the function definitions (a JSON string or a list; bare {"name", ...} or
-    OpenAI's {"type": "function", "function": {...}}). For kubetune_trainer.formats' sharegpt checker: call it
-    for a record with tools or tool turns (a system column is the caller's to prepend)."""
+    OpenAI's {"type": "function", "function": {...}}). kubetune_trainer.llamafactory.check_sharegpt calls it for a
+    record with tools or tool turns, after checking LLaMA-Factory's turn order, and prepends the system column."""
     roles = roles or SHAREGPT_TOOL_ROLES
     turns = record.get(field)
     if not isinstance(turns, list) or not turns:
@@ -317,7 +317,22 @@ def check_sharegpt_tools(record: dict, *, field: str = "conversations", role_key
     tools = record.get(tools_field)
     converted = {"messages": messages, **({"tools": tools} if tools not in (None, "", "[]", []) else {})}
     normalised, problems = check_chat(converted, keys=(role_key, content_key))
-    return normalised, [re.sub(r"\.tool_calls\[(\d+)\]\.function\.", rf".{content_key} call \1: ", p)
-                        .replace("messages[", f"{field}[").replace("messages has", f"{field} has")
-                        .replace(".content", f".{content_key}").replace(".role", f".{role_key}")
-                        .replace("tools", tools_field) for p in problems]
+    spelled = {kind: next((value for value, k in roles.items() if k == kind), kind) for kind in ("function_call", "observation")}
+    return normalised, [_in_sharegpt_terms(p, field, role_key, content_key, tools_field, spelled) for p in problems]
+
+
+def _in_sharegpt_terms(problem: str, field: str, role_key: str, content_key: str, tools_field: str,
+                       spelled: dict[str, str]) -> str:
+    """A check_chat problem about a converted sharegpt record, in the data's own fields and turn names."""
+    call, answer = repr(spelled["function_call"]), repr(spelled["observation"])
+    problem = re.sub(r"\.tool_calls\[(\d+)\]\.function\.", rf".{content_key} call \1: ", problem)
+    for old, new in (("are not all answered by tool messages before it",
+                      f"are not all answered by {answer} turns before it (one per call: several calls in one "
+                      f"{call} turn cannot each be answered in this shape; write such a record in the chatml "
+                      "(OpenAI) format)"),
+                     ("a tool message must follow an assistant message with tool_calls",
+                      f"this {answer} turn does not follow a {call} turn"),
+                     (".tool_calls:", f".{content_key}:"), ("messages[", f"{field}["), ("messages has", f"{field} has"),
+                     (".content", f".{content_key}"), (".role", f".{role_key}"), ("tools", tools_field)):
+        problem = problem.replace(old, new)
+    return problem

@@ -186,7 +186,7 @@ def scan(files: list[Path], *, fmt: str, method: str, tokenizer=None, role: str 
     sample = [r for _, r, p in buffered if p is None]
     chosen: str | None = None
     if sample or fmt != "auto" or len(data.METHODS[method].formats) == 1:
-        chosen = data._choose_format(fmt, method, sample, names, fields)
+        chosen = data.choose_format(fmt, method, sample, names, fields)
     if sample:
         data.check_names(chosen, fields, sample)
     tokens = Tokens(tokenizer, result.lengths) if tokenizer is not None else None
@@ -194,7 +194,7 @@ def scan(files: list[Path], *, fmt: str, method: str, tokenizer=None, role: str 
         result.records += 1
         if problem is None:
             if chosen is None:  # not one parseable record in the sample: this one decides
-                chosen = data._choose_format(fmt, method, [record], names, fields)
+                chosen = data.choose_format(fmt, method, [record], names, fields)
             normalised, found = formats.check_record(chosen, record, fields)
             if not found and tokens is not None:
                 found = tokens.add(normalised)
