@@ -14,7 +14,7 @@ from kubetune.api.preflight import PREFLIGHT_DIR, REPORT_FILE, PreflightReport
 from kubetune.api.storage_layout import job_prefix
 from kubetune.cli import main as kubetune
 from kubetune_trainer import data
-from kubetune_trainer.errors import DataError
+from kubetune_trainer.errors import DataError, UserError
 from kubetune_trainer.main import main as trainer_main
 from kubetune_trainer.preflight import fetch_model_metadata
 from tests.fixtures.tiny_data import chat_records, preference_records, write_jsonl
@@ -138,3 +138,35 @@ def test_kubetune_data_validate(tmp_path, tiny_model_dir, capsys):
     assert "bad.jsonl:101: messages must be a list of messages (got string)" in out and "FAILED" in out
     assert kubetune(["data", "validate", str(good), "--method", "dpo"]) == 1  # chat data is no preference data
     assert kubetune(["data", "validate", str(tmp_path / "nope.jsonl"), "--method", "sft"]) == 2
+
+
+def _trl_template(name: str) -> str:
+    from importlib.resources import files
+
+    return (files("trl") / "chat_templates" / f"{name}.jinja").read_text()
+
+
+@pytest.mark.parametrize("template", ["tiny-tools", "qwen3"])
+def test_tool_records_are_counted_as_training_tokenizes_them(tmp_path, template):
+    """Records with tools, calls and weights: pre-flight's token count of each equals the length of the row that
+    training hands TRL (kubetune_trainer.chat). Qwen3's template is one TRL swaps for its training variant (which
+    keeps the empty think block of earlier turns): the model's own template would count fewer tokens."""
+    from kubetune_trainer import chat, preflight
+
+    from tests.fixtures.tiny_data import tool_records
+    from tests.fixtures.tiny_model import CHAT_TEMPLATE, TOOLS_CHAT_TEMPLATE, build_tokenizer
+    from tests.trainer import lf_data
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = TOOLS_CHAT_TEMPLATE if template == "tiny-tools" else _trl_template(template)
+    for path in (write_jsonl(tmp_path / "openai.jsonl", tool_records(6)),
+                 write_jsonl(tmp_path / "glaive.jsonl", lf_data.glaive_toolcall(6))):
+        scanned = preflight.scan([path], fmt="auto", method="sft", tokenizer=tokenizer)
+        rows = chat.tokenize_all(tokenizer, data.load([path], fmt="auto", method="sft", min_examples=1).records, "m")
+        assert list(scanned.lengths) == [len(row["input_ids"]) for row in rows], path.name
+    if template == "qwen3":
+        assert chat.training_template(tokenizer) != tokenizer.chat_template
+    else:  # a template that ignores tools fails pre-flight as it would fail training
+        tokenizer.chat_template = CHAT_TEMPLATE
+        with pytest.raises(UserError, match="the chat template of m ignores tools"):
+            preflight.scan([path], fmt="auto", method="sft", tokenizer=tokenizer, model="m")

@@ -54,12 +54,18 @@ def training_template(tokenizer) -> str:
     return patched or template
 
 
+def features(record: dict[str, Any]) -> set[str]:
+    """What a record needs a template to render: "tools" (definitions), "calls" (tool calls or tool answers)."""
+    calls = any(m.get("tool_calls") or m["role"] == "tool" for m in record["messages"])
+    return ({"tools"} & set(record)) | ({"calls"} if calls else set())
+
+
 def check_template(tokenizer, template: str, records: list[dict[str, Any]], model: str) -> None:
     """Refuse a template that would drop tool definitions or calls from the training text."""
     from trl.chat_template_utils import supports_tool_calling
 
-    uses_tools = any("tools" in r for r in records)
-    uses_calls = any(m.get("tool_calls") or m["role"] == "tool" for r in records for m in r["messages"])
+    needs = set().union(*map(features, records))
+    uses_tools, uses_calls = "tools" in needs, "calls" in needs
     sentinel = "kubetune_probe_tool_3f9a"
     if uses_tools:
         probe = [{"role": "user", "content": "hi"}]
@@ -83,11 +89,19 @@ def _render(tokenizer, template: str, messages: list[dict], tools: list | None, 
         raise UserError(f"the chat template refused a conversation of the data: {exc}") from None
 
 
+def _messages(record: dict[str, Any]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k != "weight"} for m in record["messages"]]  # weights steer the mask only
+
+
+def render(tokenizer, template: str, record: dict[str, Any]) -> str:
+    """The training text of one record: what `tokenize` tokenizes (pre-flight counts its tokens with this too)."""
+    return _render(tokenizer, template, _messages(record), record.get("tools"), generation_prompt=False)
+
+
 def spans(tokenizer, template: str, record: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
     """(the whole rendering, [(start, end) character span of each learned assistant turn])."""
-    tools = record.get("tools")
-    messages = [{k: v for k, v in m.items() if k != "weight"} for m in record["messages"]]
-    full = _render(tokenizer, template, messages, tools, generation_prompt=False)
+    tools, messages = record.get("tools"), _messages(record)
+    full = render(tokenizer, template, record)
     out = []
     for i, message in enumerate(record["messages"]):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:

@@ -42,7 +42,7 @@ from kubetune.api.preflight import (
 )
 from kubetune_storage import NotFound, Storage, open_store
 
-from . import data, formats
+from . import chat, data, formats
 from .errors import UserError, termination_log_path
 
 log = logging.getLogger(__name__)
@@ -120,26 +120,46 @@ class Scan:
 
 
 class Tokens:
-    """Token lengths of normalised records, in batches: the chat template rendered, as the trainer tokenizes them
-    (a preference or unpaired record: prompt + each answer, the longest counts)."""
+    """Token lengths of normalised records, in batches, rendered as the trainer renders them: tools, calls or weights
+    by chat.render with the training template (checked as training checks it), other chat records by the model's
+    template; prompt + each answer for preference/unpaired records (the longest counts). A plain record among tool
+    records is counted with the model's own template (training uses TRL's variant there, where TRL has one)."""
 
-    def __init__(self, tokenizer, into: array):
-        self.tokenizer, self.into = tokenizer, into
+    def __init__(self, tokenizer, into: array, model: str = "the base model"):
+        self.tokenizer, self.into, self.model = tokenizer, into, model
         self.texts: list[str] = []
         self.owners: list[int] = []  # per text: which pending example
         self.pending = 0
+        self.template: str | None = None  # chat.training_template, once a record needs it
+        self.checked: set[str] = set()  # what chat.check_template has checked: "tools", "calls"
 
-    def _render(self, messages: list[dict], tools: list | None) -> str:
+    def _need_template(self) -> None:
         if not self.tokenizer.chat_template:
             raise UserError("the tokenizer has no chat template, so it cannot train on chat data: use an "
                             "instruct/chat model, or text data")
+
+    def _render(self, messages: list[dict], tools: list | None) -> str:
+        self._need_template()
         return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+
+    def _training_template(self, record: dict[str, Any]) -> str:
+        """The template chat.py trains this record with; refuses (UserError) one that would drop its tools/calls."""
+        self._need_template()
+        self.template = self.template or chat.training_template(self.tokenizer)
+        if (uses := chat.features(record)) - self.checked:
+            chat.check_template(self.tokenizer, self.template, [record], self.model)
+            self.checked |= uses
+        return self.template
 
     def add(self, record: dict[str, Any]) -> list[str]:
         """Queue one valid record; -> problems (the model's chat template cannot render it)."""
         tools = record.get("tools")
+        rendered = "messages" in record and chat.needs_rendering([record])
+        template = self._training_template(record) if rendered else None
         try:
-            if "messages" in record:
+            if rendered:
+                texts = [chat.render(self.tokenizer, template, record)]
+            elif "messages" in record:
                 texts = [self._render(record["messages"], tools)]
             elif "text" in record:
                 texts = [record["text"] + (self.tokenizer.eos_token or "")]
@@ -147,8 +167,10 @@ class Tokens:
                 prompt = record["prompt"]
                 answers = [record[k] for k in ("chosen", "rejected", "completion") if k in record]
                 texts = [self._render(prompt + a, tools) if isinstance(prompt, list) else prompt + a for a in answers]
-        except UserError:
-            raise
+        except UserError as exc:
+            if not rendered:
+                raise
+            return [str(exc)]  # chat.render: the template refused this conversation
         except Exception as exc:  # noqa: BLE001 - jinja raises anything a template author wrote (raise_exception)
             return [f"the model's chat template cannot render this record: {type(exc).__name__}: {exc}"]
         self.texts += texts
@@ -175,7 +197,7 @@ def _located(files: list[Path], fields: formats.Names) -> Iterator[tuple[str, An
 
 
 def scan(files: list[Path], *, fmt: str, method: str, tokenizer=None, role: str = "train",
-         fields: formats.Names = formats.DEFAULT_NAMES) -> Scan:
+         fields: formats.Names = formats.DEFAULT_NAMES, model: str = "the base model") -> Scan:
     """Stream every record of a split: read, check against the format, count tokens. Memory: one int per
     example and a FORMAT_SAMPLE-record buffer (the first records decide `format: auto` and check that the
     dataset.columns named are there; data.load looks at all records for both)."""
@@ -189,7 +211,7 @@ def scan(files: list[Path], *, fmt: str, method: str, tokenizer=None, role: str 
         chosen = data.choose_format(fmt, method, sample, names, fields)
     if sample:
         data.check_names(chosen, fields, sample)
-    tokens = Tokens(tokenizer, result.lengths) if tokenizer is not None else None
+    tokens = Tokens(tokenizer, result.lengths, model) if tokenizer is not None else None
     for where, record, problem in itertools.chain(buffered, stream):
         result.records += 1
         if problem is None:
@@ -251,9 +273,11 @@ def analyse(spec: FineTuneJobSpec, inputs: Inputs) -> PreflightReport:
     hp, method = spec.hyperparameters, spec.method.type
     tokenizer = load_tokenizer(inputs.model_dir, spec.base_model.trust_remote_code) if inputs.model_dir else None
     fields = formats.Names.of(spec.dataset)
-    train = scan(inputs.train_files, fmt=spec.dataset.format, method=method, tokenizer=tokenizer, fields=fields)
+    model = spec.base_model.uri
+    train = scan(inputs.train_files, fmt=spec.dataset.format, method=method, tokenizer=tokenizer, fields=fields,
+                 model=model)
     held = (scan(inputs.validation_files, fmt=train.format or spec.dataset.format, method=method, tokenizer=tokenizer,
-                 role="validation", fields=fields) if inputs.validation_files is not None else None)
+                 role="validation", fields=fields, model=model) if inputs.validation_files is not None else None)
     counted = tokenizer is not None
     errors = train.errors + (held.errors if held else [])
     error_count = train.error_count + (held.error_count if held else 0)
