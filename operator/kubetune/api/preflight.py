@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import re
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from .common import KubeModel
 from .memory import MemoryEstimate, MemoryOption
-from .termination import MAX_TERMINATION_MESSAGE
+from .termination import MAX_TERMINATION_MESSAGE, read_termination_message
 
 ENV_GPU_MEMORY = "KUBETUNE_GPU_MEMORY"  # per-GPU memory budget of the pre-flight check: a quantity ("80Gi")
 PREFLIGHT_FLAG = "--preflight"
@@ -138,10 +138,7 @@ class PreflightReport(KubeModel):
     def parse(cls, text: str | None) -> PreflightReport:
         """Read the termination message back: the JSON of ``text``; anything else (a crash, the log tail) is a
         failed report whose message is that text."""
-        text = (text or "").strip()
-        if text.startswith("{"):
-            try:
-                return cls.model_validate_json(text)
-            except ValidationError:
-                pass
-        return cls(passed=False, message=" ".join(text.split())[:2000] or "the pre-flight run left no report")
+        report = read_termination_message(cls, text)
+        if isinstance(report, cls):
+            return report
+        return cls(passed=False, message=" ".join(report.split())[:2000] or "the pre-flight run left no report")

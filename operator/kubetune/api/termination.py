@@ -13,6 +13,7 @@ Written by the trainer to /dev/termination-log (constants.TERMINATION_LOG; Kuber
 from __future__ import annotations
 
 import json
+from typing import TypeVar
 
 from pydantic import Field, ValidationError
 
@@ -20,6 +21,20 @@ from .common import KubeModel
 from .finetunejob import Evaluation, PublishedAdapter
 
 MAX_TERMINATION_MESSAGE = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
+
+Report = TypeVar("Report", bound=KubeModel)
+
+
+def read_termination_message(model: type[Report], text: str | None) -> Report | str:
+    """A termination message read back: the ``model`` its JSON holds, else the stripped text itself (plain text,
+    a crash, or the log tail that FallbackToLogsOnError leaves when the process died first)."""
+    text = (text or "").strip()
+    if text.startswith("{"):
+        try:
+            return model.model_validate_json(text)
+        except ValidationError:
+            pass
+    return text
 
 
 class TerminationReport(KubeModel):
@@ -39,10 +54,5 @@ class TerminationReport(KubeModel):
     def parse(cls, text: str | None) -> TerminationReport:
         """Read a termination message back: JSON as written by ``text``, else plain text as ``message``
         (a failure, or the log tail that FallbackToLogsOnError leaves when the trainer died first)."""
-        text = (text or "").strip()
-        if text.startswith("{"):
-            try:
-                return cls.model_validate_json(text)
-            except ValidationError:
-                pass
-        return cls(message=text or None)
+        report = read_termination_message(cls, text)
+        return report if isinstance(report, cls) else cls(message=report or None)
