@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
@@ -24,8 +24,11 @@ from .common import (
     Scheduling,
     SecretKeyRef,
     _check_uri_path,
+    below_one,
+    cel,
     check_quantity,
     decimal,
+    with_rules,
 )
 from .methods import (
     DEFAULT_METHOD,
@@ -91,16 +94,8 @@ class Dataset(KubeModel):
     """Training data: JSONL, JSON, CSV, Parquet, or plain text (.txt, one document per line, for text data); the
     trainer validates every record before any training. The accepted shapes: docs/data.md."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!(has(self.validation) && has(self.validationSplit))",
-                    "message": "dataset.validation and dataset.validationSplit are mutually exclusive",
-                }
-            ]
-        }
-    }
+    model_config = with_rules(cel("!(has(self.validation) && has(self.validationSplit))",
+                                  "dataset.validation and dataset.validationSplit are mutually exclusive"))
 
     train: str = Field(
         description="Training data file or folder: s3://, https://, hf://org/dataset, pvc://claim/path, or "
@@ -153,7 +148,7 @@ class Dataset(KubeModel):
 class _MethodRules(KubeModel):
     """How the model learns."""
 
-    model_config = KubeModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": options_rules()}}
+    model_config = with_rules(*options_rules())
 
     @model_validator(mode="after")
     def _options_match_type(self) -> _MethodRules:
@@ -195,12 +190,7 @@ class Adapter(KubeModel):
         json_schema_extra={"items": {"type": "string", "maxLength": 128, "pattern": r"^[-._A-Za-z0-9*]+$"}},
     )
 
-    @field_validator("dropout")
-    @classmethod
-    def _dropout_range(cls, value: str) -> str:
-        if not Decimal(value) < 1:
-            raise ValueError(f"must be below 1, got {value}")
-        return value
+    _dropout_range = below_one("dropout")
 
     @field_validator("target_modules")
     @classmethod
@@ -237,12 +227,7 @@ class Hyperparameters(KubeModel):
             raise ValueError(f"must be in (0, 1], got {value}")
         return value
 
-    @field_validator("warmup_ratio")
-    @classmethod
-    def _warmup_range(cls, value: str) -> str:
-        if not Decimal(value) < 1:
-            raise ValueError(f"must be below 1, got {value}")
-        return value
+    _warmup_range = below_one("warmup_ratio")
 
 
 class Checkpointing(KubeModel):
@@ -292,17 +277,8 @@ class FineTuneJobSpec(KubeModel):
     changes are ignored (a SpecChangeIgnored Warning event says so) and training goes on with the original
     spec; delete and re-create the FineTuneJob to train with a new one."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.resources) || self.resources.nodes == 1 || self.resources.gpus > 0",
-                    "message": "resources.nodes > 1 needs resources.gpus > 0",
-                },
-                *format_rules(),
-            ]
-        }
-    }
+    model_config = with_rules(cel("!has(self.resources) || self.resources.nodes == 1 || self.resources.gpus > 0",
+                                  "resources.nodes > 1 needs resources.gpus > 0"), *format_rules())
 
     base_model: BaseModelSource = Field(description="The pretrained model to fine-tune.")
     dataset: Dataset = Field(description="Training (and optional evaluation) data.")
@@ -414,6 +390,7 @@ class Evaluation(KubeModel):
 
 
 MAX_CHECKPOINTS_LISTED = 100  # status.checkpoints keeps the newest ones
+MAX_GPU_COUNTED_PODS = 2048  # status.gpuCountedPods: ended pods that still exist (<= nodes x attempts)
 
 
 class CheckpointInfo(KubeModel):
@@ -470,6 +447,15 @@ class FineTuneJobStatus(KubeModel):
     start_time: datetime | None = Field(default=None, description="When training started.")
     completion_time: datetime | None = Field(default=None, description="When the job succeeded or failed.")
     attempts: int | None = Field(default=None, description="Training pods started so far.", ge=0)
+    gpu_seconds: int | None = Field(
+        default=None, ge=0,
+        description="GPU-seconds used so far: the sum over every ended attempt (training pod) of its GPUs x the trainer "
+        "container's running time (startedAt to finishedAt). An attempt is added when it ends, so a running attempt "
+        "is not in it yet; once the job has finished it is the whole cost. See docs/lifecycle.md.")
+    gpu_counted_pods: list[Annotated[str, Field(max_length=253)]] | None = Field(
+        default=None, max_length=MAX_GPU_COUNTED_PODS,
+        description="Ended training pods already added to gpuSeconds that still exist (bookkeeping, so that no attempt "
+        "is added twice).")
     progress: Progress | None = Field(default=None, description="Live progress.")
     evaluation: Evaluation | None = Field(default=None, description="Before/after evaluation.")
     checkpoints: list[CheckpointInfo] | None = Field(default=None, description="Complete checkpoints, newest last.",

@@ -20,6 +20,7 @@ from .pods import by_age as _by_age
 from .pods import stuck as _stuck
 from .pods import terminated as _terminated
 from .pods import trainer_status as _trainer_status
+from .usage import gpu_usage
 
 OOM_HINT = ("The trainer ran out of memory. Try adapter.type qlora, a smaller hyperparameters.batchSize "
             "(with more gradientAccumulationSteps), a shorter hyperparameters.maxLength, or more resources.memory / a larger GPU.")
@@ -324,6 +325,8 @@ def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime 
             status.completion_time = job_status.get("completionTime") or next(
                 (c.get("lastTransitionTime") for c in job_status.get("conditions") or [] if c.get("status") == "True"
                  and c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")), None)
+    usage = gpu_usage(obs.pods, previous)
+    status.gpu_seconds, status.gpu_counted_pods = usage.gpu_seconds, usage.counted_pods if usage.gpu_seconds is not None else None
     if verdict.failed.reason == Reason.CANCELLED and status.completion_time is None:
         failed = next((c for c in status.conditions if c.type == FAILED), None)
         status.completion_time = failed.last_transition_time if failed else None
