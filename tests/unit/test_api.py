@@ -49,6 +49,8 @@ def test_minimal_spec_gets_documented_defaults():
         ({"hyperparameters": {"learningRate": "fast"}}, "spec.hyperparameters.learningRate: 'fast' is not a decimal number"),
         ({"hyperparameters": {"epochs": 0}}, "spec.hyperparameters.epochs: must be >= 1 (got 0)"),
         ({"adapter": {"rank": 1024}}, "spec.adapter.rank: must be <= 256 (got 1024)"),
+        ({"adapter": {"dropout": "1"}}, "spec.adapter.dropout: must be below 1, got 1"),
+        ({"hyperparameters": {"warmupRatio": "1.5"}}, "spec.hyperparameters.warmupRatio: must be below 1, got 1.5"),
         ({"adapter": {"type": "prefix"}}, "spec.adapter.type: 'prefix' is not allowed: 'lora', 'qlora', 'dora' or 'full'"),
         ({"resources": {"nodes": 2, "gpus": 0}}, "spec: resources.nodes > 1 needs resources.gpus > 0"),
         ({"resources": {"memory": "lots"}}, "spec.resources.memory: memory 'lots' is not a Kubernetes quantity"),

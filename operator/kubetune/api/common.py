@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote
 
@@ -164,6 +165,28 @@ def _check_uri_path(value: str | None) -> str | None:
 def decimal(description: str, *, default: str | None = None) -> Any:
     """A decimal number carried as a string (no floats in spec where precision matters)."""
     return Field(default=default, description=description, pattern=DECIMAL, max_length=32)
+
+
+def below_one(*fields: str) -> Any:
+    """A field validator for decimal fields (see `decimal`) that must stay below 1: a dropout, a warmup ratio."""
+
+    def check(cls: type, value: str) -> str:
+        if not Decimal(value) < 1:
+            raise ValueError(f"must be below 1, got {value}")
+        return value
+
+    return field_validator(*fields)(classmethod(check))
+
+
+def cel(rule: str, message: str) -> dict[str, str]:
+    """One CEL rule of a CRD's x-kubernetes-validations and the message the API server answers when it fails."""
+    return {"rule": rule, "message": message}
+
+
+def with_rules(*rules: dict[str, str]) -> ConfigDict:
+    """KubeModel's config plus CEL rules on the object (x-kubernetes-validations: cross-field rules the API
+    server checks on create and update; the pydantic validators say the same for the operator)."""
+    return KubeModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": list(rules)}}
 
 
 # Kubernetes resource quantity: int or string, like core/v1 resources.

@@ -19,8 +19,10 @@ from .common import (
     ObjectStorage,
     Scheduling,
     SecretKeyRef,
+    cel,
     check_adapter_uri,
     decimal,
+    with_rules,
 )
 from .conditions import DeploymentAdapterState, PodAdapterState
 
@@ -45,16 +47,7 @@ class FineTuneJobRef(KubeModel):
 class AdapterSource(KubeModel):
     """One LoRA adapter to serve, by FineTuneJob or by URI."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.fineTuneJobRef) != has(self.uri)",
-                    "message": "set exactly one of fineTuneJobRef or uri",
-                }
-            ]
-        }
-    }
+    model_config = with_rules(cel("has(self.fineTuneJobRef) != has(self.uri)", "set exactly one of fineTuneJobRef or uri"))
 
     name: str = Field(
         description="Model name clients send in the OpenAI `model` field. A DNS label (lowercase, digits, '-').",
@@ -106,20 +99,11 @@ MAX_CHAT_TEMPLATE = 65536
 class VLLMOptions(KubeModel):
     """vLLM engine options (see vLLM's engine arguments)."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.maxCpuLoras) || self.maxCpuLoras >= self.maxLoras",
-                    "message": "vllm.maxCpuLoras must be >= vllm.maxLoras",
-                },
-                {
-                    "rule": "!has(self.enableAutoToolChoice) || !self.enableAutoToolChoice || has(self.toolCallParser)",
-                    "message": "vllm.enableAutoToolChoice needs vllm.toolCallParser (how to read calls out of the model's output)",
-                },
-            ]
-        }
-    }
+    model_config = with_rules(
+        cel("!has(self.maxCpuLoras) || self.maxCpuLoras >= self.maxLoras", "vllm.maxCpuLoras must be >= vllm.maxLoras"),
+        cel("!has(self.enableAutoToolChoice) || !self.enableAutoToolChoice || has(self.toolCallParser)",
+            "vllm.enableAutoToolChoice needs vllm.toolCallParser (how to read calls out of the model's output)"),
+    )
 
     max_loras: int = Field(default=4, description="Adapters usable in one batch on the GPU (--max-loras).", ge=1, le=256)
     max_lora_rank: int = Field(default=16, description="Largest adapter rank accepted (--max-lora-rank).", ge=1, le=512)
@@ -195,17 +179,9 @@ class ServiceOptions(KubeModel):
 class ModelDeploymentSpec(KubeModel):
     """Desired serving deployment. Changing adapters or the service never restarts pods; changing anything else rolls them."""
 
-    model_config = KubeModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.vllm) || !has(self.resources) || self.resources.gpus == 0 "
-                    "|| self.vllm.tensorParallelSize <= self.resources.gpus",
-                    "message": "vllm.tensorParallelSize must not exceed resources.gpus",
-                }
-            ]
-        }
-    }
+    model_config = with_rules(cel("!has(self.vllm) || !has(self.resources) || self.resources.gpus == 0 "
+                                  "|| self.vllm.tensorParallelSize <= self.resources.gpus",
+                                  "vllm.tensorParallelSize must not exceed resources.gpus"))
 
     base_model: BaseModelSource = Field(description="The model vLLM serves; adapters must be trained on it.")
     adapters: list[AdapterSource] = Field(
