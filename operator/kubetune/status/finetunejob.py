@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -97,6 +98,20 @@ def _preemption(pod: dict[str, Any], checkpoints: list[dict[str, Any]]) -> str:
     resume = f"resuming from checkpoint {steps[-1]}" if steps else "restarting from the beginning (no checkpoint was saved yet)"
     counted = ("" if why else " Without a disruption condition this counts against spec.backoffLimit.")
     return f"Pod {pod['metadata']['name']} preempted{cause}, {resume}.{counted}"
+
+
+def _restarting(obs: Observed, pods: list[dict[str, Any]], preempted: Callable[[str], str],
+                failed: Callable[[int, str, str], str]) -> str | None:
+    """The message of a restart, worded by the caller: preempted(what _preemption says) when the last of the
+    ended `pods` was preempted, else failed(attempts failed so far, reason, message of the last) when an
+    attempt failed; None when neither."""
+    last = _last_ended(pods)
+    if last is not None and _preempted(last):
+        return preempted(_preemption(last, obs.checkpoints))
+    earlier = _failed_pods(obs.pods)
+    if earlier:
+        return failed(len(earlier), *_describe_failure(earlier[-1]))
+    return None
 
 
 def _describe_failure(pod: dict[str, Any] | None) -> tuple[str, str]:
@@ -223,14 +238,11 @@ def _verdict(obs: Observed, previous: dict[str, Any]) -> Verdict:
         if (why := _disruption(pod)) is not None:
             msg = f"Pod {pod['metadata']['name']} is being preempted ({why.get('reason', 'DisruptionTarget')}): saving a checkpoint."
             return v((TRUE, Reason.RESTARTING, msg), (UNKNOWN, Reason.RESTARTING, msg), no_failure, not_suspended)
-        last = _last_ended([p for p in obs.pods if p not in running])
-        if last is not None and _preempted(last):
-            msg = f"Training on pod {pod['metadata']['name']}. {_preemption(last, obs.checkpoints)}"
-            return v((TRUE, Reason.RESTARTING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
-        earlier = _failed_pods(obs.pods)
-        if earlier:
-            prev_reason, prev_msg = _describe_failure(earlier[-1])
-            msg = f"Training on pod {pod['metadata']['name']}, resumed after attempt {len(earlier)} failed ({prev_reason}): {prev_msg}"
+        name = pod["metadata"]["name"]
+        msg = _restarting(obs, [p for p in obs.pods if p not in running],
+                          lambda preemption: f"Training on pod {name}. {preemption}",
+                          lambda n, reason, said: f"Training on pod {name}, resumed after attempt {n} failed ({reason}): {said}")
+        if msg is not None:
             return v((TRUE, Reason.RESTARTING, msg), (UNKNOWN, Reason.TRAINING, msg), no_failure, not_suspended)
         nodes = int(job["spec"].get("completions") or 1)
         if nodes > 1:  # a multi-node run: say how many of its pods train
@@ -243,15 +255,10 @@ def _verdict(obs: Observed, previous: dict[str, Any]) -> Verdict:
         if done:
             msg = f"The trainer on pod {done[-1]['metadata']['name']} finished; waiting for the Job to complete."
             return v((FALSE, Reason.FINISHING, msg), (UNKNOWN, Reason.FINISHING, msg), no_failure, not_suspended)
-        last = _last_ended(obs.pods)
-        if last is not None and _preempted(last):
-            msg = f"{_preemption(last, obs.checkpoints)} Waiting for the Job to start the next pod."
-            return v((FALSE, Reason.RESTARTING, msg), (UNKNOWN, Reason.RESTARTING, msg), no_failure, not_suspended)
-        earlier = _failed_pods(obs.pods)
-        if earlier:
-            prev_reason, prev_msg = _describe_failure(earlier[-1])
-            msg = (f"Attempt {len(earlier)} failed ({prev_reason}): {prev_msg} Waiting for the Job to start the next pod "
-                   f"(spec.backoffLimit {job['spec'].get('backoffLimit', 0)}).")
+        msg = _restarting(obs, obs.pods, lambda preemption: f"{preemption} Waiting for the Job to start the next pod.",
+                          lambda n, reason, said: f"Attempt {n} failed ({reason}): {said} Waiting for the Job to start the next pod "
+                                                  f"(spec.backoffLimit {job['spec'].get('backoffLimit', 0)}).")
+        if msg is not None:
             return v((FALSE, Reason.RESTARTING, msg), (UNKNOWN, Reason.RESTARTING, msg), no_failure, not_suspended)
     msg = "Waiting for the training pod to start."
     if active:
