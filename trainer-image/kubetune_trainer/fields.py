@@ -5,6 +5,7 @@ kubetune_trainer.llamafactory (LLaMA-Factory's alpaca and sharegpt shapes)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,17 @@ def type_name(value: Any) -> str:
     """A value's JSON type name (object, array, string, number, boolean, null)."""
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def objects(items: list, field: str, problems: list[str], keys: str = "") -> Iterator[tuple[int, str, dict]]:
+    """(i, "field[i]", item) for each object among `items`; any other item is skipped, its problem added to
+    `problems`: "field[i] must be an object[ with <keys>] (got <type>)"."""
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        if isinstance(item, dict):
+            yield i, where, item
+        else:
+            problems.append(f"{where} must be an object{' with ' + keys if keys else ''} (got {type_name(item)})")
 
 
 def string(record: dict, field: str, *, required: bool = True, allow_empty: bool = False) -> tuple[str | None, list[str]]:

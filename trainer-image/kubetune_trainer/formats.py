@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import llamafactory, openai_chat
-from .fields import DEFAULT_NAMES, Names, Result, show, string, type_name
+from .fields import DEFAULT_NAMES, Names, Result, objects, show, string, type_name
 from .llamafactory import check_alpaca, check_sharegpt
 
 __all__ = ["CHAT_FORMATS", "CHECKERS", "COLUMNS_USED", "DEFAULT_NAMES", "TAGGED_FORMATS", "Names", "Result",
@@ -93,11 +93,7 @@ def check_messages(value: Any, field: str, *, role_key: str = "role", content_ke
         return None, [f"{field} must not be empty"]
     problems: list[str] = []
     out = []
-    for i, message in enumerate(value):
-        where = f"{field}[{i}]"
-        if not isinstance(message, dict):
-            problems.append(f"{where} must be an object with {role_key} and {content_key} (got {type_name(message)})")
-            continue
+    for i, where, message in objects(value, field, problems, f"{role_key} and {content_key}"):
         role = message.get(role_key)
         content = message.get(content_key)
         if role is None:

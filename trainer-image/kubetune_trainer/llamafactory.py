@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import openai_chat
-from .fields import DEFAULT_NAMES, Names, Result, show, string, type_name
+from .fields import DEFAULT_NAMES, Names, Result, objects, show, string, type_name
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 TOOL_TURNS = ("function_call", "observation")
@@ -77,11 +77,8 @@ def _turns(value: Any, field: str, names: Names, *, ends_with: str, tools: bool)
     start = 1 if kinds[0] == "system" else 0
     problems: list[str] = []
     out: list[dict[str, str]] = []
-    for i, (message, kind) in enumerate(zip(value, kinds)):
-        where = f"{field}[{i}]"
-        if not isinstance(message, dict):
-            problems.append(f"{where} must be an object with {t.role} and {t.content} (got {type_name(message)})")
-            continue
+    for i, where, message in objects(value, field, problems, f"{t.role} and {t.content}"):
+        kind = kinds[i]
         role, content = message.get(t.role), message.get(t.content)
         expected = "user" if (i - start) % 2 == 0 else "assistant"
         if role is None:

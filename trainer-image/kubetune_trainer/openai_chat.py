@@ -28,6 +28,8 @@ import json
 import re
 from typing import Any
 
+from .fields import objects, type_name
+
 Result = tuple[dict[str, Any] | None, list[str]]
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -47,11 +49,6 @@ def uses_tools(record: dict, field: str = "messages") -> bool:
         for m in messages)
 
 
-def _kind(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
-
-
 def _json(value: Any, where: str, expect: type) -> tuple[Any, list[str]]:
     """A value that may arrive as JSON text (OpenAI's arguments, LLaMA-Factory's tools) -> the parsed value."""
     if isinstance(value, str):
@@ -60,7 +57,7 @@ def _json(value: Any, where: str, expect: type) -> tuple[Any, list[str]]:
         except json.JSONDecodeError as exc:
             return None, [f"{where} is not valid JSON: {exc.msg} (column {exc.colno})"]
     if not isinstance(value, expect):
-        return None, [f"{where} must be a JSON {'object' if expect is dict else 'array'} (got {_kind(value)})"]
+        return None, [f"{where} must be a JSON {'object' if expect is dict else 'array'} (got {type_name(value)})"]
     return value, []
 
 
@@ -82,11 +79,7 @@ def check_tools(value: Any, field: str = "tools") -> tuple[list[dict] | None, li
     if problems:
         return None, problems
     out, names = [], []
-    for i, tool in enumerate(tools):
-        where = f"{field}[{i}]"
-        if not isinstance(tool, dict):
-            problems.append(f"{where} must be an object (got {_kind(tool)})")
-            continue
+    for _, where, tool in objects(tools, field, problems):
         if "function" in tool or "type" in tool:
             if tool.get("type") != "function":
                 problems.append(f"{where}.type must be \"function\" (got {tool.get('type')!r})")
@@ -95,7 +88,7 @@ def check_tools(value: Any, field: str = "tools") -> tuple[list[dict] | None, li
         else:
             function = tool
         if not isinstance(function, dict):
-            problems.append(f"{where} must be an object with name, description, parameters (got {_kind(function)})")
+            problems.append(f"{where} must be an object with name, description, parameters (got {type_name(function)})")
             continue
         name = function.get("name")
         if not isinstance(name, str) or not FUNCTION_NAME.match(name):
@@ -104,9 +97,9 @@ def check_tools(value: Any, field: str = "tools") -> tuple[list[dict] | None, li
             problems.append(f"{where}.name {name!r} is defined twice")
         names.append(name)
         if "description" in function and not isinstance(function["description"], str):
-            problems.append(f"{where}.description must be a string (got {_kind(function['description'])})")
+            problems.append(f"{where}.description must be a string (got {type_name(function['description'])})")
         if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
-            problems.append(f"{where}.parameters must be a JSON Schema object (got {_kind(function['parameters'])})")
+            problems.append(f"{where}.parameters must be a JSON Schema object (got {type_name(function['parameters'])})")
         if function.get("strict") is not None and not isinstance(function["strict"], bool):
             problems.append(f"{where}.strict must be true or false (got {function['strict']!r})")
         out.append(served_form(function))
@@ -128,7 +121,7 @@ def _check_arguments(arguments: dict, function: dict | None, where: str) -> list
 def check_tool_calls(value: Any, where: str, tools: dict[str, dict] | None) -> tuple[list[dict] | None, list[str]]:
     """An assistant's tool_calls (OpenAI shape) -> [{"id"?, "type", "function": {"name", "arguments": object}}]."""
     if not isinstance(value, list) or not value:
-        return None, [f"{where} must be a non-empty list of calls (got {_kind(value)})"]
+        return None, [f"{where} must be a non-empty list of calls (got {type_name(value)})"]
     out, problems = [], []
     for j, call in enumerate(value):
         at = f"{where}[{j}]"
@@ -159,7 +152,7 @@ def _content(message: dict, role: str, where: str, calls: bool) -> tuple[str | N
     if isinstance(content, list):
         return None, [f"{where}.content: content parts (a list) are not supported for training; give the text as a string"]
     if not isinstance(content, str):
-        return None, [f"{where}.content must be a string (got {_kind(content)})"]
+        return None, [f"{where}.content must be a string (got {type_name(content)})"]
     if not content.strip() and role in ("user", "assistant") and not calls:
         return None, [f"{where}.content must not be empty"]
     return content, []
@@ -189,14 +182,10 @@ def check_chat(record: dict, *, field: str = "messages", keys: tuple[str, str] =
         problems.append(f"parallel_tool_calls must be true or false (got {parallel!r})")
     value = record.get(field)
     if not isinstance(value, list) or not value:
-        return None, problems + [f"{field} must be a non-empty list of messages (got {_kind(value)})"]
+        return None, problems + [f"{field} must be a non-empty list of messages (got {type_name(value)})"]
     out: list[dict] = []
     pending: dict[str, Any] | None = None  # the open tool calls: {"at", "ids", "left"}
-    for i, message in enumerate(value):
-        where = f"{field}[{i}]"
-        if not isinstance(message, dict):
-            problems.append(f"{where} must be an object with {keys[0]} and {keys[1]} (got {_kind(message)})")
-            continue
+    for i, where, message in objects(value, field, problems, f"{keys[0]} and {keys[1]}"):
         role = message.get("role")
         if role not in ROLES:
             hint = " (the legacy function role: use tool_calls and tool messages)" if role == "function" else ""
@@ -211,7 +200,7 @@ def check_chat(record: dict, *, field: str = "messages", keys: tuple[str, str] =
         if "function_call" in message:
             problems.append(f"{where}.function_call is OpenAI's legacy form: use tool_calls")
         if "name" in message and not isinstance(message["name"], str):
-            problems.append(f"{where}.name must be a string (got {_kind(message['name'])})")
+            problems.append(f"{where}.name must be a string (got {type_name(message['name'])})")
         calls = None
         if message.get("tool_calls") is not None:
             if role != "assistant":
@@ -296,13 +285,9 @@ def check_sharegpt_tools(record: dict, *, field: str = "conversations", role_key
     roles = roles or SHAREGPT_TOOL_ROLES
     turns = record.get(field)
     if not isinstance(turns, list) or not turns:
-        return None, [f"{field} must be a non-empty list of messages (got {_kind(turns)})"]
+        return None, [f"{field} must be a non-empty list of messages (got {type_name(turns)})"]
     messages, problems = [], []
-    for i, turn in enumerate(turns):
-        where = f"{field}[{i}]"
-        if not isinstance(turn, dict):
-            problems.append(f"{where} must be an object with {role_key} and {content_key} (got {_kind(turn)})")
-            continue
+    for _, where, turn in objects(turns, field, problems, f"{role_key} and {content_key}"):
         kind = roles.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
         if kind is None:
             problems.append(f"{where}.{role_key} must be one of {','.join(roles)} (got {turn.get(role_key)!r})")
