@@ -43,10 +43,10 @@ def parse_desired(text: str, origin: str) -> Update:
                             + "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()))
 
 
+@dataclass(eq=False)
 class FileSource:
-    def __init__(self, path: Path, interval: float = 0.2) -> None:
-        self.path = path
-        self.interval = interval
+    path: Path
+    interval: float = 0.2
 
     async def updates(self) -> AsyncIterator[Update]:
         last_key: object = None
@@ -70,16 +70,18 @@ class FileSource:
             await asyncio.sleep(self.interval)
 
 
+@dataclass(eq=False)
 class ConfigMapSource:
-    def __init__(self, connection: KubeConnection, namespace: str, name: str, key: str,
-                 watch_timeout: int = 290, max_backoff: float = 30.0) -> None:
-        self.connection = connection
-        self.namespace = namespace
-        self.name = name
-        self.key = key
-        self.watch_timeout = watch_timeout
-        self.max_backoff = max_backoff
-        self.origin = f"ConfigMap {namespace}/{name} key {key}"
+    connection: KubeConnection
+    namespace: str
+    name: str
+    key: str
+    watch_timeout: int = 290
+    max_backoff: float = 30.0
+
+    @property
+    def origin(self) -> str:
+        return f"ConfigMap {self.namespace}/{self.name} key {self.key}"
 
     @property
     def url(self) -> str:
