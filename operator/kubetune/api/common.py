@@ -155,6 +155,14 @@ class KubeModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+class KubeObject(KubeModel):
+    """A kubetune custom resource: apiVersion, kind, metadata; each kind narrows `kind` and adds spec and status."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(default="kubetune.io/v1alpha1", description="API version.")
+    kind: str = Field(description="Kind.")
+    metadata: dict = Field(default_factory=dict, description="Standard object metadata.")
+
+
 def _check_uri_path(value: str | None) -> str | None:
     """Reject `..` segments: a URI must never climb out of its bucket prefix or claim."""
     if value is not None and ".." in re.split(r"[/\\]", value.split("://", 1)[-1]):

@@ -19,6 +19,7 @@ from .common import (
     ComputeResources,
     Condition,
     KubeModel,
+    KubeObject,
     ObjectStorage,
     Quantity,
     Scheduling,
@@ -467,11 +468,9 @@ class FineTuneJobStatus(KubeModel):
                                      "truncated examples, planned steps, estimated tokens and peak GPU memory.")
 
 
-class FineTuneJob(KubeModel):
+class FineTuneJob(KubeObject):
     """A fine-tuning run that publishes an adapter (or full model) to object storage."""
 
-    api_version: Literal["kubetune.io/v1alpha1"] = Field(default="kubetune.io/v1alpha1", description="API version.")
     kind: Literal["FineTuneJob"] = Field(default="FineTuneJob", description="Kind.")
-    metadata: dict = Field(default_factory=dict, description="Standard object metadata.")
     spec: FineTuneJobSpec = Field(description="Desired fine-tune.")
     status: FineTuneJobStatus | None = Field(default=None, description="Observed state.")

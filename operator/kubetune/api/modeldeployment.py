@@ -16,6 +16,7 @@ from .common import (
     ComputeResources,
     Condition,
     KubeModel,
+    KubeObject,
     ObjectStorage,
     Scheduling,
     SecretKeyRef,
@@ -249,11 +250,9 @@ class ModelDeploymentStatus(KubeModel):
     )
 
 
-class ModelDeployment(KubeModel):
+class ModelDeployment(KubeObject):
     """vLLM serving of a base model plus LoRA adapters, with an OpenAI-compatible endpoint."""
 
-    api_version: Literal["kubetune.io/v1alpha1"] = Field(default="kubetune.io/v1alpha1", description="API version.")
     kind: Literal["ModelDeployment"] = Field(default="ModelDeployment", description="Kind.")
-    metadata: dict = Field(default_factory=dict, description="Standard object metadata.")
     spec: ModelDeploymentSpec = Field(description="Desired serving deployment.")
     status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")
