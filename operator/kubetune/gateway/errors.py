@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..clients.kube import KubeError
+
 log = logging.getLogger(__name__)
 
 # HTTP status -> OpenAI's error `type`.
@@ -85,6 +87,19 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}"
         return _respond(OpenAIError(exc.status_code, message, code="unknown_url" if exc.status_code == 404 else None))
+
+    @app.exception_handler(KubeError)
+    async def _kube(request: Request, exc: KubeError) -> JSONResponse:
+        # The API server refused the gateway's ServiceAccount: the key's namespace is not a tenant namespace
+        # (the chart binds the gateway's rights there only), or the object changed meanwhile.
+        if exc.status == 403:
+            log.warning("API server denied %s %s: %s", request.method, request.url.path, exc)
+            return _respond(forbidden("This key's project is not served by this gateway (no access to its namespace).",
+                                      code="namespace_not_served"))
+        if exc.status == 409:
+            return _respond(OpenAIError(409, "The object changed meanwhile; retry.", code="conflict"))
+        log.error("API server error on %s %s: %s", request.method, request.url.path, exc)
+        return _respond(OpenAIError(503, "The cluster API is unavailable; retry shortly.", code="service_unavailable"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,7 @@ a request costs one GET by name, and the gateway needs `get` on Secrets in its o
     apiVersion: v1
     kind: Secret
     metadata: {name: kubetune-key-<hash[:20]>, namespace: <keysNamespace>, labels: {kubetune.io/gateway-api-key: "true"}}
-    stringData:
+    data:                               # base64 of:
       sha256: <hex SHA-256 of the key>
       namespace: team-a
       limits: '{"maxConcurrentJobs": 2, "maxGpusPerJob": 1, "allowedBaseModels": ["smollm2-135m"], "allowedMethods": ["supervised", "dpo"]}'
@@ -84,7 +84,8 @@ def key_secret(key: str, namespace: str, limits: TenantLimits, keys_namespace: s
     digest = key_hash(key)
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": secret_name(digest), "namespace": keys_namespace, "labels": {LABEL_API_KEY: "true"}},
-            "stringData": {"sha256": digest, "namespace": namespace, "limits": json.dumps(limits.to_dict())}}
+            "data": {key_: base64.b64encode(value.encode()).decode() for key_, value in
+                     {"sha256": digest, "namespace": namespace, "limits": json.dumps(limits.to_dict())}.items()}}
 
 
 def tenant_of_secret(secret: dict[str, Any], digest: str) -> Tenant | None:
