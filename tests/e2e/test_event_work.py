@@ -30,3 +30,20 @@ def test_a_create_writes_status_once_and_invokes_two_handlers(cluster, operator,
     invoked = sorted(f"{r.k8s_ref['kind']}: {r.getMessage()}" for r in caplog.records
                      if r.name == "kopf.objects" and r.getMessage().startswith("Handler ") and "succeeded" in r.getMessage())
     assert invoked == ["FineTuneJob: Handler 'reconcile_finetunejob' succeeded.", "Job: Handler 'child_changed' succeeded."]
+
+
+CHILD_KINDS = {"configmaps", "serviceaccounts", "services", "pods", "jobs.batch", "deployments.apps",
+               "roles.rbac.authorization.k8s.io", "rolebindings.rbac.authorization.k8s.io"}
+
+
+def test_the_children_s_kinds_are_watched_for_the_operator_s_own_objects_only(cluster, operator, emulator):
+    """The API server filters by the operator's label: the cluster's other Pods, ConfigMaps, ... never reach kopf."""
+    def watches() -> dict[str, set[str | None]]:
+        found: dict[str, set[str | None]] = {}
+        for r in emulator.requests:
+            if r.verb in ("watch", "list") and r.resource in CHILD_KINDS:
+                found.setdefault(r.resource, set()).add(r.query.get("labelSelector"))
+        return found
+
+    found = wait_for(lambda: (w := watches()).keys() == CHILD_KINDS and w, what="the children's watches")
+    assert found == {kind: {"app.kubernetes.io/managed-by=kubetune"} for kind in CHILD_KINDS}

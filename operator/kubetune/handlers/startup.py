@@ -11,6 +11,11 @@ from ..api import constants as c
 from .runtime import reset
 
 
+CHILD_RESOURCES = [("", "v1", "configmaps"), ("", "v1", "serviceaccounts"), ("", "v1", "services"), ("", "v1", "pods"),
+                   ("batch", "v1", "jobs"), ("apps", "v1", "deployments"), ("rbac.authorization.k8s.io", "v1", "roles"),
+                   ("rbac.authorization.k8s.io", "v1", "rolebindings")]
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     reset()
@@ -20,6 +25,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = c.FINALIZER
+    # The children's kinds are watched for the operator's own objects only (its label, filtered by the API server):
+    # kopf filters a handler's labels= client-side, so every Pod, ConfigMap, ... of the cluster went through its
+    # per-event worker. Every handler on these kinds asks for this label (MANAGED, TRAINER, PREFLIGHT, SERVING).
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY_VALUE}"
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
