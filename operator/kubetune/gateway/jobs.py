@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from kubetune_storage import StorageError
@@ -37,10 +37,10 @@ class Strict(BaseModel):
 
 
 class Hyper(Strict):
-    batch_size: Literal["auto"] | int = Field(default="auto", ge=1, le=1024)
-    learning_rate_multiplier: Literal["auto"] | float = Field(default="auto", gt=0, le=100)
-    n_epochs: Literal["auto"] | int = Field(default="auto", ge=1, le=100)
-    beta: Literal["auto"] | float = Field(default="auto", gt=0, le=100)
+    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = "auto"
+    learning_rate_multiplier: Literal["auto"] | Annotated[float, Field(gt=0, le=100)] = "auto"
+    n_epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=100)] = "auto"
+    beta: Literal["auto"] | Annotated[float, Field(gt=0, le=100)] = "auto"
 
 
 class MethodOptions(Strict):

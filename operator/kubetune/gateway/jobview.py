@@ -165,6 +165,8 @@ def job_events(ftj: dict[str, Any], kube_events: list[dict[str, Any]]) -> list[d
         out.append(_event(f"ftevent-{name}-evaluation", unix(st.get("completionTime")) or updated,
                           f"Evaluation: validation loss {base} (base model) -> {final} (fine-tuned)", type_="metrics",
                           data={"baseline_valid_loss": base, "valid_loss": final}))
+    for ev in out:  # nothing of a job happens before it exists (clocks differ: trainer pods, Job controller)
+        ev["created_at"] = max(ev["created_at"], created)
     order = {ev["id"]: i for i, ev in enumerate(out)}
     return sorted(out, key=lambda ev: (ev["created_at"], order[ev["id"]]), reverse=True)
 
