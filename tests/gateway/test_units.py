@@ -1,0 +1,75 @@
+"""Pure parts of the gateway: the status mapping, model names, key Secrets, settings."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+
+import pytest
+import yaml
+
+from kubetune.cli import main
+from kubetune.gateway import jobview
+from kubetune.gateway.settings import load_settings
+from kubetune.gateway.tenancy import key_hash, tenant_of_secret
+
+
+def ftj(conditions=(), **spec):
+    return {"metadata": {"name": "ftjob-" + "a" * 24, "namespace": "team-a"}, "spec": spec,
+            "status": {"conditions": [{"type": t, "status": s, "reason": r, "message": ""} for t, s, r in conditions]}}
+
+
+@pytest.mark.parametrize("conds, spec, expected", [
+    ((), {}, "validating_files"),
+    ((("Running", "False", "Validating"), ("Failed", "False", "NoFailure")), {}, "validating_files"),
+    ((("Running", "False", "Pending"), ("Succeeded", "Unknown", "Pending")), {}, "queued"),
+    ((("Running", "False", "Suspended"), ("Suspended", "True", "Suspended")), {"suspend": True}, "queued"),
+    ((("Running", "False", "Queued"),), {}, "queued"),
+    ((("Running", "True", "Training"),), {}, "running"),
+    ((("Running", "False", "Cancelling"), ("Failed", "False", "NoFailure")), {"cancel": True}, "cancelled"),
+    ((("Failed", "True", "Cancelled"),), {"cancel": True}, "cancelled"),
+    ((("Failed", "True", "OOMKilled"),), {}, "failed"),
+    ((("Failed", "True", "OOMKilled"),), {"cancel": True}, "failed"),  # it failed before the cancel took effect
+    ((("Succeeded", "True", "Completed"), ("Failed", "False", "NoFailure")), {}, "succeeded"),
+])
+def test_status_mapping(conds, spec, expected):
+    assert jobview.openai_status(ftj(conds, **spec)) == expected
+
+
+def test_failed_job_error_names_the_data():
+    job = ftj([("Failed", "True", "ValidationFailed")])
+    job["status"]["conditions"][0]["message"] = "train.jsonl:3: messages[1].role ..."
+    job["spec"] = {"hyperparameters": {}}
+    job["metadata"]["annotations"] = {jobview.ANNOTATION: json.dumps({"model": "m", "training_file": "file-x"})}
+    error = jobview.job_object(job)["error"]
+    assert error == {"code": "invalid_training_file", "message": "train.jsonl:3: messages[1].role ...", "param": "training_file"}
+
+
+def test_model_name_round_trip():
+    job_id = "ftjob-" + "b" * 24
+    name = jobview.fine_tuned_model("tiny-chat", "team-a", None, job_id)
+    assert name == f"ft:tiny-chat:team-a::{job_id}" and jobview.job_of_model(name) == job_id
+    assert jobview.job_of_model("tiny-chat") is None and jobview.job_of_model("ft:a:b:c:ftjob-x") is None
+
+
+def test_cli_key_secret_holds_only_the_hash():
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        assert main(["gateway", "key", "--tenant", "team-a", "--model", "tiny-chat", "--max-concurrent-jobs", "3"]) == 0
+    key = err.getvalue().rsplit(": ", 1)[1].strip()
+    secret = yaml.safe_load(out.getvalue())
+    assert key not in out.getvalue()
+    tenant = tenant_of_secret(secret, key_hash(key))
+    assert tenant.namespace == "team-a" and tenant.limits.max_concurrent_jobs == 3
+    assert tenant.limits.allowed_base_models == ["tiny-chat"]
+    assert tenant_of_secret(secret, key_hash(key + "x")) is None
+
+
+def test_settings_refuse_unknown_keys(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("filesUri: s3://b/files\nbaseModel: {}\n")
+    with pytest.raises(SystemExit, match="baseModel"):
+        load_settings(path)
+    path.write_text("filesUri: s3://b/files\nbaseModels: {tiny: {uri: 's3://m/tiny', resources: {gpus: 1}}}\n")
+    assert load_settings(path).base_models["tiny"].resources.gpus == 1
