@@ -571,3 +571,24 @@ def test_crd_cel_rules_reject_like_the_api_server(emulator: Emulator, kind, spec
     good = {**spec, "resources": {"nodes": 2, "gpus": 8}} if "resources" in spec else None
     if good is not None:
         assert emulator.http("POST", f"/apis/kubetune.io/v1alpha1/namespaces/default/{kind}", {**body, "spec": good})[0] == 201
+
+
+def test_a_secrets_string_data_is_folded_into_data_on_create_and_update(emulator):
+    """The API server's Secret strategy: `stringData` is write-only, merged into `data` (base64, winning over
+    a `data` key of the same name) on create and on update; readers only ever see `data`."""
+    import base64
+
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "default"},
+              "data": {"a": base64.b64encode(b"old").decode(), "b": base64.b64encode(b"kept").decode()},
+              "stringData": {"a": "new"}}
+    created = emulator.create(secret)
+    assert "stringData" not in created
+    assert {k: base64.b64decode(v).decode() for k, v in created["data"].items()} == {"a": "new", "b": "kept"}
+    stored = emulator.get("", "v1", "secrets", "default", "s")
+    assert "stringData" not in stored and base64.b64decode(stored["data"]["a"]) == b"new"
+    updated = emulator.patch("", "v1", "secrets", "default", "s", {"stringData": {"c": "added"}})
+    assert "stringData" not in updated
+    assert base64.b64decode(updated["data"]["c"]) == b"added" and base64.b64decode(updated["data"]["b"]) == b"kept"
+    applied = emulator.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "t", "namespace": "default"},
+                              "stringData": {"key": "by-apply"}})  # server-side apply, as kubectl apply --server-side
+    assert "stringData" not in applied and base64.b64decode(applied["data"]["key"]) == b"by-apply"

@@ -6,6 +6,7 @@ restartPolicy/containers, the immutable Job template, and Deployment selector/la
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,8 +41,20 @@ def _check_pod_spec(rtype: ResourceType, name: str, spec: Any, path: str, restar
         raise errors.invalid_for(rtype, name, "; ".join(problems))
 
 
+def fold_string_data(rtype: ResourceType, obj: dict[str, Any]) -> None:
+    """A Secret's write-only `stringData` is merged into `data` (base64) and dropped, on create and on update,
+    as the API server's Secret strategy does: a reader only ever sees `data`."""
+    if _kind(rtype) != "/secrets" or "stringData" not in obj:
+        return
+    string_data = obj.pop("stringData") or {}
+    data = dict(obj.get("data") or {})
+    data.update({key: base64.b64encode(str(value).encode()).decode() for key, value in string_data.items()})
+    obj["data"] = data
+
+
 def default_and_validate_create(rtype: ResourceType, obj: dict[str, Any]) -> None:
     kind = _kind(rtype)
+    fold_string_data(rtype, obj)
     meta = obj["metadata"]
     name = meta["name"]
     spec = obj.setdefault("spec", {})
@@ -84,7 +97,8 @@ def default_and_validate_create(rtype: ResourceType, obj: dict[str, Any]) -> Non
                                          "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
 
 
-def validate_update(rtype: ResourceType, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+def validate_update(rtype: ResourceType, old: Mapping[str, Any], new: dict[str, Any]) -> None:
+    fold_string_data(rtype, new)
     if _kind(rtype) != "batch/jobs":
         return
     old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}

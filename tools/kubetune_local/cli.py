@@ -147,9 +147,8 @@ def api_key_of(lr: LocalRun, md: dict[str, Any]) -> str | None:
     if not ref or lr.emu is None:
         return None
     secret = lr.emu.get("", "v1", "secrets", md["metadata"].get("namespace", lr.namespace), ref["name"]) or {}
-    if ref["key"] in (secret.get("data") or {}):
-        return base64.b64decode(secret["data"][ref["key"]]).decode()
-    return (secret.get("stringData") or {}).get(ref["key"])
+    value = (secret.get("data") or {}).get(ref["key"])  # the API server folds stringData into data
+    return None if value is None else base64.b64decode(value).decode()
 
 
 def _serving_port(lr: LocalRun) -> int | None:

@@ -40,11 +40,8 @@ def spec_env(emu: Emulator, ns: str, pod: dict[str, Any], container: dict[str, A
             secret = "secretKeyRef" in source
             ref = source["secretKeyRef" if secret else "configMapKeyRef"]
             obj = emu.get("", "v1", "secrets" if secret else "configmaps", ns, ref["name"]) or {}
-            data = (obj.get("data") or {}).get(ref["key"])
-            if data is not None:
-                env[item["name"]] = base64.b64decode(data).decode() if secret else data
-            else:
-                env[item["name"]] = (obj.get("stringData") or {}).get(ref["key"]) or ""
+            data = (obj.get("data") or {}).get(ref["key"])  # the API server folds a Secret's stringData into data
+            env[item["name"]] = "" if data is None else base64.b64decode(data).decode() if secret else data
         elif "fieldRef" in source:
             env[item["name"]] = fields.get(source["fieldRef"]["fieldPath"], "")
     return env
@@ -104,7 +101,6 @@ class ContainerPods:
                            source["secretName" if kind == "secret" else "name"]) or {}
         data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()} if kind == "secret" else \
             {k: v.encode() for k, v in (obj.get("data") or {}).items()}
-        data |= {k: v.encode() for k, v in (obj.get("stringData") or {}).items()}
         items = {i["key"]: i["path"] for i in source.get("items") or []} or {k: k for k in data}
         for key, path in items.items():
             if key in data:
