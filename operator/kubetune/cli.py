@@ -158,6 +158,42 @@ def _add_gateway(sub) -> None:
     key.set_defaults(func=_gateway_key)
 
 
+def _usage(args: argparse.Namespace) -> int:
+    """GPU-hours and trained tokens from FineTuneJob status, inference tokens from the gateway (kubetune.gateway.usage)."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from .clients.kube import Kube
+    from .gateway import usage
+
+    now = datetime.now(timezone.utc)
+    try:
+        since = usage.parse_since(args.since, now) if args.since else None
+    except ValueError as exc:
+        print(f"kubetune usage: {exc}", file=sys.stderr)
+        return 2
+    where = f"/namespaces/{args.namespace}" if args.namespace else ""
+    ftjs = asyncio.run(Kube().request("GET", f"/apis/kubetune.io/v1alpha1{where}/finetunejobs")).get("items") or []
+    tokens: dict = {}
+    note = ""
+    if args.prometheus:
+        tokens = usage.tokens_from_prometheus(args.prometheus, usage.prometheus_query(args.namespace, since, now))
+    for url in args.gateway or []:
+        for key, value in usage.tokens_from_exposition(urllib_get(url), args.namespace).items():
+            tokens[key] = tokens.get(key, 0) + value
+        if since is not None:
+            note = "(inference tokens from --gateway are counted since each gateway replica started; use --prometheus for --since)"
+    print(usage.format_table(usage.usage_rows(ftjs, tokens, since), note), end="")
+    return 0
+
+
+def urllib_get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - an operator-given URL
+        return response.read().decode()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubetune", description="Fine-tuning and LoRA serving on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_local(sub)
     _add_data(sub)
     _add_gateway(sub)
+    use = sub.add_parser("usage", help="GPU-hours, trained and inference tokens per tenant (namespace) and model")
+    use.add_argument("-n", "--namespace", default=None, help="one tenant's namespace (default: all)")
+    use.add_argument("--since", default=None, help="jobs finished since (30m, 24h, 7d or RFC 3339); running jobs always count")
+    use.add_argument("--prometheus", default=None, help="Prometheus URL for inference tokens (over --since)")
+    use.add_argument("--gateway", action="append", help="a gateway replica's /metrics URL (repeatable)")
+    use.set_defaults(func=_usage)
 
     args = parser.parse_args(argv)
     return args.func(args)

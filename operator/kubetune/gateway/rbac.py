@@ -25,11 +25,20 @@ KEYS_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 ]
 
+# In each namespace of the platform's shared ModelDeployments (settings.baseModels.*.serving): read one to route
+# to it (status.endpoint, adapters' states), and add/remove a succeeded API job's adapter entry (a JSON patch of
+# that one entry of spec.adapters). Never create or delete ModelDeployments.
+SERVING_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [GROUP], "resources": ["modeldeployments"], "verbs": ["get", "patch"]},
+]
+
 ROLE_TENANT = "kubetune-gateway-tenant"
 ROLE_KEYS = "kubetune-gateway-keys"
+ROLE_SERVING = "kubetune-gateway-serving"
 
 
-def rbac_objects(service_account: str, sa_namespace: str, tenants: list[str]) -> list[dict[str, Any]]:
+def rbac_objects(service_account: str, sa_namespace: str, tenants: list[str],
+                 serving: list[str] = ()) -> list[dict[str, Any]]:
     """The ClusterRole (tenant rules, bound per tenant namespace only), the keys Role and the bindings."""
     subject = [{"kind": "ServiceAccount", "name": service_account, "namespace": sa_namespace}]
     out: list[dict[str, Any]] = [
@@ -45,5 +54,12 @@ def rbac_objects(service_account: str, sa_namespace: str, tenants: list[str]) ->
         out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                     "metadata": {"name": ROLE_TENANT, "namespace": namespace},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ROLE_TENANT},
+                    "subjects": subject})
+    for namespace in sorted(set(serving)):
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                    "metadata": {"name": ROLE_SERVING, "namespace": namespace}, "rules": SERVING_RULES})
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": {"name": ROLE_SERVING, "namespace": namespace},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE_SERVING},
                     "subjects": subject})
     return out

@@ -31,10 +31,20 @@ ENV_CONFIG = "KUBETUNE_GATEWAY_CONFIG"
 MAX_FILE_BYTES = 8 * 1024**3
 
 
+class ServingRef(KubeModel):
+    """A ModelDeployment, by namespace and name."""
+
+    namespace: str = Field(description="Its namespace.", max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    name: str = Field(description="Its name.", max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
 class BaseModelEntry(BaseModelSource):
     """A base model offered under a name (OpenAI's `model`), and how its jobs run."""
 
     resources: Resources | None = Field(default=None, description="spec.resources of jobs fine-tuning this model.")
+    serving: ServingRef | None = Field(default=None, description="The platform's shared ModelDeployment serving this base "
+                                       "model; API jobs on it that succeed are added to it as adapters (kubetune.gateway.models). "
+                                       "Empty: offered for fine-tuning only.")
 
 
 class GatewaySettings(KubeModel):
