@@ -68,9 +68,35 @@ async def _get(gw: Gateway, path: str) -> dict[str, Any] | None:
         raise OpenAIError(503, "The Kubernetes API is unavailable; retry shortly.", code="service_unavailable") from None
 
 
-async def deployment(gw: Gateway, base: str) -> dict[str, Any] | None:
+# Reads on the inference path are cached briefly, so a request costs no API-server call in the steady state: a
+# ModelDeployment for MD_TTL s (its status changes when adapters load; a loading wait reads it fresh), a job for
+# JOB_TTL s (its model cannot change once it succeeded; a DELETE through this replica drops the entry at once).
+MD_TTL, JOB_TTL = 1.0, 5.0
+
+
+def _cache(gw: Gateway) -> dict[str, tuple[float, dict[str, Any] | None]]:
+    """This app's cache (kept on its Gateway: two apps in one process share nothing)."""
+    return gw.__dict__.setdefault("_models_cache", {})
+
+
+async def _cached(gw: Gateway, path: str, ttl: float) -> dict[str, Any] | None:
+    cache = _cache(gw)
+    hit = cache.get(path)
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    found = await _get(gw, path)
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[path] = (time.monotonic() + ttl, found)
+    return found
+
+
+async def deployment(gw: Gateway, base: str, ttl: float = 0.0) -> dict[str, Any] | None:
     ref = gw.settings.base_models[base].serving
-    return await _get(gw, f"{API}/namespaces/{ref.namespace}/modeldeployments/{ref.name}") if ref else None
+    if ref is None:
+        return None
+    path = f"{API}/namespaces/{ref.namespace}/modeldeployments/{ref.name}"
+    return await (_cached(gw, path, ttl) if ttl else _get(gw, path))
 
 
 async def tenant_jobs(gw: Gateway, namespace: str) -> list[dict[str, Any]]:
@@ -186,12 +212,13 @@ def _base_allowed(gw: Gateway, who: Tenant, model: str) -> bool:
     return model in gw.settings.base_models and who.limits.allows_model(model)
 
 
-async def _own_job(gw: Gateway, who: Tenant, model: str) -> tuple[FineTunedName, dict[str, Any]]:
+async def _own_job(gw: Gateway, who: Tenant, model: str, cached: bool = False) -> tuple[FineTunedName, dict[str, Any]]:
     """The tenant's job behind an ft: name whose model exists (succeeded, not deleted); 404 otherwise."""
     name = parse_fine_tuned(model)
     if name is None or name.namespace != who.namespace:
         raise model_not_found(model)
-    ftj = await _get(gw, f"{API}/namespaces/{who.namespace}/finetunejobs/{name.job}")
+    path = f"{API}/namespaces/{who.namespace}/finetunejobs/{name.job}"
+    ftj = await (_cached(gw, path, JOB_TTL) if cached else _get(gw, path))
     if ftj is None or _servable(gw, ftj) != name:
         raise model_not_found(model)
     return name, ftj
@@ -227,6 +254,7 @@ async def delete_model(model: str, who: TenantDep, gw: GatewayDep) -> dict[str, 
                           "deleted.", param="model", code="model_not_deletable")
     name, ftj = await _own_job(gw, who, model)
     await gw.kube.merge_patch(ftj, {"metadata": {"annotations": {ANNOTATION_MODEL_DELETED: "true"}}})
+    _cache(gw).pop(f"{API}/namespaces/{who.namespace}/finetunejobs/{name.job}", None)
     if gw.settings.base_models[name.base].serving is not None:
         await _patch_entries(gw, name.base, adapter_name(name.namespace, name.job), None)
     return {"id": model, "object": "model", "deleted": True}
@@ -242,19 +270,22 @@ async def resolve(gw: Gateway, who: Tenant, model: str, wait: float = ROUTE_WAIT
         if gw.settings.base_models[model].serving is None:
             raise OpenAIError(404, f"The model `{model}` is offered for fine-tuning only: no deployment serves it.",
                               param="model", code="model_not_found")
-        found = route_base(await deployment(gw, model))
-        return _routed(model, found)
-    name, ftj = await _own_job(gw, who, model)
+        return _routed(model, route_base(await deployment(gw, model, MD_TTL)))
+    name, ftj = await _own_job(gw, who, model, cached=True)
     if gw.settings.base_models[name.base].serving is None:
         raise OpenAIError(404, f"The model `{model}` is not served: its base model `{name.base}` is offered for "
                           "fine-tuning only.", param="model", code="model_not_found")
     adapter = adapter_name(name.namespace, name.job)
+    ttl = MD_TTL
     while True:
-        md = await deployment(gw, name.base)
+        md = await deployment(gw, name.base, ttl)
+        found = route_adapter(md, adapter)
+        if isinstance(found, Route):
+            return found
         if md is not None:
             await serve(gw, ftj, md)
-        found = route_adapter(md, adapter)
-        if isinstance(found, Route) or found.miss != Miss.LOADING or time.monotonic() >= deadline:
+        ttl = 0.0  # not routable from what was cached: read fresh from now on
+        if found.miss != Miss.LOADING or time.monotonic() >= deadline:
             return _routed(model, found)
         await asyncio.sleep(0.25)
 
