@@ -61,6 +61,7 @@ def on_create(store: Store, rtype: ResourceType, obj: dict[str, Any]) -> None:
 def after_create(store: Store, rtype: ResourceType, obj: dict[str, Any]) -> None:
     if _is_crd(rtype):
         _serve_crd(store, obj)
+    collect_if_owners_absent(store, rtype, obj)
 
 
 def on_update(store: Store, rtype: ResourceType, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -74,6 +75,7 @@ def on_update(store: Store, rtype: ResourceType, old: dict[str, Any], new: dict[
 def after_update(store: Store, rtype: ResourceType, obj: dict[str, Any]) -> None:
     if _is_crd(rtype):
         _serve_crd(store, obj)
+    collect_if_owners_absent(store, rtype, obj)
 
 
 def check_deletable(store: Store, rtype: ResourceType, obj: dict[str, Any]) -> None:
@@ -131,6 +133,14 @@ def finalize_namespace(store: Store, name: str) -> None:
 
 
 # Garbage collection ------------------------------------------------------------------------------
+# The kube-controller-manager's garbage collector, by its documented behaviour
+# (https://kubernetes.io/docs/concepts/architecture/garbage-collection/#owners-dependents): "the garbage
+# collector deletes dependents whose owners are absent", whenever that is found: when an owner is deleted,
+# and when a dependent is created or updated with owners that no longer exist (its uid names an object that
+# is gone). An owner is looked up as the collector does: by kind and name (in the dependent's namespace for a
+# namespaced kind, cluster-wide otherwise), then compared by uid, so one re-created under the same name is
+# absent. A dependent with live owners only loses the references to absent ones. A reference the collector
+# cannot resolve (a kind not served, a namespaced owner of a cluster-scoped dependent) keeps its dependent.
 
 def _dependents(store: Store, uid: str) -> list[tuple[ResourceType, dict[str, Any]]]:
     found = []
@@ -143,6 +153,39 @@ def _dependents(store: Store, uid: str) -> list[tuple[ResourceType, dict[str, An
     return found
 
 
+def owner_absent(store: Store, namespace: str | None, ref: dict[str, Any]) -> bool:
+    """Whether the garbage collector finds the owner `ref` of a dependent in `namespace` (None: cluster-scoped)
+    absent: no object of its kind by its name there, or one with another uid."""
+    owner_rtype = store.registry.by_kind(str(ref.get("apiVersion", "")), str(ref.get("kind", "")))
+    if owner_rtype is None or (owner_rtype.namespaced and not namespace):
+        return False  # unresolvable: the collector reports it and leaves the dependent alone
+    found = store.find(owner_rtype, namespace if owner_rtype.namespaced else None, str(ref.get("name", "")))
+    return found is None or found["metadata"].get("uid") != ref.get("uid")
+
+
+def collect_if_owners_absent(store: Store, rtype: ResourceType, obj: dict[str, Any], gone: str | None = None) -> None:
+    """Delete `obj` (background) if all its owners are absent, else drop its references to absent ones. Runs after
+    every create and update (a dependent created after its owner was deleted goes at once) and for each dependent
+    of a deleted owner. `gone`: an owner uid to treat as absent although still stored (foreground deletion)."""
+    meta = obj["metadata"]
+    if not meta.get("ownerReferences"):
+        return
+    namespace = meta.get("namespace") if rtype.namespaced else None
+    current = store.find(rtype, namespace, meta["name"])  # an earlier collection may have changed or removed it
+    if current is None or current["metadata"].get("uid") != meta["uid"]:
+        return
+    refs = current["metadata"].get("ownerReferences") or []
+    absent = [ref for ref in refs if ref.get("uid") == gone or owner_absent(store, namespace, ref)]
+    if not absent:
+        return
+    if len(absent) < len(refs):
+        remaining = [ref for ref in refs if ref not in absent]
+        store.patch(rtype, namespace, meta["name"], "application/merge-patch+json",
+                    {"metadata": {"ownerReferences": remaining}})
+    elif not current["metadata"].get("deletionTimestamp"):
+        store.delete(rtype, namespace, meta["name"], {"propagationPolicy": "Background"})
+
+
 def collect_dependents(store: Store, uid: str, *, force: bool = False) -> None:
     """
     Background propagation: dependents whose owners are all gone are deleted (recursively,
@@ -150,18 +193,7 @@ def collect_dependents(store: Store, uid: str, *, force: bool = False) -> None:
     ``force`` treats ``uid`` as gone even if it is still stored (foreground deletion).
     """
     for rtype, child in _dependents(store, uid):
-        meta = child["metadata"]
-        refs = meta.get("ownerReferences") or []
-        alive = [ref for ref in refs if ref.get("uid") != uid and ref.get("uid") in store.uids]
-        current = store.find(rtype, meta.get("namespace"), meta["name"])
-        if current is None or current["metadata"].get("uid") != meta["uid"]:
-            continue
-        if alive:
-            remaining = [ref for ref in refs if ref.get("uid") != uid]
-            store.patch(rtype, meta.get("namespace"), meta["name"], "application/merge-patch+json",
-                        {"metadata": {"ownerReferences": remaining}})
-        elif not current["metadata"].get("deletionTimestamp"):
-            store.delete(rtype, meta.get("namespace"), meta["name"], {"propagationPolicy": "Background"})
+        collect_if_owners_absent(store, rtype, child, uid if force else None)
 
 
 def orphan_dependents(store: Store, uid: str) -> None:
