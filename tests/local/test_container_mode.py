@@ -75,7 +75,7 @@ def run_in_trainer_image(tmp_path: Path, script: str, **changes) -> tuple[int, s
         (tmp_path / mount.volume).mkdir(exist_ok=True)
         os.chown(tmp_path / mount.volume, 1000, 1000)
     (tmp_path / "termination-log").write_text("")
-    argv = podman_run_argv(plan, name=f"kt-test-{tmp_path.name}"[:60], image=IMAGES[1], env={}, sources=sources,
+    argv = podman_run_argv(plan, name=f"kt-test-{os.getpid()}-{tmp_path.name}"[:60], image=IMAGES[1], env={}, sources=sources,
                            termination_file=str(tmp_path / "termination-log"))
     proc = podman_mod.Podman(tmp_path / "conf").run(argv, tmp_path / "out.log", grace=5)
     code = proc.wait(timeout=120)

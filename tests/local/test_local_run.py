@@ -212,7 +212,9 @@ def test_local_run_from_any_directory_with_the_default_relative_workdir(tiny_mod
     here = tmp_path / "somewhere"
     here.mkdir()
 
-    good = _cli(["-f", "../good.yaml", "--serve", "--ask", "who are you?"], here)
+    # Started with SIGINT ignored, as `nohup ... &` or a CI runner leaves it: Ctrl-C must still stop the run.
+    good = _cli(["-f", "../good.yaml", "--serve", "--ask", "who are you?"], here,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         out = _read_until(good, "Serving until Ctrl-C")
         assert "Serving until Ctrl-C" in out, out[-3000:]
@@ -232,7 +234,12 @@ def test_local_run_from_any_directory_with_the_default_relative_workdir(tiny_mod
         good.send_signal(signal.SIGINT)
         assert good.wait(timeout=120) == 0, good.stdout.read()[-3000:]
     finally:
-        good.kill()
+        if good.poll() is None:  # a failed assertion: stop it the way that takes its pods along, then for good
+            good.terminate()
+            try:
+                good.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                good.kill()
     with pytest.raises(OSError):  # vLLM stopped with the run
         urllib.request.urlopen(f"{url}/models", timeout=5)
     assert (here / ".kubetune" / "storage" / "default" / "tiny" / "manifest.json").exists()

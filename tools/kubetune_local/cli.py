@@ -183,7 +183,9 @@ def show_endpoint(port: int | None, md: dict[str, Any]) -> None:
 def serve_until_interrupted(lr: LocalRun) -> None:
     """--serve: keep the operator, vLLM and the sidecar up until Ctrl-C (or SIGTERM), then stop them all."""
     console.print("Serving until Ctrl-C (--serve).", markup=False)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Both stop the run, whatever this process inherited: a shell starting it in the background (`&`, nohup,
+    # some CI runners) leaves SIGINT ignored, and Python then never raises KeyboardInterrupt for Ctrl-C.
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while lr.operator is None or lr.operator.poll() is None:
             time.sleep(0.5)
@@ -191,7 +193,8 @@ def serve_until_interrupted(lr: LocalRun) -> None:
     except KeyboardInterrupt:
         console.print("Stopping.", markup=False)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any]], question: str, elapsed: float) -> None:

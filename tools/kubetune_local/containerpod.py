@@ -60,8 +60,10 @@ def _own(path: Path, group: int | None, recursive: bool = False) -> None:
 
 class ContainerPods:
     def __init__(self, emu: Emulator, podman: Podman, claim_folder: Callable[[str], Path], node_gpus: int = 0,
-                 images: dict[str, str] | None = None):
+                 images: dict[str, str] | None = None, run_id: str = ""):
         self.emu, self.podman, self.claim_folder, self.node_gpus = emu, podman, claim_folder, node_gpus
+        # Container names are per machine: two local runs (two workdirs, or a test beside a run) must not collide.
+        self.prefix = f"kt-{run_id}-" if run_id else "kt-"
         self.images = images or {}  # an image a pod spec names -> the local tag that plays it
 
     def plan(self, spec: dict[str, Any]) -> dict[str, ContainerPlan]:
@@ -129,7 +131,7 @@ class ContainerPods:
         termination.chmod(0o666)
         full_env = {**spec_env(self.emu, ns, pod, container), "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                     "KUBERNETES_SERVICE_PORT": str(self.emu.port), **(env or {})}
-        argv = podman_run_argv(plan, name=f"kt-{ns}-{name}-{plan.name}", image=self.images.get(plan.image, plan.image), env=full_env, sources=sources,
+        argv = podman_run_argv(plan, name=f"{self.prefix}{ns}-{name}-{plan.name}", image=self.images.get(plan.image, plan.image), env=full_env, sources=sources,
                                termination_file=str(termination), args=args,
                                gpu_devices=tuple(f"nvidia.com/gpu={i}" for i in range(self.node_gpus)))
         grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))

@@ -8,6 +8,7 @@ adapter-sync sidecar. Object storage is a local folder (file://).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -120,7 +121,9 @@ class LocalRun:
         """The container mode: the operator from its image as the chart's Deployment runs it (its command, args, env,
         security context and the chart ServiceAccount's token), and a kubelet that runs pods as containers."""
         assert self.emu is not None
-        containers = ContainerPods(self.emu, Podman(self.workdir / "podman"), lambda claim: self.workdir / "pvcs" / claim)
+        run_id = hashlib.sha256(str(self.workdir.resolve()).encode()).hexdigest()[:8]  # one workdir, one set of names
+        containers = ContainerPods(self.emu, Podman(self.workdir / "podman"), lambda claim: self.workdir / "pvcs" / claim,
+                                   run_id=run_id)
         deployment = yaml.safe_load(OPERATOR_DEPLOYMENT.read_text())
         ns = deployment["metadata"]["namespace"]
         pod = self.emu.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
