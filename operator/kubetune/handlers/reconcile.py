@@ -32,6 +32,7 @@ import kopf
 
 from ..api.validation import SpecError
 from ..builders.common import Child
+from ..clients.kube import KubeError, object_path
 from ..config import OperatorSettings
 from .metrics import inc
 from .runtime import runtime, write_status
@@ -129,9 +130,28 @@ def child_moved(type_: str | None, body: Any) -> bool:
 
 
 async def reconcile_child_owner(ctl: Controller, parent: Any, indexes: dict[str, Any]) -> None:
-    """The whole skeleton for the owner of a child that moved. From a child's event, which kopf does not retry:
-    a wait the owner asks for (TemporaryError) is left to its next event; an invalid spec is in its status."""
+    """The whole skeleton for the owner of a child that moved, if the owner still exists (owner_alive). From a
+    child's event, which kopf does not retry: a wait the owner asks for (TemporaryError) is left to its next event;
+    an invalid spec is in its status."""
+    if not await owner_alive(parent):
+        return
     try:
         await reconcile(ctl, parent, indexes)
     except (kopf.TemporaryError, kopf.PermanentError):
         pass
+
+
+async def owner_alive(parent: Any) -> bool:
+    """Whether `parent`, as a kopf index holds it, still exists with that uid and is not being deleted, read from
+    the API server. The index lags behind the owner's deletion: the garbage collector deletes the children, and
+    their DELETED events may be handled before the owner's own, so a reconcile from the index entry would create
+    them again, owned by a uid that no longer exists. One GET per child-driven reconcile (a child deleted or edited,
+    a referenced FineTuneJob's outcome), none on the status-only path."""
+    meta = parent["metadata"]
+    try:
+        live = await runtime().kube.request("GET", object_path(dict(parent)))
+    except KubeError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return live["metadata"].get("uid") == meta["uid"] and not live["metadata"].get("deletionTimestamp")
