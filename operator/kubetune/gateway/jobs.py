@@ -116,7 +116,7 @@ def build_spec(gw: Gateway, req: CreateJob, method: str, hp: Hyper, train_uri: s
     entry = gw.settings.base_models[req.model]
     adapter = "adapter"
     spec: dict[str, Any] = {
-        "baseModel": entry.model_dump(by_alias=True, exclude_none=True, exclude={"resources"}, mode="json"),
+        "baseModel": entry.model_dump(by_alias=True, exclude_none=True, exclude={"resources", "serving"}, mode="json"),
         "dataset": {"train": train_uri, **({"validation": valid_uri} if valid_uri else {})},
         "method": {"type": method}, "hyperparameters": {},
     }
