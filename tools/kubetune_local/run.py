@@ -239,6 +239,9 @@ def install_operator_rbac(emu: Emulator, kubeconfig: Path, namespace: str) -> st
     """Install the chart's rendered RBAC as a cluster admin would; return a kubeconfig of the operator's
     ServiceAccount (the operator runs with exactly the permissions the chart gives it)."""
     account = None
+    # The watched namespace exists before its Roles (the emulator, like the API server, refuses objects in a
+    # namespace that does not exist; only `default` exists from the start).
+    emu.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     for obj in yaml.safe_load_all(OPERATOR_RBAC.read_text()):
         if not obj:
             continue
