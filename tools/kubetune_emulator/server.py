@@ -24,7 +24,8 @@ handling with :class:`~kubetune_emulator.store.Store`. What it emulates:
 * label and field selectors, limit/continue, dryRun; watches from a resourceVersion (410 when
   compacted), sendInitialEvents bookmarks, timeoutSeconds;
 * finalizers and deletionTimestamp; ownerReference garbage collection (background, foreground as
-  "children first", orphan); namespace termination; Job/Pod/Deployment defaulting and validation;
+  "children first", orphan; a dependent created or updated with only absent owners is collected too);
+  namespace termination; Job/Pod/Deployment defaulting and validation;
 * opt-in (``Emulator(rbac=True)``): bearer-token authentication (401), TokenRequest for ServiceAccount
   tokens, the RBAC authorizer over the stored Roles/ClusterRoles/bindings with the API server's 403
   messages, RBAC escalation prevention, the OwnerReferencesPermissionEnforcement admission plugin, and
