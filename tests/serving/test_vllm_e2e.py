@@ -267,7 +267,7 @@ def test_corrupted_unpublished_and_unservable_adapters_are_refused(stack: Stack,
         "without its manifest does not exist (attempt ")
     assert stack.report("e")["message"] == (
         "adapter type is 'full' (a fully fine-tuned model), but vLLM serves only LoRA adapters (lora, qlora): "
-        "use it as the deployment's baseModel instead")
+        "serve it as spec.baseModel of its own ModelDeployment instead")  # kubetune.api.admission's wording
     time.sleep(1.5)  # a few retries of c and d (backoff 1 s, 2 s ...): still never loaded
     assert list(stack.served()) == ["b"]
     assert not (stack.root / "cache" / sha_c).exists()

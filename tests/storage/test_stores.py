@@ -19,7 +19,7 @@ from tests.storage.web import http_files  # noqa: F401 - a fixture
 def test_registry_one_class_per_scheme() -> None:
     assert {s: c.__name__ for s, c in ks.SCHEMES.items()} == {
         "file": "FileStore", "pvc": "PvcStore", "s3": "S3Store", "hf": "HfStore", "https": "HttpsStore",
-        "http": "HttpsStore"}
+        "http": "HttpsStore", "configmap": "ConfigMapStore"}
     with pytest.raises(ValueError, match=r"scheme s3:// is already served by S3Store"):
         class Other(S3Store):
             schemes = ("s3",)
@@ -64,9 +64,9 @@ def test_a_new_scheme_is_one_class_and_its_registration(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("uri", "message"), [
-    ("gs://bucket/x", "unsupported storage URI 'gs://bucket/x': the schemes are file://, hf://, http://, https://, "
-                      "pvc://, s3://"),
-    ("bucket/x", "'bucket/x' is not a storage URI (expected file://, hf://, http://, https://, pvc://, s3://)"),
+    ("gs://bucket/x", "unsupported storage URI 'gs://bucket/x': the schemes are configmap://, file://, hf://, http://, "
+                      "https://, pvc://, s3://"),
+    ("bucket/x", "'bucket/x' is not a storage URI (expected configmap://, file://, hf://, http://, https://, pvc://, s3://)"),
     ("s3://models/../etc", "storage URI 's3://models/../etc' must not contain '..' segments"),
     ("file://relative/x", "file URI 'file://relative/x' must be absolute: file:///path"),
     ("s3:///key", "storage URI 's3:///key' names no bucket: s3://bucket/prefix"),

@@ -70,7 +70,8 @@ def test_sft_lora_chat_learns_publishes_and_reports(tmp_path, tiny_model_dir):
     # termination report: where, which manifest, how good
     manifest_bytes = (root / "manifest.json").read_bytes()
     assert report["adapter"] == {"uri": f"file://{tmp_path}/out/team-a/sft-lora",
-                                 "manifestSha256": hashlib.sha256(manifest_bytes).hexdigest(), "type": "lora"}
+                                 "manifestSha256": hashlib.sha256(manifest_bytes).hexdigest(), "type": "lora",
+                                 "rank": 16}  # the rank the operator's admission checks (status.adapter.rank)
     baseline, final = report["evaluation"]["baseline"], report["evaluation"]["final"]
     assert baseline["evalLoss"] > 3.0 and final["evalLoss"] < 0.1, report
     assert final["perplexity"] == pytest.approx(math.exp(final["evalLoss"]), rel=1e-3)
