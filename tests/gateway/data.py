@@ -15,7 +15,7 @@ def chat_file(n: int = 12) -> bytes:
 
 
 def preference_file(n: int = 12) -> bytes:
-    # TRL's preference shape (the trainer does not read OpenAI's input/preferred_output/non_preferred_output yet).
+    # TRL's preference shape (OpenAI's own input/preferred_output/non_preferred_output: test_units.py).
     lines = [json.dumps({"prompt": [{"role": "user", "content": f"Say {i}"}],
                          "chosen": [{"role": "assistant", "content": f"{i}"}],
                          "rejected": [{"role": "assistant", "content": "no"}]}) for i in range(n)]

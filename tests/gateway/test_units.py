@@ -73,3 +73,24 @@ def test_settings_refuse_unknown_keys(tmp_path):
         load_settings(path)
     path.write_text("filesUri: s3://b/files\nbaseModels: {tiny: {uri: 's3://m/tiny', resources: {gpus: 1}}}\n")
     assert load_settings(path).base_models["tiny"].resources.gpus == 1
+
+
+def test_upload_validation_reads_openais_preference_format(tmp_path):
+    """A DPO file in OpenAI's own preference shape passes upload validation as preference data (then method dpo);
+    a broken record is refused with file:line: field."""
+    from kubetune.gateway.files import validate
+    from kubetune_trainer.errors import DataError
+
+    def record(i: int, **changes) -> dict:
+        return {"input": {"messages": [{"role": "user", "content": f"Say {i}"}], "tools": [], "parallel_tool_calls": True},
+                "preferred_output": [{"role": "assistant", "content": f"{i}"}],
+                "non_preferred_output": [{"role": "assistant", "content": "no"}], **changes}
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(record(i)) + "\n" for i in range(12)))
+    assert validate(path) == ("preference", 12)
+    path.write_text("".join(json.dumps(record(i, non_preferred_output=[]) if i == 3 else record(i)) + "\n" for i in range(12)))
+    with pytest.raises(DataError) as info:
+        validate(path)
+    assert info.value.problems == [
+        "pairs.jsonl:4: non_preferred_output must be a list holding exactly one assistant message (got 0 messages)"]

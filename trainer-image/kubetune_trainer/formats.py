@@ -11,8 +11,9 @@ Accepted shapes (docs/data.md shows each):
 - sharegpt    conversations: [{from, value}], system, tools               (LLaMA-Factory sharegpt, tool turns
                                                                            included; other keys and role names
                                                                            through dataset.tags)
-- preference  prompt/chosen/rejected (TRL), instruction/input/chosen/rejected (LLaMA-Factory alpaca), or
-              conversations + chosen/rejected message objects (LLaMA-Factory sharegpt)
+- preference  prompt/chosen/rejected (TRL), input/preferred_output/non_preferred_output (OpenAI's preference
+              fine-tuning), instruction/input/chosen/rejected (LLaMA-Factory alpaca), or conversations +
+              chosen/rejected message objects (LLaMA-Factory sharegpt)
 - unpaired    prompt/completion/label (TRL), instruction/input/output/kto_tag or conversations/kto_tag
               (LLaMA-Factory KTO)
 - text        text                                                          (.txt files: one document per line)
@@ -26,7 +27,7 @@ Normalised forms (what TRL consumes):
 - unpaired                 -> {"prompt", "completion", "label": bool} as strings, or as message lists
 - text                     -> {"text": str}
 LLaMA-Factory's alpaca- and sharegpt-shaped preference and unpaired records always become message lists (it
-always applies the chat template); TRL's string-form prompt records stay strings.
+always applies the chat template), as do OpenAI's preference records; TRL's string-form prompt records stay strings.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def detect(record: Any, names: Names = DEFAULT_NAMES) -> str | None:
     if names.has(record, "kto_tag", "kto_tag") or ({"completion", "label"} <= set(record)):
         return "unpaired"
     if names.has(record, "chosen", "chosen") or names.has(record, "rejected", "rejected"):
+        return "preference"
+    if is_openai_preference(record):
         return "preference"
     if names.messages and names.messages in record:
         value = record[names.messages]
@@ -179,11 +182,84 @@ def _any_prompt(record: dict, names: Names, answers: tuple[str, ...]) -> tuple[A
 
 
 def check_preference(record: dict, names: Names = DEFAULT_NAMES) -> Result:
-    """prompt + chosen + rejected, in the TRL, LLaMA-Factory alpaca or LLaMA-Factory sharegpt shape."""
+    """prompt + chosen + rejected, in the TRL, OpenAI, LLaMA-Factory alpaca or LLaMA-Factory sharegpt shape."""
+    if is_openai_preference(record) and not (names.chosen or names.rejected):
+        return check_openai_preference(record)
     chosen_field, rejected_field = names.col("chosen", "chosen"), names.col("rejected", "rejected")
     prompt, conversational, problems = _any_prompt(record, names, (chosen_field, rejected_field))
     chosen, p1 = _side(record, chosen_field, conversational, names)
     rejected, p2 = _side(record, rejected_field, conversational, names)
+    problems += p1 + p2
+    if problems:
+        return None, problems
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, []
+
+
+# OpenAI's preference (DPO) fine-tuning records, as publicly documented (written from that shape, not fetched):
+#   {"input": {"messages": [...ending with a user turn], "tools": [...], "parallel_tool_calls": bool},
+#    "preferred_output": [{"role": "assistant", "content": str}], "non_preferred_output": [{...one message}]}
+OPENAI_OUTPUTS = ("preferred_output", "non_preferred_output")
+NO_TOOLS_IN_PREFERENCE = ("kubetune's preference training (DPO, ORPO, KTO) renders role/content messages only, so "
+                          "tools would be missing from the training text: remove them, or train tool use with "
+                          "supervised (chatml) data (docs/data.md)")
+
+
+def is_openai_preference(record: dict) -> bool:
+    """Whether a record has OpenAI's preference shape: an output field, or an `input` object (alpaca's is text)."""
+    return any(k in record for k in OPENAI_OUTPUTS) or isinstance(record.get("input"), dict)
+
+
+def _openai_tool_use(messages: list, field: str) -> list[str]:
+    """Tool calls or tool answers among messages: refused, not dropped."""
+    return [f"{field}[{i}]: tool calls and tool messages are not accepted in preference data: {NO_TOOLS_IN_PREFERENCE}"
+            for i, m in enumerate(messages) if isinstance(m, dict) and (
+                m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call"))]
+
+
+def _openai_input(record: dict) -> tuple[list | None, list[str]]:
+    """input.messages (system/user/assistant turns ending with the user's) -> the prompt's message list."""
+    value = record.get("input")
+    if value is None:
+        return None, ['missing field "input"']
+    if not isinstance(value, dict):
+        return None, [f"input must be an object with messages (got {type_name(value)})"]
+    problems = [] if value.get("tools") in (None, []) else [f"input.tools: {NO_TOOLS_IN_PREFERENCE}"]
+    if value.get("messages") is None:
+        return None, [*problems, 'missing field "input.messages"']
+    if isinstance(value["messages"], list) and (tool_use := _openai_tool_use(value["messages"], "input.messages")):
+        return None, problems + tool_use
+    messages, more = check_messages(value["messages"], "input.messages", need_assistant=False)
+    if messages and messages[-1]["role"] != "user":
+        more.append(f"input.messages must end with a user message (got {messages[-1]['role']}): the outputs answer it")
+    return (None, problems + more) if problems or more else (messages, [])
+
+
+def _openai_output(record: dict, field: str) -> tuple[list | None, list[str]]:
+    """preferred_output / non_preferred_output: a list holding exactly one assistant message."""
+    value = record.get(field)
+    if value is None:
+        return None, [f'missing field "{field}"']
+    if not isinstance(value, list) or len(value) != 1:
+        got = f"{len(value)} messages" if isinstance(value, list) else type_name(value)
+        return None, [f"{field} must be a list holding exactly one assistant message (got {got})"]
+    if tool_use := _openai_tool_use(value, field):
+        return None, tool_use
+    messages, problems = check_messages(value, field, need_assistant=False)
+    if messages and messages[0]["role"] != "assistant":
+        return None, [f"{field}[0].role must be assistant (got {show(messages[0]['role'])}): the input holds the rest"]
+    return messages, problems
+
+
+def check_openai_preference(record: dict) -> Result:
+    """OpenAI's preference record -> {"prompt", "chosen", "rejected"} as message lists (TRL's conversational
+    preference form, the same as the TRL shape's)."""
+    mixed = [k for k in ("prompt", "chosen", "rejected") if k in record]
+    if mixed:
+        return None, [f"{', '.join(mixed)}: TRL's fields beside OpenAI's input/preferred_output/non_preferred_output "
+                      "(use one shape per record)"]
+    prompt, problems = _openai_input(record)
+    chosen, p1 = _openai_output(record, "preferred_output")
+    rejected, p2 = _openai_output(record, "non_preferred_output")
     problems += p1 + p2
     if problems:
         return None, problems
