@@ -166,6 +166,9 @@ def tokens(url: str) -> dict[tuple[str, str, str], float]:
 
 def test_models_chat_completions_streams_usage_and_tenancy(gateway, vllm):
     a, b = gateway["clients"]["team-a"], gateway["clients"]["team-b"]
+    # The counters are per process: other tests in this session (the local-stack test, also team-a on "tiny")
+    # may have counted already, so this test checks what it adds.
+    before = tokens(gateway["url"])
     assert [m.id for m in a.models.list().data] == ["tiny", ft("team-a")]  # not team-b's; "untuned" is not allowed to it
     assert a.models.retrieve(ft("team-a")).owned_by == "team-a"
 
@@ -189,7 +192,8 @@ def test_models_chat_completions_streams_usage_and_tenancy(gateway, vllm):
     assert "".join(c.choices[0].text for c in streamed) == plain.choices[0].text
 
     # Usage counted per tenant and model, from the responses' usage (the stream's hidden usage chunk included).
-    counted = tokens(gateway["url"])
+    after = tokens(gateway["url"])
+    counted = {key: value - before.get(key, 0.0) for key, value in after.items()}
     # Three requests to team-a's model (one plain, two streamed): all the same greedy answer.
     assert asked[-1].usage.completion_tokens == reply.usage.completion_tokens
     assert counted[("team-a", ft("team-a"), "completion")] == 3 * reply.usage.completion_tokens
