@@ -10,7 +10,6 @@ named in the test's docstring).
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from kubetune_storage import Storage
 
 from ..e2e.harness import ROOT, SETTINGS_ENV, Cluster
 from ..e2e.rbac import install_operator_rbac
+from ..serving.helpers import free_port
 
 KEYS_NAMESPACE = "kubetune-system"
 GATEWAY_SA = "kubetune-gateway"
@@ -49,12 +49,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(item.fspath).parents and item.get_closest_marker("emulator") is None:
             item.add_marker(pytest.mark.emulator(rbac=True))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -43,7 +43,8 @@ from kubetune_local.cli import default_serving_python
 from kubetune_local.run import LocalRun, modeldeployment_outcome
 from tests.fixtures.tiny_data import FACTS, chat_records
 
-from .conftest import GATEWAY_SA, GATEWAY_USER, KEYS_NAMESPACE, free_port
+from ..serving.helpers import free_port
+from .conftest import GATEWAY_SA, GATEWAY_USER, KEYS_NAMESPACE
 from .data import bad_chat_file
 
 TENANT_A, TENANT_B = "team-a", "team-b"

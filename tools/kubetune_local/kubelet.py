@@ -93,12 +93,11 @@ class LocalKubelet:
         self._stop.set()
         self._thread.join(timeout=30)
         # Every pod at once (Ctrl-C stops the node in seconds, not a grace period per container in turn).
-        procs = [run.proc for runs in list(self.runs.values()) for run in runs]
+        serving = self.serving.detach_all() if self.serving is not None else []
+        _terminate([run.proc for runs in list(self.runs.values()) for run in runs]
+                   + [proc for pod in serving for proc in pod.procs])
         if self.serving is not None:
-            procs += self.serving.detach_all()
-        _terminate(procs)
-        if self.serving is not None:
-            self.serving.release_all()
+            self.serving.release(serving)
 
     def __enter__(self) -> LocalKubelet:
         return self.start()

@@ -94,7 +94,6 @@ class LocalServing:
         self.pods: dict[tuple[str, str], ServingPod] = {}  # (namespace, pod name) -> pod
         self._dep_status: dict[tuple[str, str], dict[str, Any]] = {}  # Deployment status last written
         self.refused: dict[str, str] = {}  # "ns/deployment" -> why the container mode cannot run its pods
-        self._detached: list[ServingPod] = []  # pods forgotten by detach_all, released after their processes stopped
 
     def pods_of(self, namespace: str, deployment: str) -> list[ServingPod]:
         """The Deployment's pods, oldest first."""
@@ -111,22 +110,21 @@ class LocalServing:
             self._remove(pod, delete_object=False)  # the Deployment is gone; garbage collection takes its pods
 
     def stop(self) -> None:
-        self._terminate(self.detach_all())
-        self.release_all()
+        pods = self.detach_all()
+        self._terminate([proc for pod in pods for proc in pod.procs])
+        self.release(pods)
 
-    def detach_all(self) -> list[subprocess.Popen]:
-        """Forget every pod (on shutdown) and return their processes, for the caller to stop together."""
+    def detach_all(self) -> list[ServingPod]:
+        """Forget every pod (on shutdown) and return them, for the caller to stop their processes together."""
         pods, self.pods = list(self.pods.values()), {}
-        self._detached = pods
-        return [proc for pod in pods for proc in pod.procs]
+        return pods
 
-    def release_all(self) -> None:
-        """After detach_all's processes stopped: the container mode's per-pod state goes."""
-        for pod in self._detached:
+    def release(self, pods: list[ServingPod]) -> None:
+        """After the pods' processes stopped: the container mode's per-pod state goes."""
+        for pod in pods:
             if self.containers is not None:
                 self.containers.release(pod.namespace, pod.name)
             log.info("removed serving pod %s/%s", pod.namespace, pod.name)
-        self._detached = []
 
     # ---------------------------------------------------------------------- Deployment controller
     def _sync(self, dep: dict[str, Any]) -> None:
@@ -221,9 +219,7 @@ class LocalServing:
         if delete_object:  # gone from the API first: the operator stops counting it while it shuts down
             self.emu.delete("", "v1", "pods", pod.namespace, pod.name)
         self._terminate(pod.procs)
-        if self.containers is not None:
-            self.containers.release(pod.namespace, pod.name)
-        log.info("removed serving pod %s/%s", pod.namespace, pod.name)
+        self.release([pod])
 
     # ----------------------------------------------------------------------------------- kubelet
     def _tend(self, pod: ServingPod) -> None:
