@@ -54,6 +54,10 @@ def test_create_list_retrieve_pause_resume_cancel(stack, operator):
     assert len(first_page.data) == 1 and first_page.has_more
     assert [j.id for j in client.fine_tuning.jobs.list(limit=1, after=first_page.data[0].id).data] == \
         [j.id for j in listed.data if j.id != first_page.data[0].id]
+    # OpenAI's metadata filter, sent by the SDK as metadata[k]=v (all pairs must match) or metadata=null.
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "growth"}).data] == [job.id]
+    assert client.fine_tuning.jobs.list(metadata={"team": "growth", "x": "y"}).data == []
+    assert [j.id for j in client.fine_tuning.jobs.list(extra_query={"metadata": "null"}).data] == [second.id]
 
     paused = client.fine_tuning.jobs.pause(job.id)
     assert paused.status == "queued" and cluster.ftj(job.id)["spec"]["suspend"] is True

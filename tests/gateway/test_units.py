@@ -11,6 +11,8 @@ import yaml
 
 from kubetune.cli import main
 from kubetune.gateway import jobview
+from kubetune.gateway.errors import OpenAIError
+from kubetune.gateway.jobs import matches, metadata_filter
 from kubetune.gateway.settings import load_settings
 from kubetune.gateway.tenancy import key_hash, tenant_of_secret
 
@@ -94,3 +96,27 @@ def test_upload_validation_reads_openais_preference_format(tmp_path):
         validate(path)
     assert info.value.problems == [
         "pairs.jsonl:4: non_preferred_output must be a list holding exactly one assistant message (got 0 messages)"]
+
+
+@pytest.mark.parametrize("query, expected, picked", [
+    ([], False, ["a", "b", "c"]),
+    ([("limit", "5")], False, ["a", "b", "c"]),
+    ([("metadata[team]", "growth"), ("metadata[tier]", "")], {"team": "growth", "tier": ""}, ["a"]),
+    ([("metadata[team]", "growth")], {"team": "growth"}, ["a", "c"]),
+    ([("metadata", "null")], None, ["b"]),
+])
+def test_job_list_metadata_filter(query, expected, picked):
+    """OpenAI's documented filter forms (openai types/fine_tuning/job_list_params.py)."""
+    wanted = metadata_filter(query)
+    assert wanted == expected
+    jobs = [{"id": "a", "metadata": {"team": "growth", "tier": ""}}, {"id": "b", "metadata": None},
+            {"id": "c", "metadata": {"team": "growth"}}]
+    assert [j["id"] for j in jobs if matches(j, wanted)] == picked
+
+
+@pytest.mark.parametrize("query", [[("metadata", "null"), ("metadata[team]", "x")], [("metadata", "x")],
+                                   [("metadata[]", "x")]])
+def test_job_list_metadata_filter_refuses_mixed_forms(query):
+    with pytest.raises(OpenAIError) as err:
+        metadata_filter(query)
+    assert err.value.status == 400 and "metadata" in str(err.value.message)

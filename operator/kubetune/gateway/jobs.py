@@ -12,7 +12,7 @@ import json
 import secrets
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from kubetune_storage import StorageError
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -210,11 +210,36 @@ async def get_job(gw: Gateway, who: Tenant, job_id: str) -> dict[str, Any]:
     return ftj
 
 
+def metadata_filter(query: list[tuple[str, str]]) -> dict[str, str] | None | Literal[False]:
+    """OpenAI's job-list filter from the raw query: ``metadata[k]=v`` pairs (all must match; ``metadata[k]=``
+    matches an empty value), ``metadata=null`` (jobs created without metadata), neither -> False (no filter).
+    Mixing the two forms is a 400, as OpenAI documents ("Do not combine the two query forms")."""
+    pairs = {k[len("metadata["):-1]: v for k, v in query if k.startswith("metadata[") and k.endswith("]")}
+    null = any(k == "metadata" for k, _ in query)
+    if null and (pairs or dict(query).get("metadata") != "null"):
+        raise bad_request("metadata: use either metadata[key]=value pairs or metadata=null, not both "
+                          "(and metadata alone only as metadata=null).", param="metadata")
+    if any(not k for k in pairs):
+        raise bad_request("metadata[]: the key inside the brackets is empty.", param="metadata")
+    return None if null else (pairs or False)
+
+
+def matches(job: dict[str, Any], wanted: dict[str, str] | None | Literal[False]) -> bool:
+    if wanted is False:
+        return True
+    have = job.get("metadata")
+    if wanted is None:
+        return not have
+    return all((have or {}).get(k) == v for k, v in wanted.items())
+
+
 @router.get("/v1/fine_tuning/jobs")
-async def list_jobs(who: TenantDep, gw: GatewayDep, after: str | None = None,
+async def list_jobs(request: Request, who: TenantDep, gw: GatewayDep, after: str | None = None,
                     limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
+    wanted = metadata_filter(list(request.query_params.multi_items()))
     items = (await gw.kube.request("GET", path(who.namespace), query=[("labelSelector", f"{jobview.LABEL_API}=openai")]))["items"]
-    jobs = sorted((jobview.job_object(f) for f in items), key=lambda j: (j["created_at"], j["id"]), reverse=True)
+    jobs = sorted((j for j in map(jobview.job_object, items) if matches(j, wanted)),
+                  key=lambda j: (j["created_at"], j["id"]), reverse=True)
     return page(jobs, after, limit)
 
 
