@@ -169,12 +169,25 @@ def test_kopf_may_observe_crds(mode):
     assert allows(cluster_rules(mode), "apiextensions.k8s.io", "customresourcedefinitions", "watch")
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_operator_reads_finetunetemplates_cluster_wide_and_nothing_more(mode):
+    """Templates are cluster-scoped: read (get one by name, list them all) through a ClusterRole in both watch
+    scopes; never watched, never written."""
+    rules = cluster_rules(mode)
+    assert all(allows(rules, "kubetune.io", "finetunetemplates", verb) for verb in ("get", "list"))
+    every = operator_rules(mode)
+    assert not any(allows(every, "kubetune.io", "finetunetemplates", verb)
+                   for verb in ("watch", "create", "patch", "update", "delete"))
+
+
 def test_namespaced_scope_grants_nothing_namespaced_cluster_wide():
     objs = objects(NAMESPACED)
     (cluster_role,) = find(objs, "ClusterRole")
     assert cluster_role["metadata"]["name"] == "kubetune-observer"
-    assert sorted(r for rule in cluster_role["rules"] for r in rule["resources"]) == ["customresourcedefinitions", "namespaces"]
-    assert all(set(rule["verbs"]) == {"list", "watch"} for rule in cluster_role["rules"])
+    assert sorted(r for rule in cluster_role["rules"] for r in rule["resources"]) == [
+        "customresourcedefinitions", "finetunetemplates", "namespaces"]  # finetunetemplates: cluster-scoped
+    assert all(set(rule["verbs"]) == ({"get", "list"} if rule["resources"] == ["finetunetemplates"] else {"list", "watch"})
+               for rule in cluster_role["rules"])
     bindings = find(objs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings + find(objs, "ClusterRoleBinding"):

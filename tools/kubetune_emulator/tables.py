@@ -6,6 +6,7 @@ Server-side printing (``kind: Table``) as ``kubectl get`` asks for it, including
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -96,6 +97,9 @@ def _cell(obj: Mapping[str, Any], column: Mapping[str, Any]) -> Any:
         return human_age(values[0] if values else None)
     if not values or values == [None]:
         return None
+    if len(values) == 1 and isinstance(values[0], (Mapping, list)) and column.get("type") == "string":
+        # The API server prints a list or map as compact JSON (client-go jsonpath's PrintResults): ["a","b"].
+        return json.dumps(values[0], separators=(",", ":"))
     if len(values) == 1:
         return values[0]
     return ",".join(str(value) for value in values)

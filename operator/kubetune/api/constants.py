@@ -8,6 +8,8 @@ FINETUNEJOB_KIND = "FineTuneJob"
 FINETUNEJOB_PLURAL = "finetunejobs"
 MODELDEPLOYMENT_KIND = "ModelDeployment"
 MODELDEPLOYMENT_PLURAL = "modeldeployments"
+FINETUNETEMPLATE_KIND = "FineTuneTemplate"  # cluster-scoped: a platform team's preset per base model
+FINETUNETEMPLATE_PLURAL = "finetunetemplates"
 
 FINALIZER = "kubetune.io/finalizer"
 FIELD_MANAGER = "kubetune-operator"

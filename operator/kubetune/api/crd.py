@@ -17,6 +17,7 @@ from .constants import GROUP, VERSION
 from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
 from .methods import METHODS
 from .modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
+from .template import FineTuneTemplateSpec
 
 _DROP = {"title", "additionalProperties"}
 
@@ -81,8 +82,17 @@ def _strip_object_defaults(node: Any) -> None:
             _strip_object_defaults(item)
 
 
-def _root_schema(spec: type[BaseModel], status: type[BaseModel], description: str) -> dict[str, Any]:
-    return {
+def _strip_defaults(node: Any) -> Any:
+    """The schema without any `default`: the API server then stores exactly what was written."""
+    if isinstance(node, dict):
+        return {k: _strip_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_strip_defaults(item) for item in node]
+    return node
+
+
+def _root_schema(spec: type[BaseModel], status: type[BaseModel] | None, description: str) -> dict[str, Any]:
+    schema = {
         "type": "object",
         "description": description,
         "required": ["spec"],
@@ -91,14 +101,15 @@ def _root_schema(spec: type[BaseModel], status: type[BaseModel], description: st
             "kind": {"type": "string", "description": "Kind of the object."},
             "metadata": {"type": "object"},
             "spec": openapi_schema(spec),
-            "status": openapi_schema(status),
+            **({"status": openapi_schema(status)} if status is not None else {}),
         },
     }
+    return schema
 
 
 def _crd(*, kind: str, plural: str, singular: str, short: list[str], description: str,
-         spec: type[BaseModel], status: type[BaseModel], columns: list[dict[str, Any]],
-         subresources: dict[str, Any]) -> dict[str, Any]:
+         spec: type[BaseModel], status: type[BaseModel] | None, columns: list[dict[str, Any]],
+         subresources: dict[str, Any], scope: str = "Namespaced") -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -108,7 +119,7 @@ def _crd(*, kind: str, plural: str, singular: str, short: list[str], description
         },
         "spec": {
             "group": GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
                       "shortNames": short, "categories": ["kubetune", "ml"]},
             "versions": [{
@@ -175,11 +186,35 @@ def modeldeployment_crd() -> dict[str, Any]:
     )
 
 
+def finetunetemplate_crd() -> dict[str, Any]:
+    """Cluster-scoped, no status (configuration, like a PriorityClass), no defaults in its schema (a field the
+    template sets is one written in it: api/template.py)."""
+    crd = _crd(
+        kind="FineTuneTemplate", plural="finetunetemplates", singular="finetunetemplate", short=["ftt"],
+        description="A platform team's preset for fine-tuning one base model: allowed methods and adapter types, "
+        "defaults, fixed fields and bounds for FineTuneJobs, their resources, images, queue and priority, and the "
+        "ModelDeployment that serves their adapters (docs/templates.md).",
+        spec=FineTuneTemplateSpec, status=None, subresources={}, scope="Cluster",
+        columns=[
+            {"name": "Base Model", "type": "string", "jsonPath": ".spec.baseModel.uri"},
+            {"name": "Methods", "type": "string", "jsonPath": ".spec.methods", "description": "Allowed method.type values (empty: all)."},
+            {"name": "Adapters", "type": "string", "jsonPath": ".spec.adapterTypes", "description": "Allowed adapter.type values (empty: all)."},
+            {"name": "Queue", "type": "string", "jsonPath": ".spec.defaults.scheduling.queueName", "priority": 1},
+            {"name": "Serving", "type": "string", "jsonPath": ".spec.serving.name", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+    version = crd["spec"]["versions"][0]
+    version["schema"] = _strip_defaults(version["schema"])
+    return crd
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, as checked in under crds/."""
     return {
         f"{GROUP}_finetunejobs.yaml": finetunejob_crd(),
         f"{GROUP}_modeldeployments.yaml": modeldeployment_crd(),
+        f"{GROUP}_finetunetemplates.yaml": finetunetemplate_crd(),
     }
 
 

@@ -14,6 +14,7 @@ from .common import (
     DATA_URI,
     DATA_URI_HELP,
     DNS_SUBDOMAIN,
+    FreeForm,
     STORAGE_URI,
     BaseModelSource,
     ComputeResources,
@@ -31,6 +32,8 @@ from .common import (
     decimal,
     with_rules,
 )
+from .template_ref import EFFECTIVE_SPEC_HELP, SPEC_HASH_HELP, AppliedTemplate
+from .template_ref import FIELD as TEMPLATE_FIELD
 from .methods import (
     DEFAULT_METHOD,
     FORMATS,
@@ -282,6 +285,7 @@ class FineTuneJobSpec(KubeModel):
                                   "resources.nodes > 1 needs resources.gpus > 0"), *format_rules())
 
     base_model: BaseModelSource = Field(description="The pretrained model to fine-tune.")
+    template: str | None = TEMPLATE_FIELD  # a FineTuneTemplate (api/template.py, docs/templates.md)
     dataset: Dataset = Field(description="Training (and optional evaluation) data.")
     method: Method = Field(default_factory=Method, description=f"Training method: {', '.join(METHODS)}.")  # type: ignore[valid-type]
     adapter: Adapter = Field(default_factory=Adapter, description="Adapter type and shape.")
@@ -464,6 +468,9 @@ class FineTuneJobStatus(KubeModel):
     adapter: PublishedAdapter | None = Field(default=None, description="The published adapter.")
     preflight_job_name: str | None = Field(default=None, description="Name of the pre-flight batch/v1 Job (CPU only).",
                                            max_length=253, pattern=DNS_SUBDOMAIN)
+    template: AppliedTemplate | None = Field(default=None, description="The FineTuneTemplate applied (docs/templates.md).")
+    effective_spec: FreeForm | None = Field(default=None, description=EFFECTIVE_SPEC_HELP)  # a FineTuneJobSpec
+    spec_hash: str | None = Field(default=None, description=SPEC_HASH_HELP, max_length=64)
     data: DataFigures | None = Field(default=None, description="What the pre-flight found: examples and tokens per split, "
                                      "truncated examples, planned steps, estimated tokens and peak GPU memory.")
 

@@ -20,7 +20,8 @@ from ..builders.common import label_value
 from ..builders.finetunejob import HoldPlan, desired_children, plan_hold
 from ..clients.kube import KubeError, collection_path
 from ..config import OperatorSettings
-from ..plan.finetunejob import TrainingPlan, plan
+from ..plan.finetunejob import TrainingPlan, ended, plan
+from ..plan.template import needs_templates
 from ..status.finetunejob import Observed, cancel_complete, derive_status, job_finished
 from .reconcile import Controller, child_moved, reconcile, reconcile_child_owner
 from .runtime import deleted, first, runtime
@@ -71,6 +72,7 @@ class Seen:
     status: dict[str, Any]
     preflight_job: dict[str, Any] | None = None
     preflight_pods: tuple[dict[str, Any], ...] = ()
+    templates: list[dict[str, Any]] | None = None  # FineTuneTemplates read for this pass (None: not needed)
 
 
 def _key(body: Any) -> tuple[str, str]:
@@ -79,8 +81,22 @@ def _key(body: Any) -> tuple[str, str]:
 
 async def observe(body: Any, previous: dict[str, Any], indexes: dict[str, Any]) -> Seen:
     key = _key(body)
-    return Seen(first(indexes["trainer_jobs"], key), list(indexes["trainer_pods"].get(key, [])), previous,
-                first(indexes["preflight_jobs"], key), tuple(indexes["preflight_pods"].get(key, [])))
+    job = first(indexes["trainer_jobs"], key)
+    needed = needs_templates(dict(body["spec"]), previous, job is not None, ended(previous))
+    return Seen(job, list(indexes["trainer_pods"].get(key, [])), previous, first(indexes["preflight_jobs"], key),
+                tuple(indexes["preflight_pods"].get(key, [])), await _templates(body["spec"].get("template")) if needed else None)
+
+
+async def _templates(name: str | None) -> list[dict[str, Any]]:
+    """The FineTuneTemplate `name` (none of that name: []), or every template (cluster-scoped: read cluster-wide)."""
+    path = f"/apis/{c.GROUP}/{c.VERSION}/{c.FINETUNETEMPLATE_PLURAL}"
+    try:
+        return [await runtime().kube.request("GET", f"{path}/{name}")] if name else \
+            (await runtime().kube.request("GET", path))["items"]
+    except KubeError as exc:
+        if exc.status == 404:  # no template of that name (or no FineTuneTemplate CRD installed: no templates)
+            return []
+        raise
 
 
 def derive(body: Any, planned: TrainingPlan | None, seen: Seen, previous: dict[str, Any], error: str | None) -> dict[str, Any]:
@@ -91,7 +107,9 @@ def derive(body: Any, planned: TrainingPlan | None, seen: Seen, previous: dict[s
         adapter_type=resolved.adapter.type if resolved else None,
         checkpoints=list((body.get("status") or {}).get("checkpoints") or []),
         merged_model=resolved.output.merged_model if resolved else False, cancel=bool(body["spec"].get("cancel")),
-        preflight=planned.preflight if planned else None), previous).to_dict()
+        preflight=planned.preflight if planned else None, effective_spec=resolved,
+        spec_hash=planned.source_hash if planned else None, template=planned.template if planned else None),
+        previous).to_dict() | ({"template": None} if planned and planned.template is None and previous.get("template") else {})
 
 
 async def act(body: Any, planned: TrainingPlan, seen: Seen, created: dict[str, dict[str, Any]]) -> None:
@@ -113,7 +131,7 @@ def _build(body: Any, planned: TrainingPlan, settings: OperatorSettings) -> list
 
 
 def _plan(body: Any, settings: OperatorSettings, seen: Seen) -> TrainingPlan:
-    return plan(dict(body), settings, seen.job, seen.status, seen.preflight_job, list(seen.preflight_pods))
+    return plan(dict(body), settings, seen.job, seen.status, seen.preflight_job, list(seen.preflight_pods), seen.templates)
 
 
 def seen_created(seen: Seen, planned: TrainingPlan, created: dict[str, dict[str, Any]]) -> Seen:

@@ -21,10 +21,11 @@ from ..api.conditions import FAILED, SUCCEEDED, TRUE
 from ..api.conditions import FineTuneJobReason as Reason
 from ..api.finetunejob import FineTuneJobSpec
 from ..api.storage_layout import job_prefix
-from ..api.validation import parse
-from ..builders.finetunejob import SPEC_HASH_ANNOTATION, resolve_spec, spec_hash
+from ..api.template_ref import AppliedTemplate
+from ..builders.finetunejob import SPEC_HASH_ANNOTATION, spec_hash
 from ..config import OperatorSettings
 from ..status import preflight
+from . import template
 from ..status.conditions import find, is_true
 
 # Failed=True reasons that do not end a FineTuneJob: an invalid spec, a failed pre-flight (fix and it runs again).
@@ -41,6 +42,8 @@ class TrainingPlan:
     preflight: preflight.Outcome | None = None  # None: pre-flight is off on this platform
     create_preflight: bool = False  # no pre-flight Job exists (and no training Job), the job has not ended
     delete_preflight: bool = False  # the pre-flight Job is of an older spec, or the job was cancelled before training
+    source_hash: str = ""  # status.specHash: the spec `resolved` came from (plan/template.py)
+    template: AppliedTemplate | None = None  # the FineTuneTemplate `resolved` was resolved with
 
 
 def ended(status: dict[str, Any]) -> bool:
@@ -52,28 +55,32 @@ def ended(status: dict[str, Any]) -> bool:
 
 
 def plan(body: dict[str, Any], settings: OperatorSettings, job: dict[str, Any] | None, status: dict[str, Any],
-         preflight_job: dict[str, Any] | None = None, preflight_pods: list[dict[str, Any]] | None = None) -> TrainingPlan:
+         preflight_job: dict[str, Any] | None = None, preflight_pods: list[dict[str, Any]] | None = None,
+         templates: list[dict[str, Any]] | None = None) -> TrainingPlan:
     """(spec, observed) -> TrainingPlan. `job`: the live training Job or None; `status`: the FineTuneJob's latest
-    status (what this operator last wrote); `preflight_job`/`preflight_pods`: the live pre-flight Job and its pods.
+    status (what this operator last wrote); `preflight_job`/`preflight_pods`: the live pre-flight Job and its pods;
+    `templates`: the FineTuneTemplates read for this pass (None: not read; plan/template.py says when they are).
     Raises SpecError for an invalid spec."""
     meta = body["metadata"]
-    resolved = resolve_spec(parse(FineTuneJobSpec, dict(body["spec"])), settings)
+    eff = template.effective(body, settings, status, job is not None, ended(status), templates)
+    resolved, pin = eff.spec, {"source_hash": eff.source_hash, "template": eff.template}
     current = spec_hash(resolved)
     outcome = preflight.outcome(preflight_job, preflight_pods or [], current,
                                 job_prefix(resolved.output.uri or "", meta["namespace"], meta["name"])) \
         if settings.preflight_enabled else None
     if job is not None:
         live_hash = (job["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-        return TrainingPlan(resolved, create_job=False, spec_change_ignored=live_hash != current, preflight=outcome)
+        return TrainingPlan(resolved, create_job=False, spec_change_ignored=live_hash != current or eff.stale,
+                            preflight=outcome, **pin)
     if resolved.cancel or ended(status):
         running = outcome is not None and outcome.state in (preflight.State.RUNNING, preflight.State.STALE)
         return TrainingPlan(resolved, create_job=False, spec_change_ignored=False, preflight=outcome,
-                            delete_preflight=resolved.cancel and running and not _deleting(preflight_job))
+                            delete_preflight=resolved.cancel and running and not _deleting(preflight_job), **pin)
     if outcome is None:
-        return TrainingPlan(resolved, create_job=True, spec_change_ignored=False)
+        return TrainingPlan(resolved, create_job=True, spec_change_ignored=False, **pin)
     return TrainingPlan(resolved, create_job=outcome.state == preflight.State.PASSED, spec_change_ignored=False,
                         preflight=outcome, create_preflight=outcome.state == preflight.State.ABSENT,
-                        delete_preflight=outcome.state == preflight.State.STALE and not _deleting(preflight_job))
+                        delete_preflight=outcome.state == preflight.State.STALE and not _deleting(preflight_job), **pin)
 
 
 def _deleting(job: dict[str, Any] | None) -> bool:

@@ -12,7 +12,8 @@ from ..api import exit_codes
 from ..api.conditions import DATA_VALIDATED, FAILED, FALSE, RUNNING, SERVABLE, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN
 from ..api.conditions import FineTuneJobReason as Reason
 from ..api.constants import ANNOTATION_USER_HOLD, LABEL_KUEUE_QUEUE
-from ..api.finetunejob import FineTuneJobStatus
+from ..api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from ..api.template_ref import AppliedTemplate
 from ..api.termination import TerminationReport
 from ..plan.finetunejob import ended
 from . import preflight
@@ -41,6 +42,9 @@ class Observed:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # status.checkpoints, reported by the trainer
     cancel: bool = False  # spec.cancel
     preflight: preflight.Outcome | None = None  # where the pre-flight stands (None: pre-flight is off)
+    effective_spec: FineTuneJobSpec | None = None  # what runs (plan/template.py), kept in status
+    spec_hash: str | None = None  # the spec it was resolved from
+    template: AppliedTemplate | None = None  # the FineTuneTemplate it was resolved with
 
 
 @dataclass(frozen=True)
@@ -317,6 +321,9 @@ def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime 
                *([data] if data else [])]
     status = FineTuneJobStatus(observed_generation=obs.generation,
                                conditions=merge_conditions(previous.get("conditions"), desired, obs.generation, now))
+    if obs.effective_spec is not None:
+        status.effective_spec, status.spec_hash = obs.effective_spec.to_dict(), obs.spec_hash
+        status.template = obs.template
     if obs.preflight is not None and obs.preflight.job_name is not None:
         status.preflight_job_name = obs.preflight.job_name
     if obs.preflight is not None and obs.preflight.report is not None:
