@@ -99,6 +99,8 @@ def default_and_validate_create(rtype: ResourceType, obj: dict[str, Any]) -> Non
 
 def validate_update(rtype: ResourceType, old: Mapping[str, Any], new: dict[str, Any]) -> None:
     fold_string_data(rtype, new)
+    if _kind(rtype) in ("apps/deployments", "apps/statefulsets", "apps/replicasets") and isinstance(new.get("spec"), dict):
+        new["spec"].setdefault("replicas", 1)  # defaulted on every write (an apply that gave the field up, nobody else owns)
     if _kind(rtype) != "batch/jobs":
         return
     old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}

@@ -13,9 +13,15 @@ What the real API server does and this module does too (https://kubernetes.io/do
   ``name``, ports by ``port``/``containerPort``, ...) goes as a whole when its key is left out;
 * fields nobody applied (server defaults, another client's additions) are left alone.
 
-Deviations: ownership is tracked for Apply operations only (an Update, i.e. PUT/POST/other PATCH, records
-no managedFields entry, so it neither shares nor steals ownership), and there are no conflicts: every
-apply behaves as ``force=true`` (what kubetune's operator sends).
+* an Update of the scale subresource (``kubectl scale``, a HorizontalPodAutoscaler) that changes the replicas
+  records an ``operation: Update, subresource: scale`` entry for its manager (``fieldManager``, else the
+  user agent's product), which then owns the replicas field; the previous owners lose it (``take_over``).
+  So an applier that stops applying replicas leaves them to the autoscaler, as the API server does
+  ("Transferring ownership" in the documentation above).
+
+Deviations: other Updates (PUT/POST/other PATCH) record no managedFields entry, so they neither share nor
+steal ownership, and there are no conflicts: every apply behaves as ``force=true`` (what kubetune's
+operator sends).
 """
 
 from __future__ import annotations
@@ -74,12 +80,28 @@ def decode(tree: Mapping[str, Any], prefix: Path = ()) -> set[Path]:
 
 
 def owned(obj: Mapping[str, Any], manager: str, *, others: bool = False) -> set[Path]:
-    """The fields `manager`'s Apply owns (or, with `others`, every other manager's Apply)."""
+    """The fields `manager`'s Apply owns (or, with `others`, every other manager's, by Apply or Update)."""
     out: set[Path] = set()
     for entry in (obj.get("metadata") or {}).get("managedFields") or []:
-        if entry.get("operation") == "Apply" and (entry.get("manager") == manager) != others:
+        mine = entry.get("operation") == "Apply" and entry.get("manager") == manager
+        if mine != others and (others or entry.get("operation") == "Apply"):
             out |= decode(entry.get("fieldsV1") or {})
     return out
+
+
+def take_over(obj: Mapping[str, Any], manager: str, path: Path, subresource: str) -> list[dict[str, Any]]:
+    """managedFields after `manager` changed the field at `path` by an Update of `subresource`: the field is its
+    own (an ``operation: Update`` entry), no longer anyone else's (an entry left owning nothing is dropped)."""
+    entries = []
+    for entry in [dict(e) for e in (obj.get("metadata") or {}).get("managedFields") or []]:
+        if entry.get("operation") == "Update" and entry.get("manager") == manager and entry.get("subresource") == subresource:
+            continue
+        paths = {p for p in decode(entry.get("fieldsV1") or {}) if p[:len(path)] != path}
+        if paths:
+            entries.append(dict(entry, fieldsV1=encode(paths)))
+    prefixes = {path[:i] for i in range(1, len(path) + 1)}
+    return [*entries, {"manager": manager, "operation": "Update", "apiVersion": obj.get("apiVersion"), "time": now(),
+                       "fieldsType": "FieldsV1", "fieldsV1": encode(prefixes), "subresource": subresource}]
 
 
 def _remove(obj: Any, path: Path) -> None:

@@ -34,8 +34,9 @@ handling with :class:`~kubetune_emulator.store.Store`. What it emulates:
 
 Not emulated: kubelet and the built-in controllers (tests patch child status themselves),
 protobuf (``kubectl create <kind>``: use ``kubectl apply -f``), client certificates, impersonation,
-ClusterRole aggregation, other admission plugins, admission webhooks, managedFields of Update operations (fieldmanager.py), OpenAPI v2 and full
-schemas of built-in kinds (their unknown fields are kept).
+ClusterRole aggregation, other admission plugins, admission webhooks, managedFields of Update operations
+other than a scale (fieldmanager.py), OpenAPI v2 and full schemas of built-in kinds (their unknown fields
+are kept).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import kmock
 import yaml
 from kmock._internal import apps, enums, rendering
 
-from kubetune_emulator import errors, lifecycle, openapi, patching, rbac, selectors, tables
+from kubetune_emulator import errors, fieldmanager, lifecycle, openapi, patching, rbac, selectors, tables
 from kubetune_emulator.fieldvalidation import FieldValidation
 from kubetune_emulator.recording import ApiPath, RecordedRequest, RequestLog, is_true, k8s_verb, parse_api_path
 from kubetune_emulator.registry import Registry, ResourceType
@@ -341,6 +342,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
             except (ValueError, patching.PatchTestFailed) as exc:
                 raise errors.invalid("autoscaling", "scale", name, str(exc)) from None
         candidate = lifecycle.with_scale(rtype, obj, data)
+        if lifecycle.scale_of(rtype, obj)["spec"]["replicas"] != lifecycle.scale_of(rtype, candidate)["spec"]["replicas"]:
+            manager = raw.query.get("fieldManager") or (raw.headers.get("User-Agent") or "unknown").split("/", 1)[0]
+            path = tuple(f"f:{part}" for part in rtype.scale[0].strip(".").split("."))
+            candidate["metadata"]["managedFields"] = fieldmanager.take_over(candidate, manager, path, "scale")
         updated = self.store.replace(rtype, ns, name, candidate, dry_run=dry_run)
         return aiohttp.web.json_response(lifecycle.scale_of(rtype, updated))
 
