@@ -59,6 +59,10 @@ class OperatorSettings(BaseModel):
     # From the environment as a JSON object.
     gpu_memory: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_GPU_MEMORY))
     gpu_product_label: str = "nvidia.com/gpu.product"
+    # Reconciles running at once, over all objects of both kinds; more wait their turn first come, first served, like
+    # controller-runtime's MaxConcurrentReconciles over its FIFO work queue. A burst of creates then finishes one
+    # after the other instead of all of them at the end together, and no object waits behind more than this many.
+    max_concurrent_reconciles: int = Field(default=8, ge=1, le=1024)
 
     @field_validator("preflight_cpu", "preflight_memory")
     @classmethod
