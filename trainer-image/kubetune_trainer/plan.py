@@ -102,6 +102,8 @@ def plan_training(spec: FineTuneJobSpec, facts: Facts) -> TrainingPlan:
         activation_checkpointing=gpu,
         activation_checkpointing_kwargs={"use_reentrant": False} if gpu else None,
         dataloader_pin_memory=gpu,
+        # rank 0 alone generates for spec.evaluation (evaluate.py) while the other ranks wait in a barrier
+        ddp_timeout=max(1800, 2 * spec.evaluation.time_budget_seconds + 600) if spec.evaluation else 1800,
     )
     summary: dict[str, Any] = {
         "learningRate": lr, "batchSize": batch, "gradientAccumulationSteps": hp.gradient_accumulation_steps,

@@ -34,6 +34,7 @@ from kubetune.api.termination import TerminationReport
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune_storage import Store
 
+from .evaluate import EvalOutcome, model_card_section, with_task_figures, write_eval_files
 from .losscurve import loss_curve_png
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Result:
     log_history: list[dict[str, Any]]
     evaluation: dict[str, dict[str, float | None]]  # baseline/final -> {"evalLoss", "perplexity"}
     summary: dict[str, Any]  # effective training settings (plan.summary + data facts)
+    task: EvalOutcome | None = None  # spec.evaluation's figures and samples (kubetune_trainer.evaluate)
 
 
 def sha256_file(path: Path) -> str:
@@ -98,7 +100,7 @@ Training data: `{spec.dataset.train}`.
 |---|---|---|
 {rows or "| - | - | - |"}
 
-## Training settings
+{model_card_section(result.task.summary if result.task else None)}## Training settings
 
 {settings}
 
@@ -130,6 +132,8 @@ def stage(config: TrainerConfig, result: Result, dest: Path) -> list[Path]:
     (dest / LOSS_CURVE).write_bytes(loss_curve_png(train, evals, baseline=baseline, title=title))
     resolved = {"trainerConfig": config.to_dict(), "effective": result.summary}
     (dest / RESOLVED_CONFIG).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+    if result.task is not None and config.spec.evaluation is not None:  # eval/ before the manifest lists every file
+        result.task.summary = write_eval_files(dest, result.task, config.spec.evaluation)
     (dest / MODEL_CARD).write_text(model_card(config, result))
     return sorted(p for p in dest.rglob("*") if p.is_file())
 
@@ -182,5 +186,6 @@ def publish(config: TrainerConfig, result: Result, out: Store, work_dir: Path) -
     return TerminationReport(
         adapter=PublishedAdapter(uri=config.output_prefix, manifest_sha256=digest, type=manifest.adapter.type,
                                  rank=manifest.adapter.rank),
-        evaluation=Evaluation.model_validate({k: v for k, v in result.evaluation.items() if v}),
+        evaluation=with_task_figures(Evaluation.model_validate({k: v for k, v in result.evaluation.items() if v}),
+                                     result.task),
     ).to_dict()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from kubetune.api.finetunejob import TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting, TrainerConfig
 from kubetune_storage import Store, open_store
 
-from . import chat, data, distributed
+from . import chat, data, distributed, evaluate
 from .callbacks import KubetuneCallback
 from .checkpoints import Checkpoints, fingerprint
 from .collate import RowPackedCollator, needs_row_packing
@@ -77,6 +77,7 @@ class Inputs:
     validation_files: list[str] | None
     model_dir: str
     checkpoint: dict[str, Any] | None = None  # {"step", "path", "state"} of the restored checkpoint
+    evaluation_files: dict[str, list[str]] = field(default_factory=dict)  # spec.evaluation's prompt sets: {set: files}
 
     def save(self, path: Path) -> Path:
         path.write_text(json.dumps(asdict(self)))
@@ -121,6 +122,10 @@ def fetch_inputs(config: TrainerConfig, work_dir: Path, checkpoints: Checkpoints
     train, train_records, eval_records = loaded
     log.info("data: %s format, %d train / %d eval examples from %s", train.format, len(train_records),
              len(eval_records), ", ".join(train.files))
+    if spec.evaluation is not None:  # the prompt files are checked before the model is downloaded, like the data
+        from .prompt_sets import fetch_sets
+
+        inputs.evaluation_files = fetch_sets(spec.evaluation, work_dir)
     reporter.enter(TrainerPhase.DOWNLOADING_MODEL)
     inputs.model_dir = str(fetch_model(spec.base_model.uri, spec.base_model.revision, work_dir))
     if reporter.tracker.checkpoints:
@@ -342,8 +347,10 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
             reporter.enter(TrainerPhase.BASELINE_EVALUATION)
         evaluation["baseline"] = _figures(trainer.evaluate(), spec.method.type) if eval_records else {}
     tracker.baseline = evaluation["baseline"]
+    task = evaluate.start(spec, inputs.evaluation_files, eval_records, tokenizer, trainer.model, chat=train.conversational,
+                          reporter=reporter, rank=rank, restored=restored["state"] if restored else None)
     callback = KubetuneCallback(tracker, reporter, checkpoints if rank.is_main else None, stop,
-                                {"baseline": evaluation["baseline"]}, agree=distributed.agree if rank.distributed else None,
+                                {"baseline": evaluation["baseline"], **evaluate.checkpoint_state(task)}, agree=distributed.agree if rank.distributed else None,
                                 barrier=distributed.barrier if rank.distributed else None)
     callback.last_saved_step = restored["step"] if restored else None
     trainer.add_callback(callback)
@@ -363,6 +370,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     tracker.final = evaluation["final"]
     if evaluation["final"].get("evalLoss") is not None:
         tracker.eval_loss = evaluation["final"]["evalLoss"]
+    evaluate.answer_on_rank_zero(task, trainer.model, evaluate.FINETUNED, reporter, rank)
     reporter.enter(TrainerPhase.PUBLISHING)
     summary = {**plan.summary, "format": train.format, "trainExamples": len(train_records),
                "evalExamples": len(eval_records), "steps": trainer.state.global_step,
@@ -373,6 +381,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
         try:
             result_dir, merged, targets = _save_result(trainer, tokenizer, config, plan, model_dir, work_dir)
             result = Result(model_dir=result_dir, merged_dir=merged, target_modules=targets,
+                            task=task.outcome() if task is not None else None,
                             log_history=list(trainer.state.log_history), evaluation=evaluation, summary=summary)
             report = publish(config, result, out, work_dir)
         except BaseException as exc:  # noqa: BLE001 - every rank must learn the outcome before anyone exits

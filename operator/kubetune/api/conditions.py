@@ -20,7 +20,8 @@ FAILED = "Failed"
 SUSPENDED = "Suspended"
 SERVABLE = "Servable"  # only on DoRA jobs: whether vLLM can serve what the job publishes
 DATA_VALIDATED = "DataValidated"  # the CPU-only pre-flight: data valid and the job fits its GPUs
-FINETUNEJOB_CONDITION_TYPES = (RUNNING, SUCCEEDED, FAILED, SUSPENDED, SERVABLE, DATA_VALIDATED)
+REGRESSED = "Regressed"  # only with spec.evaluation.regressionSet, once succeeded: a metric dropped beyond maxRegression
+FINETUNEJOB_CONDITION_TYPES = (RUNNING, SUCCEEDED, FAILED, SUSPENDED, SERVABLE, DATA_VALIDATED, REGRESSED)
 
 # ModelDeployment condition types.
 READY = "Ready"
@@ -69,6 +70,9 @@ class FineTuneJobReason(StrEnum):
     # Servable (DoRA jobs).
     DORA_NOT_SERVABLE = "DoRANotServable"
     MERGED_MODEL_SERVABLE = "MergedModelServable"
+    # Regressed (spec.evaluation.regressionSet).
+    REGRESSION_EXCEEDED = "RegressionExceeded"  # Regressed=True: a metric dropped by more than maxRegression
+    NO_REGRESSION = "NoRegression"  # Regressed=False: every drop within maxRegression
 
 
 class ModelDeploymentReason(StrEnum):

@@ -52,6 +52,7 @@ ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_S3_ENDPOINT = "KUBETUNE_S3_ENDPOINT"
 ENV_S3_REGION = "AWS_DEFAULT_REGION"
 ENV_HF_TOKEN = "HF_TOKEN"
+ENV_JUDGE_API_KEY = "KUBETUNE_JUDGE_API_KEY"  # spec.evaluation.judge.apiKeySecretRef, read by the trainer's judge client
 ENV_CONFIG_PATH = "KUBETUNE_CONFIG"
 ENV_POD_NAME = "KUBETUNE_POD_NAME"
 ENV_WORK_DIR = "KUBETUNE_WORK_DIR"  # the pod's scratch folder (an emptyDir): data, model, checkpoints

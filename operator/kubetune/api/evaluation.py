@@ -17,11 +17,13 @@ Layout under the published folder (<output>/<namespace>/<job>/):
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .common import KubeModel, SecretKeyRef, decimal
+from .common import DATA_URI, KubeModel, SecretKeyRef, _check_uri_path, cel, decimal, with_rules
 
 EVAL_DIR = "eval"
 SUMMARY_FILE = f"{EVAL_DIR}/summary.json"
@@ -29,6 +31,7 @@ SAMPLES_FILE = f"{EVAL_DIR}/samples.jsonl"
 BLIND_FILE = f"{EVAL_DIR}/blind.jsonl"
 BLIND_KEY_FILE = f"{EVAL_DIR}/blind-key.json"
 REPORT_FILE = f"{EVAL_DIR}/report.html"
+REGRESSION_SAMPLES_FILE = f"{EVAL_DIR}/regression.jsonl"  # EvalSample lines of the regression set
 
 MAX_METRICS = 16  # metrics per set in status (the termination report must stay under 4 KiB)
 
@@ -46,6 +49,15 @@ class MetricName(StrEnum):
     JUDGE = "judge"  # LLM judge score from the rubric, 0-1 (needs spec.evaluation.judge)
 
 
+LABEL_METRICS = (MetricName.ACCURACY, MetricName.MACRO_F1)  # need spec.evaluation.labelPattern
+
+
+def _field_error(model: str, field: str, message: str, value: object) -> ValidationError:
+    """A validation error located at `field` (camelCase) of the model, so that it reads spec.evaluation.<field>."""
+    return ValidationError.from_exception_data(model, [InitErrorDetails(
+        type=PydanticCustomError("value_error", message), loc=(field,), input=value)])
+
+
 class Judge(KubeModel):
     """An LLM judge reached through any OpenAI-compatible endpoint (e.g. a ModelDeployment's Service)."""
 
@@ -61,8 +73,14 @@ class EvaluationSpec(KubeModel):
     """Task evaluation: the same prompts answered by the base model before training and by the result after,
     with the same seeded greedy decoding, scored by each metric. Every field is optional."""
 
+    model_config = with_rules(
+        cel("!has(self.metrics) || !self.metrics.exists(m, m == 'accuracy' || m == 'macro_f1') || has(self.labelPattern)",
+            "spec.evaluation.labelPattern is required by the metrics accuracy and macro_f1"),
+        cel("!has(self.metrics) || !self.metrics.exists(m, m == 'judge') || has(self.judge)",
+            "spec.evaluation.judge is required by the metric judge"))
+
     prompts: str | None = Field(
-        default=None, max_length=2048,
+        default=None, max_length=2048, pattern=DATA_URI,
         description="Evaluation file (same URI schemes as dataset.train): JSONL with a prompt (a string, or chat "
         "messages ending with a user turn) and an optional reference (or label). Empty: the held-out split, "
         "its last assistant turn (or completion) as the reference.")
@@ -81,7 +99,7 @@ class EvaluationSpec(KubeModel):
         description="Wall time for generation per model; prompts not reached in time are left out (status says how "
         "many were scored).")
     regression_set: str | None = Field(
-        default=None, max_length=2048,
+        default=None, max_length=2048, pattern=DATA_URI,
         description="General-capability prompts (same file shape as prompts) scored before and after, to check "
         "that the model did not forget what it could do.")
     max_regression: str = decimal(
@@ -89,6 +107,35 @@ class EvaluationSpec(KubeModel):
         "rouge_l, \"2\" for bleu). A larger drop sets the Regressed condition and a Warning event.", default="0.05")
     judge: Judge | None = Field(default=None, description="LLM judge for the judge metric.")
     report: bool = Field(default=True, description="Write eval/samples.jsonl, the blind A/B files and eval/report.html.")
+
+    @field_validator("prompts", "regression_set")
+    @classmethod
+    def _no_traversal(cls, value: str | None) -> str | None:
+        return _check_uri_path(value)
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            groups = re.compile(value).groups
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        if groups != 1:
+            raise ValueError(f"{value!r} must have exactly one group (the label), e.g. '(yes|no)'; it has {groups}")
+        return value
+
+    @model_validator(mode="after")
+    def _needs(self) -> EvaluationSpec:
+        labels = [m.value for m in self.metrics if m in LABEL_METRICS]
+        if labels and self.label_pattern is None:
+            raise _field_error("EvaluationSpec", "labelPattern", f"required by the metric(s) {', '.join(labels)}: a "
+                               "regular expression with one group that extracts the label, e.g. '(yes|no)'", None)
+        if MetricName.JUDGE in self.metrics and self.judge is None:
+            raise _field_error("EvaluationSpec", "judge", "required by the metric judge: the endpoint, model and rubric "
+                               "of the LLM judge", None)
+        return self
 
 
 class MetricResult(KubeModel):

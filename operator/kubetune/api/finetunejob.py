@@ -34,6 +34,7 @@ from .common import (
 )
 from .template_ref import EFFECTIVE_SPEC_HELP, SPEC_HASH_HELP, AppliedTemplate
 from .template_ref import FIELD as TEMPLATE_FIELD
+from .evaluation import EvalSummary, EvaluationSpec
 from .methods import (
     DEFAULT_METHOD,
     FORMATS,
@@ -298,6 +299,7 @@ class FineTuneJobSpec(KubeModel):
     storage: ObjectStorage = Field(default_factory=ObjectStorage, description="Object storage connection for every s3:// URI.")
     resources: Resources = Field(default_factory=Resources, description="Compute per node.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Queue, priority and placement.")
+    evaluation: EvaluationSpec | None = Field(default=None, description="Task evaluation before and after training (docs/evaluation.md).")
     image: str | None = Field(
         default=None, description="Trainer image override. Empty: the platform default.", max_length=512, pattern=r"^[^\s]+$"
     )
@@ -340,8 +342,9 @@ class TrainerPhase(StrEnum):
     """What the trainer is doing now: status.progress.phase, the Phase column of `kubectl get ftj`.
 
     The trainer sets each where that work begins (kubetune_trainer.run), in this order. Only a resumed
-    run restores a checkpoint, and it skips the baseline evaluation. After a failure the last phase
-    stays: it tells where the run stopped.
+    run restores a checkpoint, and it skips the baseline evaluation. EvaluatingTask (only with
+    spec.evaluation) comes twice: after BaselineEvaluation (the base model) and after FinalEvaluation
+    (the result). After a failure the last phase stays: it tells where the run stopped.
     """
 
     STARTING = "Starting"  # the trainer process is up, listing checkpoints
@@ -351,6 +354,7 @@ class TrainerPhase(StrEnum):
     LOADING_MODEL = "LoadingModel"  # tokenizer and weights into memory
     TOKENIZING_DATA = "TokenizingData"  # the trainer tokenizes (and packs) the dataset
     BASELINE_EVALUATION = "BaselineEvaluation"  # the base model on the held-out data
+    EVALUATING_TASK = "EvaluatingTask"  # spec.evaluation: answers generated and scored (base before, result after training)
     TRAINING = "Training"
     SAVING_CHECKPOINT = "SavingCheckpoint"  # uploading a checkpoint to object storage; training goes on after it
     FINAL_EVALUATION = "FinalEvaluation"  # the fine-tuned model on the held-out data
@@ -387,8 +391,8 @@ class EvalFigures(KubeModel):
     perplexity: float | None = Field(default=None, description="exp(evalLoss).")
 
 
-class Evaluation(KubeModel):
-    """The base model before training against the result after."""
+class Evaluation(EvalSummary):
+    """The base model before training against the result after: eval loss, and the task metrics of spec.evaluation."""
 
     baseline: EvalFigures | None = Field(default=None, description="Base model before training.")
     final: EvalFigures | None = Field(default=None, description="Fine-tuned model.")

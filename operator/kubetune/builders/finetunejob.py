@@ -81,16 +81,25 @@ def resolve_spec(spec: FineTuneJobSpec, settings: OperatorSettings) -> FineTuneJ
         data.image = settings.trainer_image
     if not settings.allow_file_uris:
         problems = local_only_problems({"spec.baseModel.uri": data.base_model.uri, "spec.dataset.train": data.dataset.train,
-                                        "spec.dataset.validation": data.dataset.validation, "spec.output.uri": data.output.uri})
+                                        "spec.dataset.validation": data.dataset.validation, "spec.output.uri": data.output.uri,
+                                        **evaluation_uris(data)})
         if problems:
             raise SpecError(problems)
     return data
 
 
+def evaluation_uris(spec: FineTuneJobSpec) -> dict[str, str]:
+    """{field path: URI} of the prompt sets spec.evaluation reads (fetched like the dataset)."""
+    ev = spec.evaluation
+    found = {"spec.evaluation.prompts": ev.prompts, "spec.evaluation.regressionSet": ev.regression_set} if ev else {}
+    return {path: uri for path, uri in found.items() if uri}
+
+
 def pvc_claims(resolved: FineTuneJobSpec) -> dict[str, bool]:
     """{claim: read-only} of the spec's pvc:// URIs: model and data are only read, the output is written."""
     claims: dict[str, bool] = {}
-    for uri in (resolved.base_model.uri, resolved.dataset.train, resolved.dataset.validation):
+    for uri in (resolved.base_model.uri, resolved.dataset.train, resolved.dataset.validation,
+                *evaluation_uris(resolved).values()):
         if claim := pvc_claim(uri):
             claims.setdefault(claim, True)
     if claim := pvc_claim(resolved.output.uri):
@@ -101,7 +110,7 @@ def pvc_claims(resolved: FineTuneJobSpec) -> dict[str, bool]:
 def configmap_keys(resolved: FineTuneJobSpec) -> dict[str, list[str]]:
     """{ConfigMap: keys} of the spec's configmap://name/key data URIs."""
     keys: dict[str, list[str]] = {}
-    for uri in (resolved.dataset.train, resolved.dataset.validation):
+    for uri in (resolved.dataset.train, resolved.dataset.validation, *evaluation_uris(resolved).values()):
         if ref := configmap_key(uri):
             keys.setdefault(ref[0], []).append(ref[1])
     return keys
@@ -231,6 +240,9 @@ def _env(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, setting
     if resolved.hub_token_secret_ref:
         ref = resolved.hub_token_secret_ref
         env.append(secret_env(c.ENV_HF_TOKEN, ref.name, ref.key))
+    if resolved.evaluation and resolved.evaluation.judge and resolved.evaluation.judge.api_key_secret_ref:
+        ref = resolved.evaluation.judge.api_key_secret_ref  # the judge's key: an env var from the Secret, never argv
+        env.append(secret_env(c.ENV_JUDGE_API_KEY, ref.name, ref.key))
     if resolved.resources.nodes > 1:
         env += [
             {"name": c.ENV_NNODES, "value": str(resolved.resources.nodes)},

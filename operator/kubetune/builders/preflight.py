@@ -25,6 +25,7 @@ POD_FIELDS = ("restartPolicy", "serviceAccountName", "automountServiceAccountTok
               "terminationGracePeriodSeconds", "priorityClassName")
 CONTAINER_FIELDS = ("name", "image", "imagePullPolicy", "securityContext", "terminationMessagePath", "terminationMessagePolicy")
 DISTRIBUTED_ENV = {c.ENV_NNODES, c.ENV_NODE_RANK, "MASTER_ADDR", "MASTER_PORT", c.ENV_STOP_GRACE}
+TRAINING_ONLY_SECRETS = {c.ENV_JUDGE_API_KEY}  # the pre-flight generates nothing: it gets no judge key
 GPU_ONLY_VOLUMES = {"dshm"}  # shared memory for data loader workers and NCCL
 
 
@@ -52,7 +53,7 @@ def build_preflight_job(train_job: dict[str, Any], name: str, resolved: FineTune
     template = train_job["spec"]["template"]
     trainer = next(ctr for ctr in template["spec"]["containers"] if ctr["name"] == c.TRAINER_CONTAINER)
     volumes = [v for v in template["spec"]["volumes"] if v["name"] not in GPU_ONLY_VOLUMES]
-    env = [e for e in trainer["env"] if e["name"] not in DISTRIBUTED_ENV]
+    env = [e for e in trainer["env"] if e["name"] not in DISTRIBUTED_ENV | TRAINING_ONLY_SECRETS]
     if (memory := gpu_memory(resolved, settings)) is not None:
         env.append({"name": ENV_GPU_MEMORY, "value": memory})
     container = {

@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from ..api import exit_codes
-from ..api.conditions import DATA_VALIDATED, FAILED, FALSE, RUNNING, SERVABLE, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN
+from ..api.conditions import DATA_VALIDATED, FAILED, FALSE, REGRESSED, RUNNING, SERVABLE, SUCCEEDED, SUSPENDED, TRUE, UNKNOWN
 from ..api.conditions import FineTuneJobReason as Reason
 from ..api.constants import ANNOTATION_USER_HOLD, LABEL_KUEUE_QUEUE
-from ..api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from ..api.finetunejob import Evaluation, FineTuneJobSpec, FineTuneJobStatus
 from ..api.template_ref import AppliedTemplate
 from ..api.termination import TerminationReport
 from ..plan.finetunejob import ended
@@ -349,4 +349,23 @@ def derive_status(obs: Observed, previous: dict[str, Any] | None, now: datetime 
         report = termination_report(winner) if winner else TerminationReport()
         status.adapter = report.adapter
         status.evaluation = report.evaluation
+        regressed = _regressed(status.evaluation or Evaluation.model_validate(previous.get("evaluation") or {}))
+        if regressed is not None:
+            status.conditions = merge_conditions(previous.get("conditions"), [*desired, regressed], obs.generation, now)
     return status
+
+
+def _regressed(evaluation: Evaluation) -> Cond | None:
+    """Regressed, once the job succeeded with a regression set (spec.evaluation.regressionSet): True when a metric of
+    it dropped by more than maxRegression from the base model to the result. From the termination report, else from
+    the status.evaluation written when the job succeeded (the pod may be gone since)."""
+    result = evaluation.regression
+    if result is None:
+        return None
+    if result.regressed:
+        return Cond(REGRESSED, TRUE, Reason.REGRESSION_EXCEEDED,
+                    f"The regression set ({result.prompts} prompts) dropped by more than maxRegression "
+                    f"{result.max_regression}: {'; '.join(result.regressed)}.")
+    return Cond(REGRESSED, FALSE, Reason.NO_REGRESSION,
+                f"Every metric of the regression set ({result.prompts} prompts) stayed within maxRegression "
+                f"{result.max_regression} of the base model.")
