@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     from .importers.cli import add_parser as add_import
 
     add_import(sub)  # kubetune import llamafactory
+    from .eval_cli import add_parser as add_eval
+
+    add_eval(sub)  # kubetune eval report
     _add_local(sub)
     _add_data(sub)
     _add_gateway(sub)

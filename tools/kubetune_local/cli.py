@@ -227,8 +227,20 @@ def summarize(lr: LocalRun, md: dict[str, Any], results: dict[str, dict[str, Any
             curve = Path(uri[len("file://"):]) / "loss_curve.png"
             if curve.exists():
                 console.print(f"loss curve: {curve}")
+        if report := eval_report_line(uri, evaluation):
+            console.print(report, markup=False)
+            summary["finetunejobs"][ftj_name]["evaluationReport"] = evaluation["reportUri"]
     (lr.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"summary: {lr.workdir / 'summary.json'}")
+
+
+def eval_report_line(adapter_uri: str, evaluation: dict[str, Any]) -> str | None:
+    """The summary's link to the side-by-side report (status.evaluation.reportUri, published with spec.evaluation)."""
+    report = evaluation.get("reportUri")
+    if not report:
+        return None
+    where = report.removeprefix("file://") if report.startswith("file://") else report
+    return f"evaluation report: {where} (in the terminal: kubetune eval report {adapter_uri}; in the browser: add --open)"
 
 
 def quickstart(workdir: Path, timeout: float, serve: bool = False, runtime: str = "process") -> int:
