@@ -36,6 +36,7 @@ from kubetune_storage import Store
 
 from .evaluate import EvalOutcome, model_card_section, with_task_figures, write_eval_files
 from .losscurve import loss_curve_png
+from .report import stage_report
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,12 @@ def stage(config: TrainerConfig, result: Result, dest: Path) -> list[Path]:
     evals = [(int(e["step"]), float(e["eval_loss"])) for e in result.log_history if "eval_loss" in e and "step" in e]
     baseline = (result.evaluation.get("baseline") or {}).get("evalLoss")
     title = f"{config.job.namespace}/{config.job.name}"
-    (dest / LOSS_CURVE).write_bytes(loss_curve_png(train, evals, baseline=baseline, title=title))
+    curve = loss_curve_png(train, evals, baseline=baseline, title=title)
+    (dest / LOSS_CURVE).write_bytes(curve)
     resolved = {"trainerConfig": config.to_dict(), "effective": result.summary}
     (dest / RESOLVED_CONFIG).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
     if result.task is not None and config.spec.evaluation is not None:  # eval/ before the manifest lists every file
+        stage_report(dest, config, result.task, curve)
         result.task.summary = write_eval_files(dest, result.task, config.spec.evaluation)
     (dest / MODEL_CARD).write_text(model_card(config, result))
     return sorted(p for p in dest.rglob("*") if p.is_file())
