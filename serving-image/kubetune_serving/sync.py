@@ -3,7 +3,8 @@
 Every flag has an environment variable (flag wins). Also read from the environment: VLLM_API_KEY
 (sent to vLLM as a Bearer token), KUBETUNE_S3_ENDPOINT / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
 AWS_DEFAULT_REGION (s3://), KUBETUNE_PVC_ROOT (pvc://), KUBECONFIG (else in-cluster service account),
-KUBETUNE_NAMESPACE (namespace of a ConfigMap given without one).
+KUBETUNE_NAMESPACE (namespace of a ConfigMap given without one), KUBETUNE_POD_NAME (this pod: the desired set's
+trial entries naming it are its to run, docs/promotion.md).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ async def serve(options: SyncOptions, env: Mapping[str, str]) -> None:
     async with aiohttp.ClientSession() as session:
         vllm = VLLMClient(session, options.vllm_url, env.get(c.ENV_VLLM_API_KEY) or None)
         syncer = Syncer(vllm, cache, poll_interval=options.poll_interval, retry_max=options.retry_max,
-                        resolve_interval=options.resolve_interval)
+                        resolve_interval=options.resolve_interval, pod_name=env.get(c.ENV_POD_NAME) or None)
         runner = web.AppRunner(make_app(syncer), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, options.host, options.port).start()

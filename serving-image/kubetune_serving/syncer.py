@@ -22,12 +22,14 @@ from datetime import UTC, datetime
 
 from kubetune.api.admission import AdmissionError
 from kubetune.api.conditions import AdapterState, SyncState
+from kubetune.api.promotion import GateVerdict, TrialReport
 from kubetune.api.sidecar import AdapterReport, DesiredAdapter, DesiredSet, SidecarStatus
 from kubetune_storage import StorageError
 
 from . import protocol
 from .cache import AdapterCache, ManifestMissing, Resolution
 from .sources import Update
+from .trial import eval_failed, pending, run_trial
 from .verify import VerificationError
 from .vllm_client import VLLMClient, VLLMError
 
@@ -47,6 +49,7 @@ class Record:
     retry_at: float = 0.0
     resolved: Resolution | None = None  # unpinned: its manifest.json as last read (the sha pins it)
     resolved_mono: float | None = None  # unpinned: when last read; None: read it before anything else
+    trial: TrialReport | None = None  # a trial entry (a gate run on this pod): its verdict
 
     @property
     def sha(self) -> str | None:
@@ -62,7 +65,7 @@ class Record:
 
     def report(self) -> AdapterReport:
         return AdapterReport(name=self.adapter.name, uri=self.adapter.uri, manifest_sha256=self.sha,
-                             state=self.state, message=self.message, loaded_at=self.loaded_at)
+                             state=self.state, message=self.message, loaded_at=self.loaded_at, trial=self.trial)
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -76,7 +79,9 @@ def now_rfc3339() -> str:
 
 class Syncer:
     def __init__(self, vllm: VLLMClient, cache: AdapterCache, *, poll_interval: float = 1.0,
-                 retry_base: float = 1.0, retry_max: float = 60.0, resolve_interval: float = 10.0) -> None:
+                 retry_base: float = 1.0, retry_max: float = 60.0, resolve_interval: float = 10.0,
+                 pod_name: str | None = None) -> None:
+        self.pod_name = pod_name  # trial entries (gates) naming another pod are not this sidecar's
         self.vllm = vllm
         self.cache = cache
         self.poll_interval = poll_interval
@@ -124,7 +129,9 @@ class Syncer:
             if update.error:
                 log.warning("desired set: %s (keeping the last one)", update.error)
             return
-        desired = update.desired
+        # A trial entry is loaded only by the pod it names (kubetune.api.promotion): the others do not see it.
+        desired = update.desired.model_copy(update={"adapters": [
+            a for a in update.desired.adapters if a.trial is None or a.trial.pod == self.pod_name]})
         if self.desired is not None and desired == self.desired:
             return
         log.info("desired set generation %s: %s", desired.generation, [a.name for a in desired.adapters] or "no adapters")
@@ -295,11 +302,21 @@ class Syncer:
                 return self._failed(adapter, f"download failed: {exc}")
             if not self._still_wanted(adapter):
                 return
+            if adapter.trial is not None and (failed := eval_failed(adapter.trial, fetched.manifest)) is not None:
+                record.trial = failed  # a gate's eval part failed: never loaded into vLLM (kubetune.api.promotion)
+                return self._rejected(adapter, failed.message or "gate failed")
             self._set(record, AdapterState.LOADING, "loading into vLLM")
             try:
                 await self.vllm.load(adapter.name, str(fetched.lora_path))
             except VLLMError as exc:
                 return self._failed(adapter, f"vLLM did not load it: {exc}")
+            if self._still_wanted(adapter) and adapter.trial is not None:
+                record = self.records[adapter.name]
+                record.trial = pending(adapter.trial, "running the smoke prompts")
+                record.trial = await run_trial(self.vllm, adapter.name, adapter.trial, fetched.manifest)
+                log.info("adapter %s: gate %s: %s", adapter.name, record.trial.verdict, record.trial.message)
+                if record.trial.verdict == GateVerdict.PENDING:  # vLLM did not answer: load and run it again later
+                    return self._failed(adapter, record.trial.message or "the gate did not finish")
             if self._still_wanted(adapter):
                 self._ready(self.records[adapter.name])
                 log.info("loaded adapter %s (%s, manifest %s) fetch=%.3fs%s vllm_load=%.3fs", adapter.name,

@@ -51,6 +51,21 @@ class VLLMClient:
         await self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path, "load_inplace": True})
         self.last_load_seconds = time.monotonic() - started
 
+    async def chat(self, model: str, prompt: str, max_tokens: int) -> str:
+        """One greedy chat completion's text (a gate's smoke prompt)."""
+        payload = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                   "temperature": 0}
+        try:
+            async with self._session.post(f"{self.base_url}/v1/chat/completions", json=payload, headers=self._headers,
+                                          timeout=self._load) as resp:
+                if resp.status == 200:
+                    body = await resp.json()
+                    return str((body.get("choices") or [{}])[0].get("message", {}).get("content") or "")
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise VLLMError(None, f"vLLM not reachable at {self.base_url}: {type(exc).__name__}: {exc}") from exc
+        raise VLLMError(resp.status, error_message(text))
+
     async def unload(self, name: str) -> None:
         """Unload ``name``; one that is not loaded counts as unloaded."""
         try:

@@ -234,3 +234,51 @@ def test_docs_ship_the_scripts_verbatim():
         body = doc[doc.index(key) + len(key):]
         indented = "".join(f"    {line}\n" if line else "\n" for line in (SCRIPTS / script).read_text().splitlines())
         assert body.startswith(indented), f"docs/argocd.md: the {kind} script differs from {script}"
+
+
+def _versioned(serving: dict, gate: dict | None, reports: dict) -> dict:
+    """The status the operator derives for a versioned `bot` (kubetune.plan.modeldeployment.plan on real inputs)."""
+    from kubetune.config import OperatorSettings
+    from kubetune.plan.modeldeployment import plan
+
+    entry = {"name": "bot", "versions": [{"name": "v1", "uri": "s3://m/v1"}, {"name": "v2", "uri": "s3://m/v2"}], "serving": serving}
+    body = {"metadata": {"name": "support", "namespace": "team-a", "generation": 1},
+            "spec": {"baseModel": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"}, "replicas": 2,
+                     "adapters": [{**entry, **({"gate": gate} if gate else {})}]}}
+    pods = [ready_pod(name) for name in reports]
+    planned = plan(body, OperatorSettings(serving_image="img"), {}, None, pods, reports, None)
+    observed = md_status.ServingObserved(generation=1, desired_generation=planned.desired.generation, deployment=deployment(),
+                                         pods=pods, reports=reports, endpoint=ENDPOINT, selector="x=y")
+    status = md_status.derive_status(observed, planned.spec, planned.adapters, None, T0).to_dict()
+    ModelDeploymentStatus.model_validate(status)
+    return status
+
+
+def _served(*entries: tuple[str, str, str | None]) -> SidecarStatus:
+    return SidecarStatus(generation=1, vllm_ready=True, adapters=[
+        AdapterReport(name=n, uri=uri, state="Ready", manifest_sha256=sha) for n, uri, sha in entries])
+
+
+def test_gated_and_canarying_adapters_are_progressing_with_the_reason():
+    both = {p: _served(("bot", "s3://m/v1", SHA), ("bot--v2", "s3://m/v2", "b" * 64)) for p in ("p1", "p2")}
+    canary = _versioned({"version": "v1", "canary": {"version": "v2", "weight": 20}}, None, both)
+    assert canary["adapters"][0]["state"] == "Ready" and canary["adapters"][0]["promotion"]["canary"]["ready"]
+    assert health("modeldeployment-health.lua", md(canary)) == {
+        "status": "Progressing", "message": "Adapter bot canarying version v2 at 20% beside version v1"}
+    loading = _versioned({"version": "v1", "canary": {"version": "v2", "weight": 20}}, None,
+                         {p: _served(("bot", "s3://m/v1", SHA)) for p in ("p1", "p2")})
+    assert health("modeldeployment-health.lua", md(loading))["message"] == \
+        "Adapter bot canarying version v2 at 20% beside version v1 (loading: 0/2 replicas)"
+    # A trial that failed on pod p1 (the sidecar's verdict): the adapter is Gated, Progressing with the numbers.
+    from kubetune.api.promotion import Gate, TrialReport
+
+    gate = {"smokePrompts": [{"prompt": "Who are you?", "expect": "Zorbia"}]}
+    failed = TrialReport(verdict="Failed", gate_digest=Gate.model_validate(gate).digest(),
+                         message="gate failed: smoke prompts: 0/1 passed; 'Who are you?': answer does not match 'Zorbia'")
+    reports = {"p1": SidecarStatus(generation=1, vllm_ready=True, adapters=[
+                   AdapterReport(name="bot--v1--gate", uri="s3://m/v1", state="Ready", manifest_sha256=SHA, trial=failed)]),
+               "p2": _served()}
+    gated = _versioned({"version": "v1"}, gate, reports)
+    got = health("modeldeployment-health.lua", md(gated))
+    assert got["status"] == "Progressing" and got["message"].startswith(
+        "Adapter bot is Gated: version v1: gate failed: smoke prompts: 0/1 passed"), got

@@ -75,10 +75,12 @@ def sha256(path: Path) -> str:
 
 
 def publish_adapter(adapter_dir: Path, folder: Path, *, base_model_uri: str = "file:///models/tiny",
-                    adapter: dict[str, Any] | None = None, job: str = "job") -> str:
+                    adapter: dict[str, Any] | None = None, job: str = "job",
+                    evaluation: dict[str, Any] | None = None) -> str:
     """Lay out ``folder`` like the trainer publishes: ``adapter/`` files, then manifest.json listing
     each file's sha256 and size. ``adapter`` overrides manifest.adapter fields (to provoke admission
-    checks). Returns the sha256 of manifest.json (the desired set's manifestSha256)."""
+    checks), ``evaluation`` is manifest.evaluation (e.g. {"baseline": {"evalLoss": 2.0}, "final": {"evalLoss": 1.0}},
+    what a gate reads). Returns the sha256 of manifest.json (the desired set's manifestSha256)."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     target = folder / layout.ADAPTER_DIR
     shutil.copytree(adapter_dir, target, dirs_exist_ok=True)
@@ -92,6 +94,7 @@ def publish_adapter(adapter_dir: Path, folder: Path, *, base_model_uri: str = "f
         "adapter": {"type": "lora", "path": layout.ADAPTER_DIR, "rank": config["r"], "alpha": config["lora_alpha"],
                     "targetModules": sorted(config["target_modules"])} | (adapter or {}),
         "files": files,
+        **({"evaluation": evaluation} if evaluation is not None else {}),
     })
     (folder / layout.MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
     return sha256(folder / layout.MANIFEST)

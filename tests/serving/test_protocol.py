@@ -104,7 +104,7 @@ def test_status_wire_form() -> None:
         AdapterReport(name="a", uri="s3://m/a", manifest_sha256=SHA_A, state="Ready", loaded_at="2026-11-23T00:00:00Z"),
         AdapterReport(name="u", uri="s3://m/u", manifest_sha256=None, state="Loading", message="reading manifest.json"),
     ])
-    assert status.model_dump(by_alias=True, mode="json") == {
+    assert status.wire() == {  # `trial` only on trial entries (kubetune.api.promotion)
         "generation": 4, "vllmReady": True, "message": None,
         "adapters": [{"name": "a", "uri": "s3://m/a", "manifestSha256": SHA_A, "state": "Ready", "message": None,
                       "loadedAt": "2026-11-23T00:00:00Z"},

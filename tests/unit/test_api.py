@@ -71,7 +71,7 @@ def test_bad_modeldeployment_spec_names_the_field():
     base = {"baseModel": {"uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"}}
     cases = [
         ({"adapters": [{"name": "Support_Bot", "uri": "s3://a/b"}]}, "spec.adapters[0].name: 'Support_Bot' must be lowercase"),
-        ({"adapters": [{"name": "a"}]}, "spec.adapters[0]: adapter 'a': set exactly one of fineTuneJobRef or uri"),
+        ({"adapters": [{"name": "a"}]}, "spec.adapters[0]: adapter 'a': set exactly one of fineTuneJobRef, uri or versions"),
         ({"adapters": [{"name": "a", "uri": "s3://a/b"}, {"name": "a", "uri": "s3://a/c"}]}, "spec: adapters: duplicate name(s) a"),
         ({"vllm": {"maxLoras": 8, "maxCpuLoras": 4}}, "spec.vllm: vllm.maxCpuLoras must be >= vllm.maxLoras"),
         ({"vllm": {"tensorParallelSize": 4}, "resources": {"gpus": 2}}, "spec: vllm.tensorParallelSize must not exceed resources.gpus"),

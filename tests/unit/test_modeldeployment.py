@@ -80,7 +80,8 @@ def test_deployment_containers_whole():
                             "--port", "8081", "--cache-dir", "/var/cache/kubetune/adapters", "--max-lora-rank", "32",
                             "--base-model-uri", "hf://Qwen/Qwen2.5-0.5B-Instruct", "--base-model-revision", "main"]
     assert sync["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "sync"}
-    assert sync["env"] == [*common, api_key, *storage_env]
+    assert sync["env"] == [*common, api_key, *storage_env,
+                           {"name": "KUBETUNE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "chat-serving"
     assert pod["securityContext"]["runAsNonRoot"] is True
 

@@ -95,6 +95,7 @@ class ModelDeploymentReason(StrEnum):
     ADAPTER_FAILED = "AdapterFailed"
     WAITING_FOR_FINETUNEJOB = "WaitingForFineTuneJob"
     ADAPTERS_LOADING = "AdaptersLoading"
+    ADAPTER_GATED = "AdapterGated"  # a version failed its gate (docs/promotion.md); the previous one keeps serving
 
 
 class AdapterState(StrEnum):
@@ -105,6 +106,7 @@ class AdapterState(StrEnum):
     READY = "Ready"  # vLLM serves it (in a deployment's status: on every replica)
     FAILED = "Failed"  # a retryable error (storage, integrity, vLLM refused it): retried with backoff
     REJECTED = "Rejected"  # it can never be served as is (kubetune.api.admission): not retried for that manifest
+    GATED = "Gated"  # it failed its gate (kubetune.api.promotion): never routable for that manifest and gate
     UNKNOWN = "Unknown"  # one pod's state of it when that pod's sidecar does not answer
 
 
@@ -115,6 +117,7 @@ PodAdapterState = Literal[AdapterState.LOADING, AdapterState.READY, AdapterState
                           AdapterState.UNKNOWN]
 # An adapter's state in the ModelDeployment status (over all its replicas).
 DeploymentAdapterState = Literal[AdapterState.WAITING_FOR_FINETUNEJOB, AdapterState.LOADING, AdapterState.READY,
-                                 AdapterState.FAILED, AdapterState.REJECTED]
+                                 AdapterState.FAILED, AdapterState.REJECTED, AdapterState.GATED]
 # Worst first: the one that names an adapter's (or a deployment's) state when pods or adapters differ.
-SEVERITY = (AdapterState.REJECTED, AdapterState.FAILED, AdapterState.WAITING_FOR_FINETUNEJOB, AdapterState.LOADING)
+SEVERITY = (AdapterState.REJECTED, AdapterState.FAILED, AdapterState.GATED, AdapterState.WAITING_FOR_FINETUNEJOB,
+            AdapterState.LOADING)

@@ -180,6 +180,8 @@ def modeldeployment_crd() -> dict[str, Any]:
             {"name": "Ready", "type": "string", "jsonPath": _cond("Ready")},
             {"name": "Replicas", "type": "string", "jsonPath": ".status.readyReplicas", "description": "Ready replicas."},
             {"name": "Adapters", "type": "string", "jsonPath": ".status.adaptersReady", "description": "Ready/desired adapters."},
+            {"name": "Adapter State", "type": "string", "jsonPath": '.status.conditions[?(@.type=="AdaptersReady")].reason',
+             "priority": 1, "description": "Worst adapter state, e.g. AdapterGated (docs/promotion.md)."},
             {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],

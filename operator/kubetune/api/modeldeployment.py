@@ -26,6 +26,7 @@ from .common import (
     with_rules,
 )
 from .conditions import DeploymentAdapterState, PodAdapterState
+from .promotion import AdapterVersion, FineTuneJobRef, Gate, PromotionStatus, ServingPolicy, check_entry, check_names
 
 MAX_ADAPTER_MESSAGE = 4096  # status.adapters[].message; longer ones are cut, ending in "..."
 MAX_PODS_LISTED = 128  # spec.replicas (<= 64) plus the rollout's surge pod, with room to spare
@@ -39,16 +40,12 @@ def check_unique_names(adapter_names: Iterable[str]) -> None:
         raise ValueError(f"adapters: duplicate name(s) {', '.join(dupes)}")
 
 
-class FineTuneJobRef(KubeModel):
-    """A FineTuneJob in the same namespace."""
-
-    name: str = Field(description="Name of the FineTuneJob.", min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-
-
 class AdapterSource(KubeModel):
-    """One LoRA adapter to serve, by FineTuneJob or by URI."""
+    """One LoRA adapter to serve, by FineTuneJob or by URI, or as versions (docs/promotion.md)."""
 
-    model_config = with_rules(cel("has(self.fineTuneJobRef) != has(self.uri)", "set exactly one of fineTuneJobRef or uri"))
+    model_config = with_rules(cel("[has(self.fineTuneJobRef), has(self.uri), has(self.versions)].filter(x, x).size() == 1",
+                                  "set exactly one of fineTuneJobRef, uri or versions"),
+                              cel("has(self.versions) == has(self.serving)", "versions and serving go together"))
 
     name: str = Field(
         description="Model name clients send in the OpenAI `model` field. A DNS label (lowercase, digits, '-').",
@@ -73,10 +70,15 @@ class AdapterSource(KubeModel):
     def _adapter_uri(cls, value: str | None) -> str | None:
         return check_adapter_uri(value) if isinstance(value, str) else value
 
+    gate: Gate | None = Field(default=None, description="What an adapter must pass before it is routable (docs/promotion.md).")
+    versions: list[AdapterVersion] | None = Field(default=None, max_length=16, description="Published adapters the name can point at.")
+    serving: ServingPolicy | None = Field(default=None, description="Which of versions answers the name, and a canary.")
+
     @model_validator(mode="after")
     def _one_source(self) -> AdapterSource:
-        if (self.fine_tune_job_ref is None) == (self.uri is None):
+        if self.fine_tune_job_ref is not None and self.uri is not None:
             raise ValueError(f"adapter {self.name!r}: set exactly one of fineTuneJobRef or uri")
+        check_entry(self.name, self.fine_tune_job_ref is not None or self.uri is not None, self.versions, self.serving)
         return self
 
 
@@ -206,6 +208,7 @@ class ModelDeploymentSpec(KubeModel):
     @model_validator(mode="after")
     def _cross_field(self) -> ModelDeploymentSpec:
         check_unique_names(a.name for a in self.adapters)
+        check_names(self.adapters)
         if self.resources.gpus and self.vllm.tensor_parallel_size > self.resources.gpus:
             raise ValueError("vllm.tensorParallelSize must not exceed resources.gpus")
         return self
@@ -232,6 +235,7 @@ class AdapterStatus(KubeModel):
         json_schema_extra={"maxProperties": MAX_PODS_LISTED})
     message: str | None = Field(default=None, description="Why it is not Ready (naming the pods that lag).",
                                 max_length=MAX_ADAPTER_MESSAGE)
+    promotion: PromotionStatus | None = Field(default=None, description="Gate verdicts, versions, canary (docs/promotion.md).")
 
 
 class ModelDeploymentStatus(KubeModel):

@@ -27,6 +27,11 @@ has not seen the latest set yet from one that has. Each report's ``manifestSha25
 the version the pod serves or is working on: the pinned one, or for an unpinned adapter the one
 it resolved (null only until its manifest.json was first read). ``state`` is one of
 conditions.SyncState.
+
+Gates (kubetune.api.promotion, docs/promotion.md): an entry with ``trial: {pod, gate}`` is loaded only by the
+sidecar of that pod ($KUBETUNE_POD_NAME), under its trial name (never routed); that sidecar checks the gate's
+eval part on manifest.json's figures, runs the smoke prompts through vLLM and reports
+``trial: {verdict, gateDigest, message, prompts}`` for the entry. Every other sidecar ignores the entry.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pydantic import Field, model_validator
 from .common import ADAPTER_URI, DNS_LABEL, KubeModel
 from .conditions import SyncState
 from .modeldeployment import check_unique_names
+from .promotion import Trial, TrialReport
 
 SHA256 = r"^[a-f0-9]{64}$"
 
@@ -50,6 +56,9 @@ class DesiredAdapter(KubeModel):
         default=None, pattern=SHA256,
         description="sha256 of that manifest.json; pins the exact adapter. None: unpinned, the sidecar reads "
                     "the manifest itself (and re-reads it to follow re-publications).")
+
+    trial: Trial | None = Field(default=None, description="Run this gate on the one pod named, under this (never "
+                                "routed) name; other pods ignore the entry (kubetune.api.promotion). Absent: serve it.")
 
     @property
     def pinned(self) -> bool:
@@ -68,8 +77,13 @@ class DesiredSet(KubeModel):
         return self
 
     def wire(self) -> dict:
-        """The ConfigMap form: every adapter's manifestSha256 present (null when unpinned)."""
-        return self.model_dump(by_alias=True, mode="json")
+        """The ConfigMap form: every adapter's manifestSha256 present (null when unpinned); `trial` only where set
+        (a sidecar of an earlier version reads every other entry)."""
+        out = self.model_dump(by_alias=True, mode="json")
+        for entry in out["adapters"]:
+            if entry.get("trial") is None:
+                entry.pop("trial", None)
+        return out
 
 
 class AdapterReport(KubeModel):
@@ -82,6 +96,7 @@ class AdapterReport(KubeModel):
     state: SyncState
     message: str | None = None
     loaded_at: str | None = Field(default=None, description="RFC 3339 time vLLM loaded it (state Ready).")
+    trial: TrialReport | None = Field(default=None, description="A trial entry's gate verdict (Pending while it runs).")
 
 
 class SidecarStatus(KubeModel):
@@ -96,5 +111,10 @@ class SidecarStatus(KubeModel):
         return next((a for a in self.adapters if a.name == name), None)
 
     def wire(self) -> dict:
-        """The JSON body: every key present (null when unset), a stable shape for the operator to parse."""
-        return self.model_dump(by_alias=True, mode="json")
+        """The JSON body: every key present (null when unset; `trial` only on trial entries), a stable shape for
+        the operator to parse."""
+        out = self.model_dump(by_alias=True, mode="json")
+        for entry in out["adapters"]:
+            if entry.get("trial") is None:
+                entry.pop("trial", None)
+        return out

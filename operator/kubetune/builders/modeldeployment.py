@@ -83,7 +83,9 @@ def resolve_spec(spec: ModelDeploymentSpec, settings: OperatorSettings) -> Model
         data.image = settings.serving_image
     if not settings.allow_file_uris:
         problems = local_only_problems({"spec.baseModel.uri": data.base_model.uri,
-                                        **{f"spec.adapters[{i}].uri": a.uri for i, a in enumerate(data.adapters)}})
+                                        **{f"spec.adapters[{i}].uri": a.uri for i, a in enumerate(data.adapters)},
+                                        **{f"spec.adapters[{i}].versions[{j}].uri": v.uri for i, a in enumerate(data.adapters)
+                                           for j, v in enumerate(a.versions or [])}})
         if problems:
             raise SpecError(problems)
     return data
@@ -183,7 +185,9 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kubetune_serving.sync"],
         "args": sync_args,
-        "env": [*common_env, *_api_key_env(spec), *hub, *storage_env(spec.storage)],  # hub: hf:// adapters
+        "env": [*common_env, *_api_key_env(spec), *hub, *storage_env(spec.storage),  # hub: hf:// adapters
+                # which desired-set trial entries (gates, docs/promotion.md) are this pod's to run
+                {"name": c.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "ports": [{"name": "sync", "containerPort": c.SERVING_SYNC_PORT}],
         # Not Ready until vLLM is up and every desired adapter is restored: a new or restarted pod
         # receives no traffic before it serves the whole set.

@@ -110,7 +110,7 @@ async def proxy(request: Request, who: Tenant, gw: Any, endpoint: str) -> Respon
                         media_type=response.headers.get("Content-Type", "application/json"))
     if "text/event-stream" in response.headers.get("Content-Type", ""):
         return StreamingResponse(_stream(response, route, model, who.namespace, wants_usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", **_version(route)})
     try:
         data = await response.json(content_type=None)
     finally:
@@ -118,7 +118,15 @@ async def proxy(request: Request, who: Tenant, gw: Any, endpoint: str) -> Respon
     if isinstance(data, dict):
         data["model"] = model
         count_usage(who.namespace, model, data.get("usage"))
-    return JSONResponse(data)
+    return JSONResponse(data, headers=_version(route))
+
+
+VERSION_HEADER = "x-kubetune-adapter-version"
+
+
+def _version(route: Route) -> dict[str, str]:
+    """Which version of a versioned adapter answered (its canary or the stable one: docs/promotion.md)."""
+    return {VERSION_HEADER: route.version} if route.version else {}
 
 
 def _rename(raw: bytes, route: Route, model: str) -> bytes:

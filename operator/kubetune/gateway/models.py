@@ -31,7 +31,7 @@ from .app import Gateway, GatewayDep
 from .errors import OpenAIError
 from .metrics import record_job
 from .jobview import LABEL_API
-from .routing import (ANNOTATION_MODEL_DELETED, FineTunedName, Miss, Route, Unroutable, adapter_name,
+from .routing import (ANNOTATION_MODEL_DELETED, GATEWAY_ADAPTER, FineTunedName, Miss, Route, Unroutable, adapter_name,
                       job_model, parse_fine_tuned, route_adapter, route_base, succeeded)
 from .tenancy import Tenant, TenantDep
 
@@ -271,6 +271,8 @@ async def resolve(gw: Gateway, who: Tenant, model: str, wait: float = ROUTE_WAIT
             raise OpenAIError(404, f"The model `{model}` is offered for fine-tuning only: no deployment serves it.",
                               param="model", code="model_not_found")
         return _routed(model, route_base(await deployment(gw, model, MD_TTL)))
+    if parse_fine_tuned(model) is None:
+        return await _platform_adapter(gw, who, model)
     name, ftj = await _own_job(gw, who, model, cached=True)
     if gw.settings.base_models[name.base].serving is None:
         raise OpenAIError(404, f"The model `{model}` is not served: its base model `{name.base}` is offered for "
@@ -288,6 +290,20 @@ async def resolve(gw: Gateway, who: Tenant, model: str, wait: float = ROUTE_WAIT
         if found.miss != Miss.LOADING or time.monotonic() >= deadline:
             return _routed(model, found)
         await asyncio.sleep(0.25)
+
+
+async def _platform_adapter(gw: Gateway, who: Tenant, model: str) -> Route:
+    """An adapter the platform team lists by name (e.g. a versioned `support-bot`, docs/promotion.md) on the shared
+    ModelDeployment of a base model this tenant may use. The entries the gateway adds for API jobs (named by
+    adapter_name: `ft-<hash>-...`) are reached only through their owner's ft: name."""
+    if not GATEWAY_ADAPTER.match(model):
+        for base in sorted(gw.settings.base_models):
+            if not _base_allowed(gw, who, base) or gw.settings.base_models[base].serving is None:
+                continue
+            md = await deployment(gw, base, MD_TTL)
+            if md is not None and any(a.get("name") == model for a in (md.get("spec") or {}).get("adapters") or []):
+                return _routed(model, route_adapter(md, model))
+    raise model_not_found(model)
 
 
 def _routed(model: str, found: Route | Unroutable) -> Route:

@@ -16,7 +16,9 @@ ModelDeployment's status (the operator's view of what is loaded: an adapter is R
 from __future__ import annotations
 
 import hashlib
+import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -25,6 +27,7 @@ from . import jobview
 
 FT_PREFIX = "ft:"
 MAX_ADAPTER_NAME = 63
+GATEWAY_ADAPTER = re.compile(r"^ft-[0-9a-f]{10}-")  # adapter_name's names: an API job's, reached by its ft: name only
 
 # On a gateway-created FineTuneJob whose model was deleted (DELETE /v1/models/{model}): not listed, not served.
 ANNOTATION_MODEL_DELETED = "kubetune.io/openai-model-deleted"
@@ -100,6 +103,7 @@ class Route:
     served: str  # the name vLLM serves it under: the ModelDeployment's name, or the adapter's name
     namespace: str  # the ModelDeployment's namespace and name (for its API key Secret, logs)
     deployment: str
+    version: str | None = None  # the adapter version that answers (a versioned adapter: docs/promotion.md)
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,29 @@ def route_base(md: dict[str, Any] | None) -> Route | Unroutable:
     return _ready(md, (md or {}).get("metadata", {}).get("name", ""))
 
 
-def route_adapter(md: dict[str, Any] | None, adapter: str) -> Route | Unroutable:
-    """One adapter of a ModelDeployment, once its status says it is Ready (loaded on every replica)."""
+def pick_version(promotion: dict[str, Any], adapter: str, draw: Callable[[], float] = random.random) -> tuple[str, str | None]:
+    """(the name vLLM serves it under, the version) for one request to a versioned adapter: its canary, once loaded
+    on every replica, for `weight` % of the draws (draw() in [0, 1)), else the version served under its own name."""
+    canary = promotion.get("canary") or {}
+    if canary.get("ready") and draw() * 100 < int(canary.get("weight") or 0):
+        return canary["servedName"], canary.get("version")
+    return adapter, promotion.get("serving") or None
+
+
+def route_adapter(md: dict[str, Any] | None, adapter: str, draw: Callable[[], float] = random.random) -> Route | Unroutable:
+    """One adapter of a ModelDeployment, once its status says it is Ready (loaded on every replica). A gated or
+    versioned one (status promotion) answers while some version serves its name on every replica, even while a
+    newer one is Gated or loading; its canary gets its weight's share of the requests (pick_version)."""
     if md is None:
         return Unroutable(Miss.NO_DEPLOYMENT, "the ModelDeployment serving its base model does not exist")
     entry = next((a for a in (md.get("status") or {}).get("adapters") or [] if a.get("name") == adapter), None)
     if entry is None:
         return Unroutable(Miss.LOADING, "it is being added to its ModelDeployment")
+    promotion = entry.get("promotion") or {}
+    if promotion.get("serving") is not None:
+        served, version = pick_version(promotion, adapter, draw)
+        found = _ready(md, served)
+        return Route(found.url, found.served, found.namespace, found.deployment, version) if isinstance(found, Route) else found
     state = entry.get("state")
     if state in ("Failed", "Rejected"):
         return Unroutable(Miss.FAILED, f"its ModelDeployment cannot serve it ({state}: {entry.get('message') or 'no detail'})")

@@ -66,6 +66,7 @@ class Seen:
     deployment: dict[str, Any] | None
     pods: list[dict[str, Any]]
     reports: dict[str, SidecarStatus | None]  # pod name -> its sidecar's /status (None: unreachable)
+    previous: dict[str, Any] | None = None  # the status as last written (gate verdicts: plan.promotion)
 
 
 async def observe(body: Any, previous: dict[str, Any], indexes: dict[str, Any]) -> Seen:
@@ -73,7 +74,8 @@ async def observe(body: Any, previous: dict[str, Any], indexes: dict[str, Any]) 
     jobs = {b["metadata"]["name"]: b for (ns, _), store in indexes["finetunejobs"].items() if ns == namespace for b in store}
     pods = list(indexes["serving_pods"].get(key, []))
     reports = await fetch_reports(pods, c.SERVING_SYNC_CONTAINER, "sync") if pods else {}
-    return Seen(jobs, first(indexes["serving_configmaps"], key), first(indexes["serving_deployments"], key), pods, reports)
+    return Seen(jobs, first(indexes["serving_configmaps"], key), first(indexes["serving_deployments"], key), pods, reports,
+                previous)
 
 
 def derive(body: Any, planned: ServingPlan | None, seen: Seen, previous: dict[str, Any], error: str | None) -> dict[str, Any]:
@@ -90,7 +92,8 @@ def _build(body: Any, planned: ServingPlan, settings: OperatorSettings) -> list[
 
 
 SERVING_CONTROLLER = Controller("ModelDeployment", observe,
-                                lambda body, settings, seen: plan(dict(body), settings, seen.finetunejobs, seen.configmap),
+                                lambda body, settings, seen: plan(dict(body), settings, seen.finetunejobs, seen.configmap,
+                                                                  seen.pods, seen.reports, seen.previous),
                                 _build, derive)
 
 
@@ -141,8 +144,21 @@ async def serving_child_changed(type: str, body: Any, labels: dict[str, str], na
 
 @kopf.timer(*MD, interval=5, initial_delay=5)
 async def poll_sidecars(body: Any, **kwargs: Any) -> None:
-    """Adapters load inside the pods without any Kubernetes event: ask the sidecars every few seconds."""
-    await reconcile(SERVING_CONTROLLER, body, kwargs, apply=False)
+    """Adapters load inside the pods without any Kubernetes event: ask the sidecars every few seconds. A gate
+    decided there (a trial reported) changes the desired set: then the whole skeleton applies it."""
+    planned = await reconcile(SERVING_CONTROLLER, body, kwargs, apply=False)
+    if planned is not None and planned.changed:
+        await reconcile(SERVING_CONTROLLER, body, kwargs)
+
+
+def _gate_running(status: dict[str, Any], **_: Any) -> bool:
+    return any((a.get("promotion") or {}).get("trialPod") for a in (status or {}).get("adapters") or [])
+
+
+@kopf.timer(*MD, interval=0.5, when=_gate_running)
+async def poll_gates(body: Any, **kwargs: Any) -> None:
+    """While a gate runs on a pod, its verdict is asked for every half second (not at the 5 s poll)."""
+    await poll_sidecars(body, **kwargs)
 
 
 @kopf.on.event(*MD, when=deleted)

@@ -18,10 +18,12 @@ from ..api.modeldeployment import MAX_ADAPTER_MESSAGE, MAX_PODS_LISTED, AdapterS
 from ..api.sidecar import SidecarStatus
 from ..plan.modeldeployment import Resolved
 from .conditions import Cond, merge_conditions
+from .promotion import promotion_status
 
 # The AdaptersReady reason for the worst adapter state (conditions.SEVERITY).
 _ADAPTERS_REASON = {AdapterState.REJECTED: Reason.ADAPTER_REJECTED, AdapterState.FAILED: Reason.ADAPTER_FAILED,
                     AdapterState.WAITING_FOR_FINETUNEJOB: Reason.WAITING_FOR_FINETUNEJOB,
+                    AdapterState.GATED: Reason.ADAPTER_GATED,
                     AdapterState.LOADING: Reason.ADAPTERS_LOADING}
 
 
@@ -73,15 +75,24 @@ def _adapter_state(res: Resolved, pods: list[str], want: int, reports: dict[str,
             f"loaded on {loaded}/{total} replicas; waiting for {', '.join([*lagging.values(), *missing])}")
 
 
-def _adapter(res: Resolved, spec: ModelDeploymentSpec, live_pods: list[str], obs: ServingObserved) -> AdapterStatus:
+def _adapter(res: Resolved, spec: ModelDeploymentSpec, live_pods: list[str], obs: ServingObserved,
+             before: dict[str, Any] | None = None, now: datetime | None = None) -> AdapterStatus:
     pods: dict[str, AdapterState] = {}
     if res.sendable:
         state, loaded, total, pods, message = _adapter_state(res, live_pods, spec.replicas, obs.reports, obs.desired_generation)
     else:
         state, loaded, total, message = res.state, 0, max(spec.replicas, len(live_pods)), res.message
     listed = dict(sorted(pods.items())[:MAX_PODS_LISTED])  # bounded like the CRD field (spec.replicas <= 64 + surge)
+    promotion = None
+    if res.promotion is not None:
+        def loaded_of(sent: Any) -> tuple[AdapterState, int, int]:
+            got = _adapter_state(Resolved(sent.name, "", AdapterState.LOADING, sent.uri, sent.manifest_sha256), live_pods,
+                                 spec.replicas, obs.reports, obs.desired_generation)
+            return got[0], got[1], got[2]
+        promotion = promotion_status(res.name, res.promotion, live_pods, obs.reports, loaded_of, before, now)
     return AdapterStatus(name=res.name, source=res.source, state=state, replicas_loaded=f"{loaded}/{total}",
-                         uri=res.uri or None, sha256=res.sha256 or None, message=_cut(message), pods=listed or None)
+                         uri=res.uri or None, sha256=res.sha256 or None, message=_cut(message), pods=listed or None,
+                         promotion=promotion)
 
 
 def _cut(message: str | None, limit: int = MAX_ADAPTER_MESSAGE) -> str | None:
@@ -101,7 +112,8 @@ def derive_status(obs: ServingObserved, spec: ModelDeploymentSpec | None, resolv
     dep = obs.deployment or {}
     dep_status = dep.get("status") or {}
     live_pods = [p["metadata"]["name"] for p in obs.pods if not p["metadata"].get("deletionTimestamp")]
-    adapters = [_adapter(res, spec, live_pods, obs) for res in resolved]
+    before = {a.get("name"): a for a in previous.get("adapters") or []}
+    adapters = [_adapter(res, spec, live_pods, obs, before.get(res.name), now) for res in resolved]
     ready_count = sum(1 for a in adapters if a.state == AdapterState.READY)
 
     replicas, ready = int(dep_status.get("replicas") or 0), int(dep_status.get("readyReplicas") or 0)

@@ -2,6 +2,8 @@
 -- Healthy: Ready=True and AdaptersReady=True, with no adapter still loading.
 -- Degraded: an adapter Failed or was Rejected, or Ready=False for a terminal reason.
 -- Suspended: scaled to zero replicas.
+-- Progressing with the reason while an adapter is Gated (a version failed its gate; the previous one keeps
+-- serving) or a canary version shares its traffic (docs/promotion.md): a promotion is not finished.
 -- Progressing otherwise, and always while the operator has not observed the latest generation:
 -- never Healthy while an adapter is half-published (Loading) or the status is stale.
 local hs = {status = "Progressing", message = "Waiting for the kubetune operator"}
@@ -46,8 +48,12 @@ if generation ~= nil and (status.observedGeneration == nil or status.observedGen
 end
 
 local loading = nil
+local canary = nil
 if status.adapters ~= nil then
   for _, a in ipairs(status.adapters) do
+    if canary == nil and a.promotion ~= nil and a.promotion.canary ~= nil then
+      canary = a
+    end
     if a.state == "Failed" or a.state == "Rejected" then
       hs.status = "Degraded"
       hs.message = "Adapter " .. a.name .. " " .. a.state
@@ -81,6 +87,17 @@ if loading ~= nil then
   hs.message = "Adapter " .. loading.name .. " is " .. loading.state
   if loading.message ~= nil and loading.message ~= "" then
     hs.message = hs.message .. ": " .. loading.message
+  end
+  return hs
+end
+if canary ~= nil then
+  local c = canary.promotion.canary
+  hs.message = "Adapter " .. canary.name .. " canarying version " .. c.version .. " at " .. c.weight .. "%"
+  if canary.promotion.serving ~= nil and canary.promotion.serving ~= "" then
+    hs.message = hs.message .. " beside version " .. canary.promotion.serving
+  end
+  if not c.ready then
+    hs.message = hs.message .. " (loading: " .. (c.replicasLoaded or "0") .. " replicas)"
   end
   return hs
 end
