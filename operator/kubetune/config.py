@@ -59,6 +59,13 @@ class OperatorSettings(BaseModel):
     # From the environment as a JSON object.
     gpu_memory: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_GPU_MEMORY))
     gpu_product_label: str = "nvidia.com/gpu.product"
+    # Serving autoscalers (docs/scaling.md): "hpa" builds an autoscaling/v2 HorizontalPodAutoscaler on a Pods metric that
+    # prometheus-adapter serves; "keda" a KEDA ScaledObject (Prometheus trigger at prometheus_url; scale to zero). The
+    # chart grants the rights on the kind chosen here only.
+    autoscaler: Literal["hpa", "keda"] = "hpa"
+    prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    # LeaderWorkerSet (leaderworkerset.x-k8s.io/v1) is installed: a ModelDeployment may set resources.nodes > 1.
+    leader_worker_set: bool = False
     # Reconciles running at once, over all objects of both kinds; more wait their turn first come, first served, like
     # controller-runtime's MaxConcurrentReconciles over its FIFO work queue. A burst of creates then finishes one
     # after the other instead of all of them at the end together, and no object waits behind more than this many.

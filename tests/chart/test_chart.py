@@ -138,7 +138,8 @@ def test_platform_values_reach_the_operator_settings():
         trainer_image="ghcr.io/kubetune/trainer:0.1.0", serving_image="ghcr.io/kubetune/serving:0.1.0",
         image_pull_policy="IfNotPresent", gpu_resource_name="nvidia.com/gpu", default_output_uri="s3://models/adapters",
         s3_endpoint="http://minio.storage:9000", s3_region="us-east-1", storage_secret="kubetune-storage",
-        default_queue="default-gpus", termination_grace_seconds=300, metrics_port=9090)
+        default_queue="default-gpus", termination_grace_seconds=300, metrics_port=9090, autoscaler="keda",
+        prometheus_url="http://prometheus-operated.monitoring.svc:9090", leader_worker_set=True)
     fields = {"KUBETUNE_" + name.upper() for name in OperatorSettings.model_fields}
     assert {k for k in env if k.startswith("KUBETUNE_")} - fields == PENDING_OPERATOR_ENV
     # Every platform default has a value in the chart; the local-only ones never do.

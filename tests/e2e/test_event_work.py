@@ -33,7 +33,8 @@ def test_a_create_writes_status_once_and_invokes_two_handlers(cluster, operator,
 
 
 CHILD_KINDS = {"configmaps", "serviceaccounts", "services", "pods", "jobs.batch", "deployments.apps",
-               "roles.rbac.authorization.k8s.io", "rolebindings.rbac.authorization.k8s.io"}
+               "roles.rbac.authorization.k8s.io", "rolebindings.rbac.authorization.k8s.io",
+               "horizontalpodautoscalers.autoscaling"}
 
 
 def test_the_children_s_kinds_are_watched_for_the_operator_s_own_objects_only(cluster, operator, emulator):

@@ -13,7 +13,6 @@ from .common import (
     CONDITIONS_FIELD,
     DNS_LABEL,
     BaseModelSource,
-    ComputeResources,
     Condition,
     KubeModel,
     KubeObject,
@@ -26,6 +25,7 @@ from .common import (
     with_rules,
 )
 from .conditions import DeploymentAdapterState, PodAdapterState
+from .scaling import Autoscaling, ServingResources
 from .promotion import AdapterVersion, FineTuneJobRef, Gate, PromotionStatus, ServingPolicy, check_entry, check_names
 
 MAX_ADAPTER_MESSAGE = 4096  # status.adapters[].message; longer ones are cut, ending in "..."
@@ -193,8 +193,9 @@ class ModelDeploymentSpec(KubeModel):
         max_length=64,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    replicas: int = Field(default=1, description="Serving pods.", ge=0, le=64)
-    resources: ComputeResources = Field(default_factory=ComputeResources, description="Compute per replica.")
+    replicas: int = Field(default=1, description="Serving replicas (pods, or LeaderWorkerSet groups); not applied with autoscaling.", ge=0, le=64)
+    autoscaling: Autoscaling | None = Field(default=None, description="Replicas follow vLLM's load (docs/scaling.md).")
+    resources: ServingResources = Field(default_factory=ServingResources, description="Compute per replica.")
     vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="vLLM engine options.")
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the API key clients must send as a Bearer token."

@@ -32,10 +32,12 @@ class Parent:
 @dataclass(frozen=True)
 class Child:
     """One desired child of a reconcile: server-side applied (any drift repaired), or `create_only` where the
-    API server would reject a change to the existing object (a Job's pod template is immutable)."""
+    API server would reject a change to the existing object (a Job's pod template is immutable), or `delete`: an
+    observed child the spec no longer builds (its kind changed, builders.scaling.stale_children)."""
 
     manifest: dict[str, Any]
     create_only: bool = False
+    delete: bool = False
 
 
 def short_hash(data: Any, length: int = 10) -> str:

@@ -35,6 +35,7 @@ from .common import (
     storage_env,
     with_storage_defaults,
 )
+from .scaling import build_scaling, scaling_problems
 
 TEMPLATE_HASH_ANNOTATION = "kubetune.io/template-hash"
 # The pod's emptyDir "cache", mounted here in both containers; the sidecar's verified adapters are in
@@ -88,6 +89,8 @@ def resolve_spec(spec: ModelDeploymentSpec, settings: OperatorSettings) -> Model
                                            for j, v in enumerate(a.versions or [])}})
         if problems:
             raise SpecError(problems)
+    if problems := scaling_problems(data, settings):
+        raise SpecError(problems)
     return data
 
 
@@ -239,12 +242,13 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
 
 def build_children(body: dict[str, Any], spec: ModelDeploymentSpec, settings: OperatorSettings,
                    desired: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every child in creation order; the Deployment after what it mounts and runs as."""
+    """Every child in creation order; the workload (Deployment or LeaderWorkerSet, builders/scaling.py) after what
+    it mounts and runs as, and after its autoscaler."""
     parent = Parent.of(body)
     names = ServingNames.of(parent.name)
     return [build_config_map(parent, names, desired), build_service_account(parent, names), build_role(parent, names),
             build_role_binding(parent, names), build_service(parent, names, spec),
-            build_deployment(parent, names, spec, settings, [a.uri for a in desired.adapters])]
+            *build_scaling(parent, spec, settings, build_deployment(parent, names, spec, settings, [a.uri for a in desired.adapters]))]
 
 
 def desired_children(body: dict[str, Any], spec: ModelDeploymentSpec, settings: OperatorSettings,

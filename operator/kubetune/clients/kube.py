@@ -41,6 +41,10 @@ PLURALS: dict[tuple[str, str], str] = {
     ("kubetune.io/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("kubetune.io/v1alpha1", "ModelDeployment"): "modeldeployments",
     ("kueue.x-k8s.io/v1beta1", "Workload"): "workloads",  # a queued Job's Kueue Workload (spec.active)
+    # A ModelDeployment's scaling children (builders/scaling.py).
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
 }
 
 

@@ -1,3 +1,3 @@
 """kopf handlers. Importing this package registers them (`kopf run -m kubetune.handlers`)."""
 
-from . import children, finetunejob, metrics, modeldeployment, startup  # noqa: F401
+from . import children, finetunejob, metrics, modeldeployment, scaling, scaling_events, startup  # noqa: F401

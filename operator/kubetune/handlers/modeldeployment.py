@@ -9,21 +9,24 @@ conditions), so an adapter is added the moment its job succeeds, not re-planned 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kopf
 
 from ..api import constants as c
-from ..builders.common import Parent, label_value
-from ..builders.modeldeployment import desired_children, endpoint, selector_string
+from ..builders.common import Child, Parent, label_value
+from ..builders.modeldeployment import ServingNames, desired_children, endpoint, selector_string
+from ..builders.scaling import stale_children
 from ..api.sidecar import SidecarStatus
 from ..clients.sidecar import fetch_reports
 from ..config import OperatorSettings
 from ..plan.modeldeployment import ServingPlan, adapter_outcome, plan, referenced_jobs
 from ..status.modeldeployment import ServingObserved, derive_status
+from ..status.scaling import observed_workload, replicas_wanted
 from .reconcile import Controller, child_moved, reconcile, reconcile_child_owner
 from .runtime import deleted, first, runtime
+from .scaling import observe_scaling
 
 MD = (c.GROUP, c.VERSION, c.MODELDEPLOYMENT_PLURAL)
 SERVING = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_SERVING}
@@ -67,6 +70,7 @@ class Seen:
     pods: list[dict[str, Any]]
     reports: dict[str, SidecarStatus | None]  # pod name -> its sidecar's /status (None: unreachable)
     previous: dict[str, Any] | None = None  # the status as last written (gate verdicts: plan.promotion)
+    scaling: dict[str, dict[str, Any]] | None = None  # workload and autoscaler by kind (handlers/scaling.py)
 
 
 async def observe(body: Any, previous: dict[str, Any], indexes: dict[str, Any]) -> Seen:
@@ -75,25 +79,37 @@ async def observe(body: Any, previous: dict[str, Any], indexes: dict[str, Any]) 
     pods = list(indexes["serving_pods"].get(key, []))
     reports = await fetch_reports(pods, c.SERVING_SYNC_CONTAINER, "sync") if pods else {}
     return Seen(jobs, first(indexes["serving_configmaps"], key), first(indexes["serving_deployments"], key), pods, reports,
-                previous)
+                previous, observe_scaling(indexes, key))
 
 
 def derive(body: Any, planned: ServingPlan | None, seen: Seen, previous: dict[str, Any], error: str | None) -> dict[str, Any]:
     parent = Parent.of(dict(body))
+    workload = observed_workload(planned.spec if planned else None, seen.scaling or {})
     observed = ServingObserved(
         generation=body["metadata"].get("generation"), desired_generation=planned.desired_generation if planned else 0,
-        deployment=seen.deployment, pods=seen.pods, reports=seen.reports, endpoint=endpoint(parent, planned.spec) if planned else "",
+        deployment=workload, pods=seen.pods, reports=seen.reports, endpoint=endpoint(parent, planned.spec) if planned else "",
         selector=selector_string(parent), validation_error=error)
-    return derive_status(observed, planned.spec if planned else None, planned.adapters if planned else [], previous).to_dict()
+    spec = replicas_wanted(planned.spec, workload) if planned else None
+    return derive_status(observed, spec, planned.adapters if planned else [], previous).to_dict()
 
 
 def _build(body: Any, planned: ServingPlan, settings: OperatorSettings) -> list[Any]:
-    return desired_children(dict(body), planned.spec, settings, planned.desired)
+    *children, workload = desired_children(dict(body), planned.spec, settings, planned.desired)
+    return [*children, *(Child(stale, delete=True) for stale in planned.stale), workload]
+
+
+def _with_stale(plan_of: Any) -> Any:
+    """The plan, with the scaling children of kinds the spec no longer builds (deleted by the apply)."""
+    def planned(body: Any, settings: OperatorSettings, seen: Seen) -> ServingPlan:
+        result = plan_of(body, settings, seen)
+        name = ServingNames.of(body["metadata"]["name"]).deployment
+        return replace(result, stale=tuple(stale_children(name, result.spec, settings, seen.scaling or {})))
+    return planned
 
 
 SERVING_CONTROLLER = Controller("ModelDeployment", observe,
-                                lambda body, settings, seen: plan(dict(body), settings, seen.finetunejobs, seen.configmap,
-                                                                  seen.pods, seen.reports, seen.previous),
+                                _with_stale(lambda body, settings, seen: plan(dict(body), settings, seen.finetunejobs, seen.configmap,
+                                                                  seen.pods, seen.reports, seen.previous)),
                                 _build, derive)
 
 
@@ -136,7 +152,7 @@ async def serving_child_changed(type: str, body: Any, labels: dict[str, str], na
     md = first(kwargs["modeldeployments"], (namespace, labels.get(c.LABEL_MODELDEPLOYMENT)))
     if md is None or md["metadata"].get("deletionTimestamp"):
         return
-    if body["kind"] == "Deployment" and child_moved(type, body):
+    if body["kind"] in ("Deployment", "LeaderWorkerSet") and child_moved(type, body):
         await reconcile_child_owner(SERVING_CONTROLLER, md, kwargs)
     else:
         await reconcile(SERVING_CONTROLLER, md, kwargs, apply=False)

@@ -94,6 +94,9 @@ async def apply_children(children: list[Child]) -> dict[str, dict[str, Any]]:
 
 async def _apply(child: Child) -> dict[str, Any] | None:
     kube = runtime().kube
+    if child.delete:
+        await kube.delete(child.manifest)  # a 404 (already gone) is fine
+        return None
     if child.create_only:
         created = await kube.create_or_leave(child.manifest)
     else:

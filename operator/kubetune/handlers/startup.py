@@ -9,6 +9,7 @@ import kopf
 
 from ..api import constants as c
 from .runtime import reset
+from .scaling import CHILD_RESOURCES as SCALING_RESOURCES
 
 
 CHILD_RESOURCES = [("", "v1", "configmaps"), ("", "v1", "serviceaccounts"), ("", "v1", "services"), ("", "v1", "pods"),
@@ -28,7 +29,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # The children's kinds are watched for the operator's own objects only (its label, filtered by the API server):
     # kopf filters a handler's labels= client-side, so every Pod, ConfigMap, ... of the cluster went through its
     # per-event worker. Every handler on these kinds asks for this label (MANAGED, TRAINER, PREFLIGHT, SERVING).
-    for resource in CHILD_RESOURCES:
+    for resource in [*CHILD_RESOURCES, *SCALING_RESOURCES]:
         settings.watching.label_selectors[resource] = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY_VALUE}"
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
