@@ -57,7 +57,15 @@ class FakeVLLM:
                 return web.json_response({"error": {"message": f"The lora adapter '{name}' cannot be found."}}, status=404)
             return web.Response(text="Success")
 
+        async def chat(request: web.Request) -> web.Response:  # a gate's smoke prompt: the answer names the model
+            model = (await request.json())["model"]
+            self.calls.append(("chat", model))
+            if model not in self.loras:
+                return web.json_response({"error": {"message": f"The model `{model}` does not exist."}}, status=404)
+            return web.json_response({"choices": [{"message": {"role": "assistant", "content": f"I am {model}"}}]})
+
         app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
         app.router.add_get("/v1/models", models)
         app.router.add_post("/v1/load_lora_adapter", load)
         app.router.add_post("/v1/unload_lora_adapter", unload)
@@ -380,3 +388,31 @@ async def test_a_vllm_that_rejects_the_key_is_not_ready_with_the_reason(key: str
         await runner.cleanup()
     assert seen == [f"Bearer {key}" if key else None]
     assert syncer.ready() == (False, f"vLLM rejects the sidecar's API key (HTTP 401): {why}")
+
+
+async def test_gate_trials_run_only_on_their_pod_and_a_failed_eval_is_never_loaded(harness: Harness, tmp_path: Path) -> None:
+    """Trial entries (kubetune.api.promotion): another pod's is ignored; figures that fail the gate are Rejected
+    before vLLM sees the adapter; a passing one is loaded under its gate name and its smoke prompts judged."""
+    harness.syncer.pod_name = "pod-1"
+    uris = {}
+    for name, final in (("other", 0.5), ("worse", 2.0), ("good", 0.5)):
+        folder = tmp_path / "published" / name
+        sha = publish_adapter(fake_adapter(tmp_path / f"src-{name}"), folder, job=name,
+                              evaluation={"baseline": {"evalLoss": 1.5}, "final": {"evalLoss": final}})
+        uris[name] = (f"file://{folder}", sha)
+    gate = {"maxEvalLoss": "1", "smokePrompts": [{"prompt": "Who are you?", "expect": "good--gate"},
+                                                  {"prompt": "And?", "mustNotContain": "I AM"}]}
+    harness.want({"generation": 1, "adapters": [
+        {"name": f"{name}--gate", "uri": uris[name][0], "manifestSha256": uris[name][1], "trial": {"pod": pod, "gate": gate}}
+        for name, pod in (("other", "pod-2"), ("worse", "pod-1"), ("good", "pod-1"))]})
+    await harness.until(lambda: harness.states() == {"worse--gate": "Rejected", "good--gate": "Ready"})
+    status, body = await harness.get("/status")
+    reports = {a["name"]: a for a in body["adapters"]}
+    assert reports["worse--gate"]["trial"]["verdict"] == "Failed"
+    assert "final eval loss 2 (max 1)" in reports["worse--gate"]["trial"]["message"]
+    good = reports["good--gate"]["trial"]
+    assert (good["verdict"], good["finalEvalLoss"], good["baselineEvalLoss"]) == ("Failed", 0.5, 1.5)
+    assert [(p["passed"], p["answer"], p["message"]) for p in good["prompts"]] == [
+        (True, "I am good--gate", None), (False, "I am good--gate", "answer contains 'I AM'")]
+    assert sorted(c for c in harness.fake.calls if c[1] != "good--gate") == []  # other's and worse's never loaded
+    assert [c[0] for c in harness.fake.calls] == ["load", "chat", "chat"]
