@@ -88,6 +88,8 @@ def test_the_platform_refuses_what_it_cannot_run_naming_the_field():
         _children({**BASE, "resources": {"gpus": 8, "nodes": 2}}, HPA_SETTINGS)
     with pytest.raises(SpecError, match=r"spec\.baseModel\.uri: .*use hf:// or pvc://.*not s3://"):
         _children({**BASE, "baseModel": {"uri": "s3://models/qwen"}, "resources": {"gpus": 8, "nodes": 2}}, LWS_SETTINGS)
+    with pytest.raises(SpecError, match=r"spec\.adapters: LoRA adapters are not served on multi-node replicas yet"):
+        _children({**BASE, "resources": {"gpus": 8, "nodes": 2}, "adapters": [{"name": "a", "uri": "s3://b/a"}]}, LWS_SETTINGS)
     with pytest.raises(SpecError, match=r"spec\.autoscaling: the platform runs KEDA but has no Prometheus URL"):
         _children({**BASE, "autoscaling": {"maxReplicas": 2}}, OperatorSettings(autoscaler="keda"))
     for bad, field in [({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "minReplicas must not exceed"),
@@ -99,8 +101,7 @@ def test_the_platform_refuses_what_it_cannot_run_naming_the_field():
 
 
 def test_multi_node_replica_is_a_leader_worker_set_as_vllm_documents():
-    spec = {**BASE, "resources": {"gpus": 8, "nodes": 2, "memory": "512Gi"}, "vllm": {"maxModelLen": 32768},
-            "adapters": [{"name": "legal", "uri": "s3://adapters/legal"}]}
+    spec = {**BASE, "resources": {"gpus": 8, "nodes": 2, "memory": "512Gi"}, "vllm": {"maxModelLen": 32768}}
     children = _children(spec, LWS_SETTINGS)
     assert [c["kind"] for c in children][-2:] == ["Service", "LeaderWorkerSet"]
     lws = children[-1]

@@ -51,6 +51,10 @@ def scaling_problems(spec: ModelDeploymentSpec, settings: OperatorSettings) -> l
         if not settings.leader_worker_set:
             problems.append(f"spec.resources.nodes: {spec.resources.nodes} nodes per replica need LeaderWorkerSet, "
                             "which this platform has not enabled (operator setting leader_worker_set)")
+        if spec.adapters:
+            problems.append("spec.adapters: LoRA adapters are not served on multi-node replicas yet: vLLM's Ray workers "
+                            "on the other nodes read an adapter's files from their own disk, and only the leader's "
+                            "adapter-sync sidecar fetches them (docs/scaling.md#limits)")
         if uri_scheme(spec.base_model.uri) not in MULTI_NODE_MODEL_SCHEMES:
             problems.append("spec.baseModel.uri: every node of a multi-node replica loads its share of the weights "
                             "itself: use hf:// or pvc:// (a ReadOnlyMany claim), not "
