@@ -197,7 +197,7 @@ def _text(published: Published, count: int, width: int) -> str:
                 *_table(reg, regressed_names(summary))]
         out.append(f"Regressed: {'; '.join(reg.regressed)}" if reg.regressed else "No regression beyond the bound.")
     if summary.seconds is not None:
-        out.append(f"Generation and scoring: {summary.seconds:.0f} s")
+        out.append(f"Generation and scoring: {summary.seconds:.1f} s")
     report = summary.report_uri or (published.store.uri_of(REPORT_FILE) if published.read(REPORT_FILE) else None)
     out.append(f"Report: {report} (kubetune eval report {published.uri} --open)" if report else "Report: none published")
     if count and samples:

@@ -24,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (.ci/run does)")
 
 
-def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """One headless run with its own profile (nothing read from or written to HOME), no GPU, no sandbox (root in CI
     containers), a bounded time."""
     profile = tmp_path / "chromium-profile"
@@ -42,7 +42,7 @@ def test_report_renders_in_chromium_with_the_side_by_side_table(tmp_path: Path):
     url = (eval_dir / "report.html").as_uri()
 
     shot = tmp_path / "report.png"
-    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", url)
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", url)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     kept = shutil.copy(shot, ARTIFACTS / "eval-report.png")
     print(f"screenshot of the report: {shot} (copy: {kept})")
@@ -51,7 +51,7 @@ def test_report_renders_in_chromium_with_the_side_by_side_table(tmp_path: Path):
         colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colors is not None and len(colors) > 50, "the page drew text, tables and the loss curve"
 
-    dom = _chromium(tmp_path, "--dump-dom", url).stdout
+    dom = chromium(tmp_path, "--dump-dom", url).stdout
     assert "<title>team-a/job</title>" in dom  # the prompt's <script> set no title: it was text, not code
     tables = Tables(dom).tables
     side = tables["side-by-side"]
@@ -66,7 +66,7 @@ def test_report_renders_in_chromium_with_the_side_by_side_table(tmp_path: Path):
 
     blind = tmp_path / "blind.html"
     blind.write_text(render_blind_report(blind_pairs(data.samples(), 5)[0], title="rate these"))
-    blind_dom = _chromium(tmp_path, "--dump-dom", blind.as_uri()).stdout
+    blind_dom = chromium(tmp_path, "--dump-dom", blind.as_uri()).stdout
     rows = Tables(blind_dom).tables["blind-pairs"]
     assert rows[0][1] == ["#", "prompt", "reference", "answer A", "answer B"]
     assert {rows[2][1][3], rows[2][1][4]} == {"hmm, ticket 1 looks odd to me", "billing"}

@@ -55,7 +55,7 @@ def test_terminal_summary(tmp_path: Path, capsys):
         "  rouge_l       0.41   0.22   -0.19  REGRESSED",
         "  contains       0.5    0.5       0",
         "Regressed: rouge_l: 0.41 -> 0.22",
-        "Generation and scoring: 42 s",
+        "Generation and scoring: 42.0 s",
     ]
     assert lines[12] == f"Report: file://{root}/eval/report.html (kubetune eval report file://{root} --open)"
     assert f"Samples (first 3 of 12; all in file://{root}/eval/samples.jsonl):" in out

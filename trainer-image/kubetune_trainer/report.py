@@ -131,7 +131,7 @@ def _metrics(summary: EvalSummary) -> str:
     if summary.task is None and reg is None:
         parts.append('<p class="note">No metric was computed.</p>')
     if summary.seconds is not None:
-        parts.append(f'<p class="note">Generation and scoring took {summary.seconds:.0f} s (both models).</p>')
+        parts.append(f'<p class="note">Generation and scoring took {summary.seconds:.1f} s (both models).</p>')
     return "".join(parts)
 
 
