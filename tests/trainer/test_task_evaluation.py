@@ -158,3 +158,49 @@ def test_progress_shows_evaluation_and_the_checkpoint_keeps_the_base_answers(run
     assert state["taskBaseline"]["regression"]["texts"] == [s["base"] for s in regression]
     assert len(state["taskBaseline"]["task"]["texts"]) == len(LABELED)
     assert os.environ.get("KUBETUNE_JUDGE_API_KEY") is None  # the module's env did not leak
+
+
+def test_the_report_shows_the_rise_the_regression_and_the_answers_side_by_side(run):
+    """eval/report.html of this run (issue 17 item 2, kubetune_trainer.report): the figures of status, the answers of
+    samples.jsonl in the side-by-side table, the blind view matching blind.jsonl and its key."""
+    from kubetune.api.evaluation import BlindKey, BlindSample
+    from tests.fixtures.eval_report import Tables
+
+    root = run["root"]
+    assert run["report"]["evaluation"]["reportUri"] == f"file://{root}/eval/report.html"
+    listed = {f["path"] for f in json.loads((root / "manifest.json").read_text())["files"]}
+    assert {"eval/report.html", "eval/blind.jsonl", "eval/blind-key.json"} <= listed
+    tables = Tables((root / "eval/report.html").read_text()).tables
+    task = {cells[0]: (cls, cells) for cls, cells in tables["task-metrics"][1:]}
+    for name in ("exact_match", "accuracy"):
+        cls, (_, baseline, final, _) = task[name]
+        assert (cls, final) == ("up", "1") and float(baseline) < 0.5, task[name]
+    assert ("regressed", "exact_match") in {(cls, cells[0]) for cls, cells in tables["regression-metrics"][1:]}
+    assert [(cells[1], cells[2], cells[4]) for _, cells in tables["side-by-side"][1:]] == [(q, a, a) for q, a in LABELED]
+    blind = [BlindSample.model_validate_json(x) for x in (root / "eval/blind.jsonl").read_text().splitlines()]
+    key = BlindKey.model_validate_json((root / "eval/blind-key.json").read_text())
+    samples = {s["id"]: s for s in map(json.loads, (root / "eval/samples.jsonl").read_text().splitlines())}
+    for pair in blind:
+        assert (pair.a == samples[pair.id]["base"]) == (key.a_is[str(pair.id)] == "base")
+    assert [(cells[3], cells[4]) for _, cells in tables["blind-pairs"][1:]] == [
+        (" ".join(p.a.split()), " ".join(p.b.split())) for p in blind]
+
+
+def test_the_report_opens_in_headless_chromium(run, tmp_path):
+    """The same page in Debian's chromium (tests/trainer/test_report_chromium.py): the side-by-side table is in the
+    rendered DOM; the screenshot is kept (printed path, and build/test-artifacts/eval-report-task-eval.png)."""
+    import shutil
+
+    from tests.fixtures.eval_report import Tables
+    from tests.trainer.test_report_chromium import ARTIFACTS, CHROMIUM, chromium
+
+    if CHROMIUM is None:
+        pytest.skip("no chromium: apt-get install chromium (.ci/run does)")
+    url = (run["root"] / "eval/report.html").as_uri()
+    shot = tmp_path / "report.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", url)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    print(f"screenshot of the report: {shot} (copy: {shutil.copy(shot, ARTIFACTS / 'eval-report-task-eval.png')})")
+    rows = Tables(chromium(tmp_path, "--dump-dom", url).stdout).tables["side-by-side"]
+    assert [dict(zip(rows[0][1], cells))["fine-tuned model"] for _, cells in rows[1:]] == [a for _, a in LABELED]
+    assert all(dict(zip(rows[0][1], cells))["base model"] for _, cells in rows[1:])
