@@ -15,11 +15,14 @@ import pytest
 import yaml
 
 from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.memory import GIB, ModelShape, TrainingShape, estimate, parse_bytes
 from kubetune.api.modeldeployment import ModelDeploymentSpec
+from kubetune.api.template import FineTuneTemplateSpec
 from kubetune.api.validation import parse
 from kubetune.builders import finetunejob as ftj_builders
 from kubetune.builders import modeldeployment as md_builders
 from kubetune.config import OperatorSettings
+from kubetune.plan.template import apply_template
 from kubetune_emulator.schemas import apply_defaults
 
 from ..chart.helm import LOADER, chart, kube_validate, objects
@@ -28,7 +31,7 @@ from ..security.pss import pod_spec_of, violations
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 VALUES_FILES = {"platform-values.yaml"}  # Helm values for the chart, not objects
-KNOWN_KINDS = ("FineTuneJob", "ModelDeployment", "Application")
+KNOWN_KINDS = ("FineTuneJob", "ModelDeployment", "FineTuneTemplate", "Application")
 SCALING_CRD_KINDS = ("LeaderWorkerSet", "ScaledObject")  # built by ModelDeployments (builders/scaling.py)
 
 
@@ -41,9 +44,12 @@ def load(name: str) -> Any:
 # Every YAML file under examples/ (a new one is picked up, and must be of a kind tested here).
 KINDS = {str(p.relative_to(EXAMPLES)): None if p.name in VALUES_FILES else load(str(p.relative_to(EXAMPLES))).get("kind")
          for p in sorted(EXAMPLES.rglob("*.yaml"))}
-CUSTOM = sorted(name for name, kind in KINDS.items() if kind in ("FineTuneJob", "ModelDeployment"))
-MODELS = {"FineTuneJob": FineTuneJobSpec, "ModelDeployment": ModelDeploymentSpec}
-CRD_FILES = {"FineTuneJob": "kubetune.io_finetunejobs.yaml", "ModelDeployment": "kubetune.io_modeldeployments.yaml"}
+CUSTOM = sorted(name for name, kind in KINDS.items() if kind in ("FineTuneJob", "ModelDeployment", "FineTuneTemplate"))
+WORKLOADS = [name for name in CUSTOM if KINDS[name] != "FineTuneTemplate"]  # what the operator builds pods from
+TEMPLATES = {load(name)["metadata"]["name"]: load(name) for name in CUSTOM if KINDS[name] == "FineTuneTemplate"}
+MODELS = {"FineTuneJob": FineTuneJobSpec, "ModelDeployment": ModelDeploymentSpec, "FineTuneTemplate": FineTuneTemplateSpec}
+CRD_FILES = {"FineTuneJob": "kubetune.io_finetunejobs.yaml", "ModelDeployment": "kubetune.io_modeldeployments.yaml",
+             "FineTuneTemplate": "kubetune.io_finetunetemplates.yaml"}
 
 
 def crd_schema(kind: str) -> dict[str, Any]:
@@ -156,13 +162,15 @@ def built_children(doc: dict, settings: OperatorSettings) -> list[dict]:
     """What the operator's real builders make for a manifest (in namespace team-a, no adapters resolved)."""
     body = {**doc, "metadata": {**doc["metadata"], "namespace": "team-a", "uid": "6f1d7a52-0000-4000-8000-000000000001"}}
     if doc["kind"] == "FineTuneJob":
-        resolved = ftj_builders.resolve_spec(parse(FineTuneJobSpec, doc["spec"]), settings)
+        spec = parse(FineTuneJobSpec, doc["spec"])
+        spec = apply_template(spec, TEMPLATES[spec.template]) if spec.template else spec  # as the operator does
+        resolved = ftj_builders.resolve_spec(spec, settings)
         return ftj_builders.build_children(body, resolved, settings)
     resolved = md_builders.resolve_spec(parse(ModelDeploymentSpec, doc["spec"]), settings)
     return md_builders.build_children(body, resolved, settings, md_builders.desired_set(1, []))
 
 
-@pytest.mark.parametrize("name", CUSTOM)
+@pytest.mark.parametrize("name", WORKLOADS)
 def test_example_builds_restricted_valid_pods_with_the_platform_defaults(name):
     """The short manifests work because the chart's platform defaults fill in the rest."""
     children = built_children(load(name), platform_settings())
@@ -219,7 +227,7 @@ def test_examples_apply_to_the_api_emulator(kubectl):
     kubectl("apply", "-f", str(Path(__file__).parent / "argocd-application-crd.yaml"))
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "argocd"}}))
     plurals = {"FineTuneJob": "finetunejob.kubetune.io", "ModelDeployment": "modeldeployment.kubetune.io",
-               "Application": "application.argoproj.io"}
+               "FineTuneTemplate": "finetunetemplate.kubetune.io", "Application": "application.argoproj.io"}
     applied = 0
     for name, kind in KINDS.items():
         if kind is None:
@@ -232,3 +240,42 @@ def test_examples_apply_to_the_api_emulator(kubectl):
         stored = json.loads(kubectl("get", plurals[kind], doc["metadata"]["name"], "-n", namespace, "-o", "json").stdout)
         assert subset(doc["spec"], stored["spec"]), f"{name}: the API server pruned or changed a field"
     assert applied == len(KINDS) - len(VALUES_FILES) >= 8
+
+
+# config.json of the templates' base models (the public values; tests/unit/test_memory_estimate.py checks the estimate
+# against the seed figures with them).
+QWEN25 = {
+    "hf://Qwen/Qwen2.5-0.5B-Instruct": {"hidden_size": 896, "intermediate_size": 4864, "num_attention_heads": 14,
+                                        "num_hidden_layers": 24, "num_key_value_heads": 2, "tie_word_embeddings": True,
+                                        "vocab_size": 151936},
+    "hf://Qwen/Qwen2.5-7B-Instruct": {"hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28,
+                                      "num_hidden_layers": 28, "num_key_value_heads": 4, "tie_word_embeddings": False,
+                                      "vocab_size": 152064},
+}
+
+
+def test_the_template_examples_cover_qwen_lora_and_qlora_and_one_job_uses_them():
+    covered = {(t["spec"]["baseModel"]["uri"], kind) for t in TEMPLATES.values() for kind in t["spec"]["adapterTypes"]}
+    assert covered >= {(uri, kind) for uri in QWEN25 for kind in ("lora", "qlora")}
+    jobs = [load(name) for name in WORKLOADS if load(name)["spec"].get("template")]
+    assert [job["spec"]["template"] for job in jobs] == ["qwen2.5-7b-qlora"]
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_the_largest_run_a_template_allows_fits_its_gpu(name):
+    """The seed hardware figures, applied: the memory estimate (kubetune.api.memory, the pre-flight's) of the
+    largest run the template's bounds allow, for each adapter type it allows, fits the memory of the GPU its
+    nodeSelector asks for (the chart's platform.gpuMemory table)."""
+    spec = FineTuneTemplateSpec.model_validate(TEMPLATES[name]["spec"])
+    gpu = platform_settings().gpu_memory_for(None, spec.defaults.scheduling.node_selector)
+    budget = parse_bytes(gpu)
+    assert budget and spec.bounds.max_rank and spec.bounds.max_batch_size and spec.bounds.max_length, name
+    shape = ModelShape.from_config({"architectures": ["Qwen2ForCausalLM"], **QWEN25[spec.base_model.uri]})
+    for adapter in spec.adapter_types:
+        largest = TrainingShape(adapter=adapter, rank=spec.bounds.max_rank, batch_size=spec.bounds.max_batch_size,
+                                sequence_length=spec.bounds.max_length)
+        peak = estimate(shape, largest).peak_bytes
+        assert peak <= budget, f"{name} {adapter}: {peak / GIB:.1f} GiB > {gpu}"
+        # and the bound is not far below what fits: one more sequence per batch would not fit
+        assert estimate(shape, largest.model_copy(update={"batch_size": largest.batch_size + 1})).peak_bytes > budget \
+            or adapter != spec.defaults.adapter.type, f"{name}: maxBatchSize could be larger"
