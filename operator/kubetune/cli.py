@@ -38,9 +38,10 @@ def _crds(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from .api.finetunejob import FineTuneJobSpec
     from .api.modeldeployment import ModelDeploymentSpec
+    from .api.template import FineTuneTemplateSpec
     from .api.validation import SpecError, parse
 
-    models = {"FineTuneJob": FineTuneJobSpec, "ModelDeployment": ModelDeploymentSpec}
+    models = {"FineTuneJob": FineTuneJobSpec, "ModelDeployment": ModelDeploymentSpec, "FineTuneTemplate": FineTuneTemplateSpec}
     failed = 0
     for file in args.files:
         for doc in yaml.safe_load_all(Path(file).read_text()):
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     crds.set_defaults(func=_crds)
 
-    val = sub.add_parser("validate", help="validate FineTuneJob/ModelDeployment manifests offline")
+    val = sub.add_parser("validate", help="validate FineTuneJob/ModelDeployment/FineTuneTemplate manifests offline")
     val.add_argument("files", nargs="+")
     val.set_defaults(func=_validate)
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from kubetune.api.validation import SpecError
 from .models import prepare_smollm2
 from .podman import available as podman_available
-from .run import REPO_ROOT, LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
+from .run import REPO_ROOT, TEMPLATE, LocalRun, condition, finetunejob_outcome, modeldeployment_outcome
 
 console = Console()
 QUICKSTART = REPO_ROOT / "examples" / "quickstart"
@@ -109,8 +109,8 @@ def run(files: list[Path], workdir: Path, uri_map: dict[str, str], serving_pytho
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
     with lr:
-        for secret in (d for d in docs if d["kind"] == "Secret"):
-            lr.apply(secret)
+        for first in (d for d in docs if d["kind"] in ("Secret", TEMPLATE)):  # what the jobs read, before them
+            lr.apply(first)
         try:
             code = _drive(lr, docs, results, question, started, timeout)
             if code == 0 and _serving_port(lr) is not None:
@@ -126,7 +126,7 @@ def run(files: list[Path], workdir: Path, uri_map: dict[str, str], serving_pytho
 
 def _drive(lr: LocalRun, docs: list[dict[str, Any]], results: dict[str, dict[str, Any]], question: str | None,
            started: float, timeout: float) -> int:
-    for doc in sorted((d for d in docs if d["kind"] != "Secret"), key=lambda d: d["kind"] != "FineTuneJob"):
+    for doc in sorted((d for d in docs if d["kind"] not in ("Secret", TEMPLATE)), key=lambda d: d["kind"] != "FineTuneJob"):
         if doc["kind"] == "FineTuneJob":
             results[doc["metadata"]["name"]] = obj = train(lr, doc, timeout)
             if finetunejob_outcome(obj) != "Succeeded":

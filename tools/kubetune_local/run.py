@@ -24,6 +24,7 @@ import yaml
 from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.modeldeployment import ModelDeploymentSpec
+from kubetune.api.template import FineTuneTemplateSpec
 from kubetune.api.validation import SpecError, parse
 from kubetune_emulator import Emulator
 from .containerpod import ContainerPods
@@ -39,6 +40,7 @@ OPERATOR_RBAC_VALUES = {"watch": {"namespaces": ["default"]}}
 OPERATOR_DEPLOYMENT = Path(__file__).with_name("operator-deployment.yaml")
 RUNTIMES = ("process", "podman")
 MODELS = {"FineTuneJob": FineTuneJobSpec, "ModelDeployment": ModelDeploymentSpec}
+TEMPLATE = c.FINETUNETEMPLATE_KIND  # cluster-scoped presets, applied before the jobs that use them
 
 
 @dataclass
@@ -67,16 +69,16 @@ class LocalRun:
                 if isinstance(doc, dict) and doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
                     docs.append(doc)
                     continue
-                if not isinstance(doc, dict) or doc.get("kind") not in MODELS:
+                if not isinstance(doc, dict) or doc.get("kind") not in (*MODELS, TEMPLATE):
                     continue
                 doc = self._map(doc)
                 try:
-                    parse(MODELS[doc["kind"]], doc.get("spec"))
+                    parse({**MODELS, TEMPLATE: FineTuneTemplateSpec}[doc["kind"]], doc.get("spec"))
                 except SpecError as exc:
                     name = (doc.get("metadata") or {}).get("name", "?")
                     problems += [f"{file}: {doc['kind']}/{name}: {p}" for p in exc.problems]
                 docs.append(doc)
-        problems += _missing_secrets(docs, self.namespace)
+        problems += _missing_secrets(docs, self.namespace) + _template_problems(docs)
         if problems:
             raise SpecError(problems)
         if not any(doc["kind"] in MODELS for doc in docs):
@@ -170,7 +172,8 @@ class LocalRun:
     def apply(self, doc: dict[str, Any]) -> dict[str, Any]:
         assert self.emu is not None
         meta = doc.setdefault("metadata", {})
-        meta.setdefault("namespace", self.namespace)
+        if doc.get("kind") != TEMPLATE:  # cluster-scoped: no namespace
+            meta.setdefault("namespace", self.namespace)
         return self.emu.apply(doc)
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
@@ -232,6 +235,29 @@ def _missing_secrets(docs: list[dict[str, Any]], namespace: str) -> list[str]:
             if ref and ref.get("key") not in secrets.get((ns, ref.get("name")), {}):
                 problems.append(f"{doc['kind']}/{name}: spec.{field}: no Secret {ref.get('name')!r} with key {ref.get('key')!r} "
                                 "in the given files (a local run has only the Secrets you give it with -f)")
+    return problems
+
+
+def _template_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """What the operator would refuse of each FineTuneJob given the FineTuneTemplates in the files (the only
+    templates a local run has), said before anything runs: the same plan/template.py."""
+    from kubetune.plan.template import apply_template, choose_template
+
+    templates = [d for d in docs if d["kind"] == TEMPLATE]
+    problems = []
+    for doc in docs:
+        if doc["kind"] != "FineTuneJob":
+            continue
+        try:
+            spec = parse(FineTuneJobSpec, doc.get("spec"))
+        except SpecError:
+            continue  # already reported
+        try:
+            chosen = choose_template(spec, templates)
+            if chosen is not None:
+                apply_template(spec, chosen)
+        except SpecError as exc:
+            problems += [f"FineTuneJob/{(doc.get('metadata') or {}).get('name', '?')}: {p}" for p in exc.problems]
     return problems
 
 
