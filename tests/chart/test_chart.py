@@ -77,6 +77,7 @@ def test_default_release_inventory():
         ("ClusterRole", "kubetune", None),
         ("ClusterRoleBinding", "kubetune", None),
         ("CustomResourceDefinition", "finetunejobs.kubetune.io", None),
+        ("CustomResourceDefinition", "finetunetemplates.kubetune.io", None),
         ("CustomResourceDefinition", "modeldeployments.kubetune.io", None),
         ("Deployment", "kubetune", NAMESPACE),
         ("Service", "kubetune-metrics", NAMESPACE),

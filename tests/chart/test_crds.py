@@ -20,7 +20,8 @@ def rendered_crd_documents(values=None):
 
 def test_chart_copies_are_byte_identical_to_crds():
     copies = sorted((CHART / "files" / "crds").glob("*.yaml"))
-    assert [p.name for p in copies] == [p.name for p in SOURCE] == ["kubetune.io_finetunejobs.yaml", "kubetune.io_modeldeployments.yaml"]
+    assert [p.name for p in copies] == [p.name for p in SOURCE] == [
+        "kubetune.io_finetunejobs.yaml", "kubetune.io_finetunetemplates.yaml", "kubetune.io_modeldeployments.yaml"]
     for source, copy in zip(SOURCE, copies):
         assert copy.read_bytes() == source.read_bytes(), f"{copy} drifted from {source}: run python charts/sync_crds.py"
 
