@@ -148,11 +148,16 @@ def test_eval_files_are_published_in_the_manifest_with_the_model_card(run):
 
 
 def test_progress_shows_evaluation_and_the_checkpoint_keeps_the_base_answers(run):
-    phases = [line["progress"]["phase"] for line in progress_lines(run["progress"])]
+    lines = progress_lines(run["progress"])
+    phases = [line["progress"]["phase"] for line in lines]
     order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
     assert order[order.index("BaselineEvaluation"):order.index("BaselineEvaluation") + 3] == [
         "BaselineEvaluation", "EvaluatingTask", "Training"]
     assert order[-4:] == ["FinalEvaluation", "EvaluatingTask", "Publishing", "Done"]
+    started = [line["progress"]["evaluation"] for line in lines if "evaluation" in line["progress"]]
+    assert {"model": "base", "set": "task", "done": 0, "total": len(LABELED)} in started
+    assert {"model": "finetuned", "set": "regression", "done": 0, "total": len(GENERAL)} in started
+    assert all(line["progress"]["phase"] == "EvaluatingTask" for line in lines if "evaluation" in line["progress"])
     state = json.loads((run["root"] / "checkpoints/00000040/kubetune_state.json").read_text())
     regression = [json.loads(x) for x in (run["root"] / "eval/regression.jsonl").read_text().splitlines()]
     assert state["taskBaseline"]["regression"]["texts"] == [s["base"] for s in regression]

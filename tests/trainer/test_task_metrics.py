@@ -225,3 +225,47 @@ def test_a_judge_that_is_down_is_given_up_on(monkeypatch):
     judge = JudgeClient(Judge(endpoint="http://127.0.0.1:9/v1", model="m", rubric="r"), seed=0)
     judge.client = judge.client.with_options(max_retries=0, timeout=2)
     assert judge.score(["q"] * 6, ["a"] * 6, ["a"] * 6, deadline=1e12) == [None] * 6
+
+
+def test_a_resumed_run_compares_the_same_prompts_from_the_checkpointed_base_answers(tmp_path):
+    """The base answers travel in the checkpoint state (state/restore as JSON); the figures cover only the prompts
+    both models answered (here the base model's time budget stopped it after 3 of 4)."""
+    from kubetune.api.evaluation import EvaluationSpec
+    from kubetune_trainer.evaluate import BASE, FINETUNED, Answers, TaskEvaluator, write_eval_files
+    from kubetune_trainer.prompt_sets import Item
+
+    spec = EvaluationSpec(metrics=["exact_match", "accuracy"], labelPattern="(?i)(yes|no)", report=False)
+    items = [Item("q1", "yes"), Item([{"role": "user", "content": "q2"}], "no"), Item("q3", "yes"), Item("q4", "no")]
+    before = TaskEvaluator(spec, {"task": items}, tokenizer=None, chat=True, seed=1, max_length=64)
+    before.answers[BASE]["task"] = Answers(texts=["no", "no", "maybe"], seconds=1.5)
+    resumed = TaskEvaluator(spec, {"task": items}, tokenizer=None, chat=True, seed=1, max_length=64)
+    resumed.restore(json.loads(json.dumps(before.state())))
+    resumed.answers[FINETUNED]["task"] = Answers(texts=["yes", "No.", "yes"], seconds=0.5)
+    outcome = resumed.outcome()
+    assert outcome.summary.task.prompts == 3 and 2.0 <= outcome.summary.seconds < 2.5  # + the scoring itself
+    assert [(m.name.value, m.baseline, m.final) for m in outcome.summary.task.metrics] == [
+        ("exact_match", round(1 / 3, 4), round(2 / 3, 4)), ("accuracy", round(1 / 3, 4), 1.0)]
+    assert [s.prompt for s in outcome.samples] == ["q1", "user: q2", "q3"]
+    assert outcome.summary.regression is None
+    written = write_eval_files(tmp_path, outcome, spec)  # report: false -> the figures only
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == ["eval/summary.json"]
+    assert json.loads((tmp_path / "eval/summary.json").read_text()) == written.to_dict()
+
+
+def test_the_preflight_refuses_a_bad_prompt_file_before_any_gpu(tmp_path, trainer_env, tiny_model_dir):
+    """`python -m kubetune_trainer --preflight` (the CPU-only pod before the training Job) checks the prompt sets."""
+    from kubetune.api import exit_codes
+    from kubetune.api.preflight import PreflightReport
+    from kubetune_trainer.main import main as trainer_main
+    from tests.fixtures.tiny_data import chat_records, write_jsonl
+    from tests.trainer.helpers import make_config
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "fine", "reference": "x"}\n{"prompt": 3}\n')
+    config = make_config(tmp_path / "config.json", job="pf", model=f"file://{tiny_model_dir}",
+                         train=f"file://{write_jsonl(tmp_path / 't.jsonl', chat_records(20))}",
+                         output=f"file://{tmp_path}/out", spec={"evaluation": {"prompts": f"file://{prompts}"}})
+    code = trainer_main(["--config", str(config), "--preflight"])
+    report = PreflightReport.parse(trainer_env.read_text())
+    assert code == exit_codes.USER_ERROR and not report.passed
+    assert f"spec.evaluation.prompts file://{prompts} is invalid: prompts.jsonl:2: prompt: missing or empty" in report.message

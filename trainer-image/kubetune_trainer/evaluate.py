@@ -134,6 +134,7 @@ class TaskEvaluator:
                 count = len(self.answers[BASE].get(name, Answers()).texts)
                 items = items[:distributed.broadcast_from_main(count) if synced else count]
             started = time.monotonic()
+            self.progress(name, which, 0, len(items))
             texts = generate(model, self.tokenizer, items, self.spec, chat=self.chat, seed=self.seed,
                              max_length=self.max_length, deadline=deadline, synced=synced,
                              on_batch=lambda done, n=name, total=len(items): self.progress(n, which, done, total))
@@ -181,6 +182,8 @@ class TaskEvaluator:
         return task_metrics.results(self.spec.metrics, base_totals, final_totals), n, samples
 
     def outcome(self) -> EvalOutcome:
+        """The figures and samples; `seconds`: generation, judging and this scoring, both models."""
+        started = time.monotonic()
         metrics, n, samples = self._set("task")
         summary = EvalSummary(task=MetricSet(metrics=metrics, prompts=n))
         regression_samples: list[EvalSample] = []
@@ -192,7 +195,8 @@ class TaskEvaluator:
             if summary.regression.regressed:
                 log.warning("evaluation: the regression set dropped beyond maxRegression %s: %s",
                             self.spec.max_regression, "; ".join(summary.regression.regressed))
-        summary.seconds = round(sum(a.seconds for by_set in self.answers.values() for a in by_set.values()), 3)
+        answering = sum(a.seconds for by_set in self.answers.values() for a in by_set.values())
+        summary.seconds = round(answering + time.monotonic() - started, 3)
         for metric in summary.task.metrics:
             log.info("evaluation: %s %s -> %s", metric.name.value, metric.baseline, metric.final)
         return EvalOutcome(summary=summary, samples=samples, regression_samples=regression_samples)
@@ -232,8 +236,12 @@ def start(spec, files: dict[str, list[str]], held_out: list[dict[str, Any]], tok
     from .prompt_sets import load_sets
 
     def progress(name: str, which: str, done: int, total: int) -> None:
+        from kubetune.api.evaluation import EvalProgress
+
         log.info("evaluation: %s model, %s set: %d/%d prompts", which, name, done, total)
-        reporter.report()  # throttled to the progress interval; the heartbeat covers a long batch
+        with reporter.tracker.lock:
+            reporter.tracker.evaluating = EvalProgress(model=which, set=name, done=done, total=total)
+        reporter.report(force=done == 0)  # a set's start now, then throttled (the heartbeat covers a long batch)
 
     evaluator = TaskEvaluator(spec.evaluation, load_sets(spec.evaluation, files, held_out), tokenizer, chat=chat,
                               seed=spec.hyperparameters.seed, max_length=spec.hyperparameters.max_length,

@@ -395,6 +395,10 @@ def _job(config_path: Path, work: Path) -> tuple[int, dict]:
     _quiet_libraries()
     train = fetch_dataset(spec.dataset.train, work / "data" / "train")
     held = fetch_dataset(spec.dataset.validation, work / "data" / "validation") if spec.dataset.validation else None
+    if spec.evaluation is not None:  # a bad prompt file fails here too, before any GPU is asked for
+        from .prompt_sets import fetch_sets
+
+        fetch_sets(spec.evaluation, work)
     model_dir = fetch_model_metadata(spec.base_model.uri, spec.base_model.revision, work / "model-metadata")
     report = analyse(spec, Inputs(train_files=train, validation_files=held, model_dir=model_dir, gpu_memory=budget))
     store = open_store(config.output_prefix).child(PREFLIGHT_DIR)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.constants import ENV_API_URL
+from kubetune.api.evaluation import EvalProgress
 from kubetune.api.finetunejob import MAX_CHECKPOINTS_LISTED, CheckpointInfo, EvalFigures, Evaluation, Progress, TrainerPhase
 from kubetune.api.progress import ProgressReport, TrainerStatus
 from kubetune.api.trainer_config import ProgressReporting
@@ -63,6 +64,7 @@ class Tracker:
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
     baseline: dict[str, float | None] | None = None
     final: dict[str, float | None] | None = None
+    evaluating: EvalProgress | None = None  # phase EvaluatingTask: prompts answered so far (kubetune_trainer.evaluate)
     _session: tuple[float, int, int] | None = None  # (time, step, tokens) when this process began training
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -76,6 +78,7 @@ class Tracker:
         """The run moved on to `phase` (reported by the caller or, within one interval, by the heartbeat)."""
         with self.lock:
             self.phase = phase
+            self.evaluating = None
 
     def update(self, step: int, epoch: float | None, tokens: int | None) -> None:
         with self.lock:
@@ -99,6 +102,7 @@ class Tracker:
             return Progress(phase=self.phase, step=self.step, total_steps=self.total_steps, epoch=self.epoch,
                             percent=min(100, percent), eta_seconds=self.eta_seconds, loss=self.loss, eval_loss=self.eval_loss,
                             tokens_per_second=self.tokens_per_second, trained_tokens=self.trained_tokens,
+                            evaluation=self.evaluating,
                             update_time=datetime.now(timezone.utc).replace(microsecond=0))
 
     def status_body(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -136,6 +137,15 @@ class EvaluationSpec(KubeModel):
             raise _field_error("EvaluationSpec", "judge", "required by the metric judge: the endpoint, model and rubric "
                                "of the LLM judge", None)
         return self
+
+
+class EvalProgress(KubeModel):
+    """While the trainer is in phase EvaluatingTask: how far the generation has come (status.progress.evaluation)."""
+
+    model: Literal["base", "finetuned"] = Field(description="Which model is answering.")
+    set: Literal["task", "regression"] = Field(description="Which prompt set.")
+    done: int = Field(ge=0, description="Prompts answered so far.")
+    total: int = Field(ge=0, description="Prompts to answer (maxPrompts at most; the time budget may stop it earlier).")
 
 
 class MetricResult(KubeModel):

@@ -34,7 +34,7 @@ from .common import (
 )
 from .template_ref import EFFECTIVE_SPEC_HELP, SPEC_HASH_HELP, AppliedTemplate
 from .template_ref import FIELD as TEMPLATE_FIELD
-from .evaluation import EvalSummary, EvaluationSpec
+from .evaluation import EvalProgress, EvalSummary, EvaluationSpec
 from .methods import (
     DEFAULT_METHOD,
     FORMATS,
@@ -377,6 +377,7 @@ class Progress(KubeModel):
     eta_seconds: int | None = Field(default=None, description="Estimated seconds until training ends.", ge=0)
     loss: float | None = Field(default=None, description="Latest training loss.")
     eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    evaluation: EvalProgress | None = Field(default=None, description="Phase EvaluatingTask: prompts answered so far.")
     tokens_per_second: float | None = Field(default=None, description="Training throughput.", ge=0)
     trained_tokens: int | None = Field(default=None, description="Tokens trained on so far.", ge=0)
     update_time: datetime | None = Field(
