@@ -156,3 +156,21 @@ def test_the_effective_spec_is_resolved_once_and_kept():
     live = {"metadata": {"name": "bot-train", "annotations": {}}}
     kept = plan(changed, SETTINGS, live, status)
     assert kept.resolved.adapter.rank == 8 and kept.spec_change_ignored
+
+
+def test_a_modeldeployment_admits_the_adapter_by_the_spec_that_ran():
+    """Admission reads the job's effective spec: the base model revision the template pinned (the job's own spec
+    names none, which admission would accept on any revision)."""
+    from kubetune.api.modeldeployment import ModelDeploymentSpec
+    from kubetune.plan.modeldeployment import resolve_adapters
+
+    md = parse(ModelDeploymentSpec, {"baseModel": {"uri": QWEN_7B, "revision": "b" * 40},
+                                     "adapters": [{"name": "bot", "fineTuneJobRef": {"name": "bot"}}]})
+    ftj = {"metadata": {"name": "bot", "namespace": "ml", "uid": "u"}, "spec": job().to_dict(),
+           "status": {"conditions": [{"type": "Succeeded", "status": "True"}],
+                      "effectiveSpec": apply_template(job(), template()).to_dict(),
+                      "adapter": {"uri": "s3://out/ml/bot", "manifestSha256": "e" * 64, "type": "qlora", "rank": 16}}}
+    [resolved] = resolve_adapters(md, "ml", {"bot": ftj})
+    assert resolved.state == "Rejected" and "a" * 40 in resolved.message, resolved
+    del ftj["status"]["effectiveSpec"]
+    assert resolve_adapters(md, "ml", {"bot": ftj})[0].state == "Loading"

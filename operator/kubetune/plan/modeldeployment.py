@@ -25,6 +25,7 @@ from ..builders.modeldeployment import desired_set, resolve_spec
 from ..config import OperatorSettings
 from ..status.conditions import find, is_true
 from .promotion import Candidate, EntryPlan, plan_entry
+from .template import spec_that_ran
 
 WAITING, LOADING = AdapterState.WAITING_FOR_FINETUNEJOB, AdapterState.LOADING
 FAILED, REJECTED = AdapterState.FAILED, AdapterState.REJECTED
@@ -111,7 +112,7 @@ def _admit(name: str, source: str, spec: ModelDeploymentSpec, ftj: dict[str, Any
     same checks on the manifest, so an adapter it would reject never reaches the desired set."""
     try:
         adapter = PublishedAdapter.model_validate(published)
-        facts = AdapterFacts.from_finetunejob(ftj.get("spec") or {}, adapter)
+        facts = AdapterFacts.from_finetunejob(spec_that_ran(ftj), adapter)
     except ValidationError as exc:
         return Resolved(name, source, REJECTED, message=f"FineTuneJob {ftj['metadata']['name']} reports an adapter "
                         f"kubetune cannot read: {exc}")
@@ -181,7 +182,7 @@ def adapter_outcome(ftj: dict[str, Any] | None) -> tuple[Any, ...]:
     progress from the periodic status refresh)."""
     if ftj is None:
         return (None,)
-    status, spec = ftj.get("status") or {}, ftj.get("spec") or {}
+    status, spec = ftj.get("status") or {}, spec_that_ran(ftj)
     failed = find(status.get("conditions"), "Failed") or {}
     terminal = (failed.get("status"), failed.get("reason"), failed.get("message"), is_true(status.get("conditions"), "Succeeded"))
     return (ftj["metadata"].get("uid"), terminal, json.dumps(status.get("adapter"), sort_keys=True),

@@ -200,3 +200,10 @@ def effective(body: dict[str, Any], settings: OperatorSettings, status: dict[str
     chosen = choose_template(spec, templates) if templates is not None else None
     resolved = resolve_spec(apply_template(spec, chosen) if chosen else spec, settings)
     return Effective(resolved, current, applied(chosen, body["metadata"]["namespace"]))
+
+
+def spec_that_ran(ftj: dict[str, Any]) -> dict[str, Any]:
+    """A FineTuneJob's effective spec (status.effectiveSpec: what the trainer ran, a template and the platform
+    defaults filled in), or its spec where none was written yet. What readers of another object's job (a
+    ModelDeployment admitting its adapter) must look at: the spec alone lacks what the template gave it."""
+    return dict((ftj.get("status") or {}).get("effectiveSpec") or ftj.get("spec") or {})
