@@ -12,10 +12,12 @@ the platform team wrote, so that "the template sets this field" means the field 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from .common import MODEL_URI, KubeModel, KubeObject, Scheduling, _check_uri_path, decimal
 from .finetunejob import Adapter, AdapterType, Checkpointing, Hyperparameters, Method, MethodType, Output, Resources
@@ -77,11 +79,13 @@ class TemplateBounds(KubeModel):
     max_nodes: int | None = Field(default=None, description="Most resources.nodes.", ge=1, le=64)
 
 
+@dataclass(frozen=True)
 class Bound:
-    """One row of BOUNDS: template field -> the spec path it limits, and which way."""
+    """One row of BOUNDS: a TemplateBounds field, the spec path it limits, and which way."""
 
-    def __init__(self, field: str, path: str, kind: Literal["max", "min"]):
-        self.field, self.path, self.kind = field, path, kind
+    field: str
+    path: str
+    kind: Literal["max", "min"]
 
     def violated(self, value: Any, limit: Any) -> bool:
         if value is None or limit is None:
@@ -195,17 +199,12 @@ def template_problems(spec: FineTuneTemplateSpec) -> list[str]:
         limit = getattr(spec.bounds, bound.field)
         value = leaves.get(bound.path, builtin_default(bound.path))
         if bound.violated(value, limit):
-            problems.append(f"bounds.{_camel(bound.field)}: the default {bound.path} {value} is out of bounds "
+            problems.append(f"bounds.{to_camel(bound.field)}: the default {bound.path} {value} is out of bounds "
                             f"({limit}): set defaults.{bound.path}")
     low, high = spec.bounds.min_learning_rate, spec.bounds.max_learning_rate
     if low is not None and high is not None and Decimal(low) > Decimal(high):
         problems.append(f"bounds: minLearningRate {low} is above maxLearningRate {high}")
     return problems
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.title() for p in rest)
 
 
 class FineTuneTemplate(KubeObject):
