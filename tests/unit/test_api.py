@@ -30,6 +30,7 @@ def test_minimal_spec_gets_documented_defaults():
         "output": {"mergedModel": False},
         "storage": {},
         "resources": {"gpus": 1, "nodes": 1},
+        "parallelism": {"strategy": "auto"},
         "scheduling": {},
         "backoffLimit": 3,
         "suspend": False,

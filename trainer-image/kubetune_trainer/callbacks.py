@@ -27,10 +27,13 @@ log = logging.getLogger(__name__)
 class KubetuneCallback(TrainerCallback):
     def __init__(self, tracker: Tracker, reporter: Reporter, checkpoints: Checkpoints | None, stop: StopFlag,
                  state_for_checkpoint: dict[str, Any], agree: Callable[[bool], bool] | None = None,
-                 barrier: Callable[[], None] | None = None):
+                 barrier: Callable[[], None] | None = None, gather: Callable[[Any], list[Any]] | None = None,
+                 main: bool = True):
         self.tracker = tracker
         self.agree = agree or (lambda flag: flag)
         self.barrier = barrier or (lambda: None)
+        self.gather = gather or (lambda value: [value])  # every rank's value on every rank (a collective)
+        self.main = main  # global rank 0: commits checkpoints; `checkpoints` is set on each pod's first process
         self.reporter = reporter
         self.checkpoints = checkpoints
         self.stop = stop
@@ -80,14 +83,22 @@ class KubetuneCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         step = state.global_step
         local = Path(args.output_dir) / f"checkpoint-{step}"
-        self.barrier()  # every rank has written its own RNG state into the folder before rank 0 uploads it
-        if self.checkpoints is not None and local.is_dir():
+        uploads = self.checkpoints is not None and local.is_dir()
+        if uploads and self.main:
+            self.checkpoints.begin(step, local, self.extra_state)
+        # every rank has written its own files (RNG state, FSDP shards) before its pod uploads them
+        self.barrier()
+        if uploads:
             self.reporter.enter(TrainerPhase.SAVING_CHECKPOINT)  # an upload of a large model takes minutes
-            uri = self.checkpoints.save(step, local, self.extra_state)
+        parts = self.gather(self.checkpoints.upload(step, local) if uploads else {})
+        if uploads and self.main:
+            uri = self.checkpoints.commit(step, parts, local)  # after every pod's upload: one atomic checkpoint
             log.info("checkpoint: step %d saved to %s", step, uri)
             listing = self.checkpoints.listing()
             with self.tracker.lock:
                 self.tracker.checkpoints = listing
+        elif uploads and not args.load_best_model_at_end:  # (the best one may be loaded from this disk at the end)
+            _drop_older(local)  # only rank 0's Trainer rotates its checkpoints: this pod keeps the newest only
         self.last_saved_step = step
         self.tracker.enter(TrainerPhase.TRAINING)
         self.reporter.report(force=True)
@@ -96,3 +107,12 @@ class KubetuneCallback(TrainerCallback):
         self.stop.in_training = False
         self.tracker.update(state.global_step, state.epoch, state.num_input_tokens_seen)
         self.reporter.report(force=True)
+
+
+def _drop_older(local: Path) -> None:
+    import shutil
+
+    for folder in local.parent.glob("checkpoint-*"):
+        if folder != local and folder.name.removeprefix("checkpoint-").isdigit() and \
+                int(folder.name.removeprefix("checkpoint-")) < int(local.name.removeprefix("checkpoint-")):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -85,16 +85,37 @@ class Checkpoints:
 
     def save(self, step: int, local: Path, state: dict[str, Any]) -> str:
         """Upload a Trainer checkpoint folder as step `step`; marker last; prune. Returns its URI."""
+        self.begin(step, local, state)
+        return self.commit(step, [self.upload(step, local)], local)
+
+    # A checkpoint of several pods (each pod's disk holds its own ranks' files: FSDP shards, RNG states):
+    # global rank 0 calls `begin`, every pod's first process `upload`s its pod's files once all ranks have
+    # written theirs, and rank 0 `commit`s the marker listing every pod's files once all are uploaded.
+
+    def begin(self, step: int, local: Path, state: dict[str, Any]) -> None:
+        """Rank 0, before any pod uploads: our state file into the folder; a marker of a re-saved step goes first."""
         (local / STATE_FILE).write_text(json.dumps({**state, "fingerprint": self.fingerprint, "step": step}, indent=2))
-        files = sorted(p for p in local.rglob("*") if p.is_file())
         target = step_dir(step)
-        existing = self.store.list(target)
-        if f"{target}/{CHECKPOINT_COMPLETE_MARKER}" in existing:  # re-saving the same step (e.g. after a resume)
+        if f"{target}/{CHECKPOINT_COMPLETE_MARKER}" in self.store.list(target):  # re-saving the same step (a resume)
             self.store.delete([f"{target}/{CHECKPOINT_COMPLETE_MARKER}"])
+
+    def upload(self, step: int, local: Path) -> dict[str, int]:
+        """Upload the files of this pod's checkpoint folder (no marker). -> {relative name: size}."""
+        files = sorted(p for p in local.rglob("*") if p.is_file())
         for path in files:
-            self.store.upload(path, f"{target}/{path.relative_to(local).as_posix()}")
-        marker = {"step": step, "fingerprint": self.fingerprint,
-                  "files": {p.relative_to(local).as_posix(): p.stat().st_size for p in files}}
+            self.store.upload(path, f"{step_dir(step)}/{path.relative_to(local).as_posix()}")
+        return {p.relative_to(local).as_posix(): p.stat().st_size for p in files}
+
+    def commit(self, step: int, parts: list[dict[str, int]], local: Path) -> str:
+        """Rank 0, after every pod uploaded: the marker listing all their files (the checkpoint exists from now);
+        prune. A name two pods uploaded with different sizes is an internal error (one overwrote the other)."""
+        files: dict[str, int] = {}
+        for part in parts:
+            for name, size in part.items():
+                if files.setdefault(name, size) != size:
+                    raise RuntimeError(f"checkpoint step {step}: two pods wrote {name} with different sizes")
+        target = step_dir(step)
+        marker = {"step": step, "fingerprint": self.fingerprint, "files": dict(sorted(files.items()))}
         self.store.write_bytes(f"{target}/{CHECKPOINT_COMPLETE_MARKER}", json.dumps(marker).encode())
         self.prune()
         return self.store.uri_of(target)

@@ -195,6 +195,16 @@ def broadcast_from_main(value: Any) -> Any:
     return box[0]
 
 
+def gather(value: Any) -> list[Any]:
+    """Every rank's value, in rank order, on every rank (a collective)."""
+    dist = _dist()
+    if dist is None:
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def close() -> None:
     dist = _dist()
     if dist is not None:

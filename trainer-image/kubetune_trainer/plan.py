@@ -8,6 +8,7 @@ Automatic defaults (docs/trainer.md lists them too):
 - precision: bf16 on GPUs that support it, else fp32; gradient checkpointing on GPU only
 - QLoRA: 4-bit NF4 with double quantisation, compute dtype = training precision
 - evaluation and checkpoint every checkpointing.intervalSteps; logging every <= 10 steps
+- parallelism: FSDP arguments (sharding.fsdp_args) when the run shards (kubetune.api.parallelism.decide)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.methods import default_learning_rate
 
 from .methods import TRAINERS, load
+from .sharding import fsdp_args
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Facts:
     rendered_chat: bool = False  # records with tools, calls or weights: kubetune_trainer.chat tokenizes and masks them
     has_eval: bool = True
     local_rank: int = 0  # this process's GPU on the pod in a distributed run
+    parallelism: str = "single"  # kubetune.api.parallelism.Decision.strategy: single, ddp or fsdp (sharding.py)
 
 
 @dataclass
@@ -111,6 +114,11 @@ def plan_training(spec: FineTuneJobSpec, facts: Facts) -> TrainingPlan:
         "warmupRatio": hp.warmup_ratio, "maxLength": hp.max_length, "seed": hp.seed,
         "precision": "bf16" if facts.bf16 else "fp32", "gradientCheckpointing": gpu,
     }
+    if facts.parallelism == "fsdp":
+        common |= fsdp_args(gpu)
+        summary["gradientCheckpointing"] = gpu  # FSDP's own activation checkpointing (sharding.fsdp_args)
+    if facts.parallelism != "single":
+        summary["parallelism"] = facts.parallelism
     own, own_summary = TRAINERS[method].args(spec, facts)
     args = {**common, **own}
     summary |= own_summary

@@ -29,7 +29,8 @@ from typing import Any
 from kubetune.api import exit_codes
 from kubetune.api.constants import ENV_WORK_DIR
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.memory import ModelShape, TrainingShape, estimate, fit_message, parse_bytes
+from kubetune.api.memory import ModelShape, TrainingShape, alternatives, estimate, fit_message, parse_bytes
+from kubetune.api.parallelism import decide, fsdp_estimate, fsdp_fit_message
 from kubetune.api.preflight import (
     ENV_GPU_MEMORY,
     MAX_ERRORS,
@@ -345,9 +346,22 @@ def analyse(spec: FineTuneJobSpec, inputs: Inputs) -> PreflightReport:
     return report
 
 
+def training_shape(spec: FineTuneJobSpec, args: dict, sequence_length: int, gpu: bool) -> TrainingShape:
+    """How one process trains (kubetune.api.memory), from the spec and the plan's TRL arguments."""
+    adapter = spec.adapter
+    return TrainingShape(
+        adapter=adapter.type, rank=adapter.rank, target_modules=list(adapter.target_modules),
+        lora_dropout=Decimal(adapter.dropout) > 0, precision="bf16" if gpu else "fp32",
+        batch_size=args["per_device_train_batch_size"], sequence_length=sequence_length,
+        sequences_per_example=PAIRED.get(spec.method.type, 1),
+        reference_model=spec.method.type in REFERENCE_MODEL,
+        gradient_checkpointing=bool(args.get("activation_checkpointing")))
+
+
 def _memory(spec: FineTuneJobSpec, inputs: Inputs, report: PreflightReport, plan, lengths, gpus: int) -> bool:
-    """Fill the memory estimate (and the fit check against the per-GPU budget). False: does not fit."""
-    hp, adapter = spec.hyperparameters, spec.adapter
+    """Fill the memory estimate (and the fit check against the per-GPU budget). False: does not fit.
+    A run the trainer will shard (kubetune.api.parallelism) is estimated per GPU of the sharded run."""
+    hp = spec.hyperparameters
     try:
         shape = ModelShape.from_config(json.loads((inputs.model_dir / "config.json").read_text()))
     except (ValueError, OSError) as exc:
@@ -355,23 +369,24 @@ def _memory(spec: FineTuneJobSpec, inputs: Inputs, report: PreflightReport, plan
         return True
     packing = bool(plan.args.get("packing"))
     longest = max(lengths) if lengths else hp.max_length
-    training = TrainingShape(
-        adapter=adapter.type, rank=adapter.rank, target_modules=list(adapter.target_modules),
-        lora_dropout=Decimal(adapter.dropout) > 0, precision="bf16" if gpus else "fp32",
-        batch_size=plan.args["per_device_train_batch_size"],
-        sequence_length=hp.max_length if packing else min(hp.max_length, longest),
-        sequences_per_example=PAIRED.get(spec.method.type, 1),
-        reference_model=spec.method.type in REFERENCE_MODEL,
-        gradient_checkpointing=bool(plan.args.get("activation_checkpointing")))
-    report.memory = estimate(shape, training)
+    training = training_shape(spec, plan.args, hp.max_length if packing else min(hp.max_length, longest), bool(gpus))
+    budget = inputs.gpu_memory if gpus else None
+    world = max(1, gpus) * spec.resources.nodes
+    single = estimate(shape, training)
+    decision = decide(spec.parallelism.strategy, spec.adapter.type, world,
+                      None if budget is None else single.peak_bytes <= budget)
+    report.memory = fsdp_estimate(shape, training, world) if decision.strategy == "fsdp" else single
     if gpus:
         report.memory.notes.append("bf16 assumed (GPUs since Ampere); a GPU without bf16 trains in fp32: about "
                                    "twice the weights and activations")
-    budget = inputs.gpu_memory if gpus else None
     report.gpu_memory_bytes = budget
     if budget is None:
         return True
-    fits, message, options = fit_message(shape, training, budget, grad_accumulation=hp.gradient_accumulation_steps)
+    if decision.strategy == "fsdp":
+        fits, message = fsdp_fit_message(shape, training, world, budget)
+        options = alternatives(shape, training, budget)
+    else:
+        fits, message, options = fit_message(shape, training, budget, grad_accumulation=hp.gradient_accumulation_steps)
     report.fits, report.alternatives = fits, options
     report.message = message
     return fits

@@ -20,7 +20,7 @@ from kubetune.api.finetunejob import TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting, TrainerConfig
 from kubetune_storage import Store, open_store
 
-from . import chat, data, distributed, evaluate
+from . import chat, data, distributed, evaluate, sharding
 from .callbacks import KubetuneCallback
 from .checkpoints import Checkpoints, fingerprint
 from .collate import RowPackedCollator, needs_row_packing
@@ -30,7 +30,7 @@ from .fetch import fetch_dataset, fetch_model
 from .formats import Names
 from .methods import TRAINERS, load
 from .metrics import MetricsServer
-from .plan import Facts, TrainingPlan, plan_training, trl_args
+from .plan import Facts, TrainingPlan, trl_args
 from .publish import Result, hub_reference, publish
 from .reporting import Reporter, ReportingHandover, Tracker, take_over_reporting
 
@@ -185,11 +185,16 @@ def build_trainer(plan: TrainingPlan, model, tokenizer, train_records: list[dict
         if (warning := chat.cut_by_max_length(train_rows, plan.args.get("max_length"))) is not None:
             log.warning("data: %s", warning)
     try:
-        trainer = load(method.trainer)(
+        trainer_class = load(method.trainer)
+        if plan.args.get("fsdp") and plan.args.get("use_cpu"):
+            trainer_class = sharding.on_cpu(trainer_class)
+        trainer = trainer_class(
             model=model, args=trl_args(plan), train_dataset=data.to_dataset(train_rows),
             eval_dataset=data.to_dataset(eval_rows), processing_class=tokenizer, peft_config=plan.peft)
     except ValueError as exc:  # TRL rejects data/template combinations with ValueError
         raise UserError(f"the trainer rejected the data or settings: {exc}") from None
+    if plan.args.get("fsdp"):
+        sharding.check_enabled(trainer)
     if getattr(trainer, "padding_free", False) and needs_row_packing(trainer.model):
         log.info("packing: %s attention has no varlen kernel: packed rows stay rows",
                  trainer.model.config._attn_implementation)
@@ -201,7 +206,8 @@ def _save_result(trainer, tokenizer, config: TrainerConfig, plan: TrainingPlan, 
     """Save the adapter (or full model) + tokenizer; optionally a merged model. -> (dir, merged, targets)."""
     spec = config.spec
     out = work_dir / "result"
-    trainer.save_model(str(out))
+    if not plan.args.get("fsdp"):  # FSDP: sharding.consolidate saved it (every rank takes part)
+        trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     for junk in ("training_args.bin", "README.md"):  # a pickle, and PEFT's placeholder card (ours is at the root)
         (out / junk).unlink(missing_ok=True)
@@ -323,7 +329,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     facts = Facts(output_dir=str(work_dir / "trainer"), train_examples=len(train_records), device=device, bf16=bf16,
                   chat=train.conversational, assistant_masks=_assistant_masks(tokenizer), has_eval=bool(eval_records),
                   rendered_chat=chat.needs_rendering(train_records + eval_records), local_rank=rank.local_rank)
-    plan = plan_training(spec, facts)
+    plan = sharding.plan_for(spec, facts, rank.world_size, model_dir)  # DDP or FSDP (kubetune.api.parallelism)
     log.info("plan: %s", plan.summary)
     model = load_model(model_dir, plan, spec.base_model.uri)
     reporter.enter(TrainerPhase.TOKENIZING_DATA)
@@ -345,13 +351,17 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
         path = None
         if eval_records:
             reporter.enter(TrainerPhase.BASELINE_EVALUATION)
-        evaluation["baseline"] = _figures(trainer.evaluate(), spec.method.type) if eval_records else {}
+        if eval_records and plan.args.get("fsdp"):  # evaluated first thing in train() (sharding.baseline_at_start)
+            evaluation["baseline"] = sharding.baseline_at_start(trainer, lambda m: _figures(m, spec.method.type))
+        else:
+            evaluation["baseline"] = _figures(trainer.evaluate(), spec.method.type) if eval_records else {}
     tracker.baseline = evaluation["baseline"]
     task = evaluate.start(spec, inputs.evaluation_files, eval_records, tokenizer, trainer.model, chat=train.conversational,
                           reporter=reporter, rank=rank, restored=restored["state"] if restored else None)
-    callback = KubetuneCallback(tracker, reporter, checkpoints if rank.is_main else None, stop,
+    callback = KubetuneCallback(tracker, reporter, checkpoints if rank.local_rank == 0 else None, stop,
                                 {"baseline": evaluation["baseline"], **evaluate.checkpoint_state(task)}, agree=distributed.agree if rank.distributed else None,
-                                barrier=distributed.barrier if rank.distributed else None)
+                                barrier=distributed.barrier if rank.distributed else None,
+                                gather=distributed.gather if rank.distributed else None, main=rank.is_main)
     callback.last_saved_step = restored["step"] if restored else None
     trainer.add_callback(callback)
     reporter.enter(TrainerPhase.TRAINING)
@@ -377,6 +387,8 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
                "trainedTokens": trainer.state.num_input_tokens_seen, "processes": rank.world_size}
     failure: BaseException | None = None
     report: dict[str, Any] | None = None
+    if plan.args.get("fsdp"):
+        sharding.consolidate(trainer, work_dir / "result")  # a collective: the full state dict to rank 0, once
     if rank.is_main:
         try:
             result_dir, merged, targets = _save_result(trainer, tokenizer, config, plan, model_dir, work_dir)

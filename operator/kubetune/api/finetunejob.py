@@ -35,6 +35,9 @@ from .common import (
 from .template_ref import EFFECTIVE_SPEC_HELP, SPEC_HASH_HELP, AppliedTemplate
 from .template_ref import FIELD as TEMPLATE_FIELD
 from .evaluation import EvalProgress, EvalSummary, EvaluationSpec
+from .parallelism import Parallelism
+from .parallelism import problem as parallelism_problem
+from .parallelism import validation_rule as parallelism_rule
 from .methods import (
     DEFAULT_METHOD,
     FORMATS,
@@ -283,7 +286,7 @@ class FineTuneJobSpec(KubeModel):
     spec; delete and re-create the FineTuneJob to train with a new one."""
 
     model_config = with_rules(cel("!has(self.resources) || self.resources.nodes == 1 || self.resources.gpus > 0",
-                                  "resources.nodes > 1 needs resources.gpus > 0"), *format_rules())
+                                  "resources.nodes > 1 needs resources.gpus > 0"), *format_rules(), parallelism_rule())
 
     base_model: BaseModelSource = Field(description="The pretrained model to fine-tune.")
     template: str | None = TEMPLATE_FIELD  # a FineTuneTemplate (api/template.py, docs/templates.md)
@@ -298,6 +301,7 @@ class FineTuneJobSpec(KubeModel):
     output: Output = Field(default_factory=Output, description="Where the result is published.")
     storage: ObjectStorage = Field(default_factory=ObjectStorage, description="Object storage connection for every s3:// URI.")
     resources: Resources = Field(default_factory=Resources, description="Compute per node.")
+    parallelism: Parallelism = Field(default_factory=Parallelism, description="DDP or FSDP (sharded) training over the run's GPUs.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Queue, priority and placement.")
     evaluation: EvaluationSpec | None = Field(default=None, description="Task evaluation before and after training (docs/evaluation.md).")
     image: str | None = Field(
@@ -329,6 +333,8 @@ class FineTuneJobSpec(KubeModel):
     def _cross_field(self) -> FineTuneJobSpec:
         if self.resources.nodes > 1 and self.resources.gpus == 0:
             raise ValueError("resources.nodes > 1 needs resources.gpus > 0")
+        if sharding := parallelism_problem(self.parallelism.strategy, self.adapter.type):
+            raise ValueError(sharding)
         problem = format_problem(self.method.type, self.dataset.format)  # type: ignore[attr-defined]
         if problem:
             raise ValueError(f"{problem}, got {self.dataset.format}")
