@@ -54,3 +54,21 @@ def test_scale_to_zero_without_keda_is_refused_naming_the_field(cluster, operato
     assert "spec.autoscaling.minReplicas: 0 (scale to zero) needs KEDA" in failed["message"]
     assert _get(cluster, "/apis/apps/v1/namespaces/default/deployments/zero-vllm") is None
 
+
+
+def test_turning_autoscaling_on_hands_the_replicas_over_without_a_reset(cluster, operator, emulator):
+    """Server-side apply's documented handover: a second manager applies the live replicas before the operator's
+    apply leaves them out, so the API server does not reset them to 1 while the HPA has not written them yet."""
+    md(cluster, "chat", {"baseModel": BASE, "replicas": 3})
+    wait_for(lambda: (_get(cluster, DEPLOYMENT) or {}).get("spec", {}).get("replicas") == 3, what="3 replicas")
+    emulator.reset_requests()
+    cluster.raw("PATCH", "/apis/kubetune.io/v1alpha1/namespaces/default/modeldeployments/chat",
+                {"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 4}}}, "application/merge-patch+json")
+    wait_for(lambda: _get(cluster, HPA), what="HPA")
+    dep = cluster.raw("GET", DEPLOYMENT)
+    assert dep["spec"]["replicas"] == 3
+    owners = {e["manager"]: e["fieldsV1"]["f:spec"] for e in dep["metadata"]["managedFields"] if "f:spec" in e["fieldsV1"]}
+    assert "f:replicas" in owners["kubetune-handover-to-autoscaler"] and "f:replicas" not in owners["kubetune-operator"]
+    applies = [r.query.get("fieldManager") for r in emulator.requests
+               if r.method == "PATCH" and r.path.endswith("/deployments/chat-vllm")]
+    assert applies[:2] == ["kubetune-handover-to-autoscaler", "kubetune-operator"]  # the handover first

@@ -21,8 +21,11 @@ from ..security.pss import pod_spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
 def built_pod_specs(doc: dict, settings: OperatorSettings) -> list[dict]:
-    """The pod specs the operator's real builders make for a manifest."""
-    return [spec for spec in map(pod_spec_of, built_children(doc, settings)) if spec is not None]
+    """The pod specs the operator's real builders make for a manifest (a LeaderWorkerSet's leader and worker)."""
+    children = built_children(doc, settings)
+    groups = [c["spec"]["leaderWorkerTemplate"] for c in children if c["kind"] == "LeaderWorkerSet"]
+    return [spec for spec in map(pod_spec_of, children) if spec is not None] + [
+        group[role]["spec"] for group in groups for role in ("leaderTemplate", "workerTemplate")]
 
 
 def gpus_asked(spec: dict) -> int:
@@ -100,7 +103,7 @@ def test_unsupported_fields_are_errors_naming_every_one():
         "the ServiceAccount token projection are)",
         "spec.volumes[weird].nfs: volume type not supported (emptyDir, configMap, secret, persistentVolumeClaim and "
         "the ServiceAccount token projection are)",
-        "spec.containers[trainer].lifecycle",
+        "spec.containers[trainer].lifecycle: only a preStop sleep is supported (the serving pods' drain, kubetune_local.serving)",
         "spec.containers[trainer].envFrom",
         "spec.containers[trainer].env[CPU].valueFrom.resourceFieldRef",
         "spec.containers[trainer].livenessProbe: only httpGet probes are supported",

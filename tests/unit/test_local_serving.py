@@ -114,10 +114,14 @@ def test_replicas_readiness_restart_scaling_and_rollout(emulator, serving):
     _settle(serving, lambda: _dep_status(emulator)["readyReplicas"] == 3 and len(_pods(emulator)) == 3)
     third = next(name for name in _pods(emulator) if name not in first)
     gone = [serving.pods[("default", second)], serving.pods[("default", third)]]
+    assert {pod.drain_seconds for pod in gone} == {10.0}  # vLLM's preStop sleep, from the pod spec
+    for pod in gone:
+        pod.drain_seconds = 1.0  # (shortened here)
     emulator.patch("apps", "v1", "deployments", "default", "chat-vllm", {"spec": {"replicas": 1}})
     _settle(serving, lambda: len(_pods(emulator)) == 1 and _dep_status(emulator)["replicas"] == 1)
     assert list(_pods(emulator)) == [oldest] and list(serving.pods) == [("default", oldest)]
-    assert all(proc.poll() is not None for pod in gone for proc in pod.procs)  # their processes are gone too
+    assert all(proc.poll() is None for pod in gone for proc in pod.procs)  # out of the API, still serving: preStop
+    _settle(serving, lambda: all(proc.poll() is not None for pod in gone for proc in pod.procs))  # then SIGTERM
 
     # A new pod template rolls the pod: the new one first (maxSurge 1), the old one removed once it is Ready (maxUnavailable 0).
     rolled = _deployment(1, model="hf://Qwen/Qwen2.5-1.5B-Instruct")

@@ -70,6 +70,7 @@ def test_deployment_containers_whole():
         "ports": [{"name": "http", "containerPort": 8000}],
         "resources": {"requests": {"memory": "24Gi"}, "limits": {"memory": "24Gi", "nvidia.com/gpu": "1"}},
         "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": 180, "timeoutSeconds": 5},
+        "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
         "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
         "securityContext": secure,
         "volumeMounts": [{"name": "cache", "mountPath": "/var/cache/kubetune"}, {"name": "tmp", "mountPath": "/tmp"},

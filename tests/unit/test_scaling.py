@@ -13,7 +13,7 @@ import pytest
 from kubetune.api.modeldeployment import ModelDeploymentSpec
 from kubetune.api.validation import SpecError, parse
 from kubetune.builders.modeldeployment import build_children, desired_set, resolve_spec
-from kubetune.builders.scaling import stale_children
+from kubetune.builders.scaling import handover, scaling_moves, stale_children
 from kubetune.config import OperatorSettings
 from kubetune.status.scaling import observed_workload, replicas_wanted
 
@@ -177,3 +177,23 @@ def test_status_counts_against_the_autoscaler_s_replicas():
     assert replicas_wanted(plain, deployment).replicas == 2
     multi = parse(ModelDeploymentSpec, {**BASE, "resources": {"gpus": 8, "nodes": 2}})
     assert observed_workload(multi, {"Deployment": deployment}) is None
+
+
+def test_the_replicas_are_handed_over_only_while_the_operator_owns_them():
+    scaled = resolve_spec(parse(ModelDeploymentSpec, {**BASE, "autoscaling": {"maxReplicas": 3}}), HPA_SETTINGS)
+    plain = resolve_spec(parse(ModelDeploymentSpec, BASE), HPA_SETTINGS)
+
+    def deployment(owner_fields):
+        return {"metadata": {"name": "chat-vllm", "namespace": "ml", "managedFields": [
+            {"manager": "kubetune-operator", "operation": "Apply", "fieldsV1": {"f:spec": owner_fields}}]},
+            "spec": {"replicas": 4}}
+
+    owns = deployment({"f:replicas": {}, "f:template": {}})
+    gave_up = deployment({"f:template": {}})
+    assert handover(scaled, "Deployment", owns) == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                    "metadata": {"name": "chat-vllm", "namespace": "ml"}, "spec": {"replicas": 4}}
+    assert handover(scaled, "Deployment", gave_up) is None  # handed over already (or the autoscaler took it)
+    assert handover(plain, "Deployment", owns) is None and handover(scaled, "Deployment", None) is None
+    moves = scaling_moves("chat-vllm", scaled, HPA_SETTINGS, {"Deployment": owns})
+    assert [(m.manifest["kind"], m.field_manager, m.delete) for m in moves] == [
+        ("Deployment", "kubetune-handover-to-autoscaler", False)]

@@ -49,7 +49,7 @@ POD_SCHEDULING = {"nodeSelector", "tolerations", "affinity", "priorityClassName"
                   "topologySpreadConstraints", "subdomain", "preemptionPolicy"}
 CONTAINER_HANDLED = {"name", "image", "imagePullPolicy", "command", "args", "env", "ports", "resources", "securityContext",
                      "volumeMounts", "terminationMessagePath", "terminationMessagePolicy", "readinessProbe", "livenessProbe",
-                     "startupProbe", "workingDir"}
+                     "startupProbe", "workingDir", "lifecycle"}
 POD_SECURITY = {"runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "fsGroupChangePolicy", "supplementalGroups", "seccompProfile"}
 CONTAINER_SECURITY = {"runAsNonRoot", "runAsUser", "runAsGroup", "readOnlyRootFilesystem", "allowPrivilegeEscalation",
                       "capabilities", "seccompProfile", "privileged"}
@@ -188,6 +188,9 @@ def _probe_problems(where: str, ctr: dict[str, Any]) -> list[str]:
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         if probe in ctr and "httpGet" not in ctr[probe]:
             problems.append(f"{where}.{probe}: only httpGet probes are supported")
+    lifecycle = ctr.get("lifecycle") or {}
+    if set(lifecycle) - {"preStop"} or set(lifecycle.get("preStop") or {}) - {"sleep"}:
+        problems.append(f"{where}.lifecycle: only a preStop sleep is supported (the serving pods' drain, kubetune_local.serving)")
     return problems
 
 

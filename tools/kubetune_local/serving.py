@@ -11,6 +11,9 @@ sidecar) run as local processes on the pod's own free ports; a container whose p
 started again alone (restartPolicy Always, restartCount counted, CrashLoopBackOff-style delay from
 the second restart on) while the pod's other container and every other pod keep running; the
 sidecar's readinessProbe (/readyz) is run every periodSeconds and flips the pod's Ready condition.
+A pod the controller removes is deleted from the API first (it leaves the Service's endpoints) and its
+processes get SIGTERM only after its containers' `lifecycle.preStop.sleep` (the kubelet runs the preStop
+hook before the stop signal), without holding up the other pods.
 Status is written only when it changes (each write is an event the operator reacts to).
 """
 
@@ -80,6 +83,7 @@ class ServingPod:
     ready: bool = False
     probed_at: float = 0.0
     written: dict[str, Any] | None = None  # the pod status last written
+    drain_seconds: float = 0.0  # the longest preStop sleep of its containers
 
     @property
     def procs(self) -> list[subprocess.Popen]:
@@ -94,12 +98,17 @@ class LocalServing:
         self.pods: dict[tuple[str, str], ServingPod] = {}  # (namespace, pod name) -> pod
         self._dep_status: dict[tuple[str, str], dict[str, Any]] = {}  # Deployment status last written
         self.refused: dict[str, str] = {}  # "ns/deployment" -> why the container mode cannot run its pods
+        self.draining: list[tuple[float, ServingPod]] = []  # (monotonic time of its SIGTERM, pod) after a preStop sleep
 
     def pods_of(self, namespace: str, deployment: str) -> list[ServingPod]:
         """The Deployment's pods, oldest first."""
         return [p for p in self.pods.values() if p.namespace == namespace and p.deployment == deployment]
 
     def sync_once(self) -> None:
+        now = time.monotonic()
+        for due, pod in [entry for entry in self.draining if entry[0] <= now]:
+            self.draining.remove((due, pod))
+            self._stop_processes(pod)
         live = set()
         for dep in self.emu.list("apps", "v1", "deployments"):
             labels = dep["metadata"].get("labels") or {}
@@ -117,7 +126,8 @@ class LocalServing:
     def detach_all(self) -> list[ServingPod]:
         """Forget every pod (on shutdown) and return them, for the caller to stop their processes together."""
         pods, self.pods = list(self.pods.values()), {}
-        return pods
+        draining, self.draining = [pod for _, pod in self.draining], []
+        return pods + draining
 
     def release(self, pods: list[ServingPod]) -> None:
         """After the pods' processes stopped: the container mode's per-pod state goes."""
@@ -191,7 +201,9 @@ class LocalServing:
                                  "controller": True}]}, "spec": spec})
         poddir = self.workdir / ns / pod_name
         poddir.mkdir(parents=True, exist_ok=True)
-        pod = ServingPod(ns, pod_name, name, template_hash, vllm_port, sync_port, poddir, period)
+        drain = max((float(((ctr.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0))
+                     for ctr in spec["containers"]), default=0.0)
+        pod = ServingPod(ns, pod_name, name, template_hash, vllm_port, sync_port, poddir, period, drain_seconds=drain)
         if plans is not None:
             self._start_containers(pod, live, plans)
         for ctr in spec["containers"] if plans is None else []:
@@ -216,8 +228,14 @@ class LocalServing:
 
     def _remove(self, pod: ServingPod, *, delete_object: bool = True) -> None:
         del self.pods[(pod.namespace, pod.name)]
-        if delete_object:  # gone from the API first: the operator stops counting it while it shuts down
+        if delete_object:  # gone from the API first: the operator stops counting it, the Service stops sending to it
             self.emu.delete("", "v1", "pods", pod.namespace, pod.name)
+            if pod.drain_seconds:  # its preStop sleep, then SIGTERM (sync_once)
+                self.draining.append((time.monotonic() + pod.drain_seconds, pod))
+                return
+        self._stop_processes(pod)
+
+    def _stop_processes(self, pod: ServingPod) -> None:
         self._terminate(pod.procs)
         self.release([pod])
 

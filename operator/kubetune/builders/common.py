@@ -33,11 +33,13 @@ class Parent:
 class Child:
     """One desired child of a reconcile: server-side applied (any drift repaired), or `create_only` where the
     API server would reject a change to the existing object (a Job's pod template is immutable), or `delete`: an
-    observed child the spec no longer builds (its kind changed, builders.scaling.stale_children)."""
+    observed child the spec no longer builds (its kind changed, builders.scaling.stale_children). `field_manager`:
+    applied as another manager than the operator's (builders.scaling.handover)."""
 
     manifest: dict[str, Any]
     create_only: bool = False
     delete: bool = False
+    field_manager: str | None = None
 
 
 def short_hash(data: Any, length: int = 10) -> str:

@@ -38,6 +38,7 @@ from .common import (
 from .scaling import build_scaling, scaling_problems
 
 TEMPLATE_HASH_ANNOTATION = "kubetune.io/template-hash"
+DRAIN_SECONDS = 10  # vLLM's preStop sleep: well below terminationGracePeriodSeconds (60)
 # The pod's emptyDir "cache", mounted here in both containers; the sidecar's verified adapters are in
 # its adapters/ folder, constants.ADAPTER_CACHE_DIR (vLLM loads them from the same path).
 CACHE_DIR = c.ADAPTER_CACHE_DIR.rsplit("/", 1)[0]
@@ -171,6 +172,9 @@ def build_deployment(parent: Parent, names: ServingNames, spec: ModelDeploymentS
         "resources": resources(spec.resources.cpu, spec.resources.memory, spec.resources.gpus,
                                spec.resources.gpu_resource_name or settings.gpu_resource_name),
         "startupProbe": _probe("/health", "http", 10, 180),
+        # A deleted pod (a roll, a scale-down) leaves the Service's endpoints while vLLM still serves: requests sent
+        # before every proxy saw the change finish, then SIGTERM (docs/scaling.md).
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "livenessProbe": _probe("/health", "http", 10, 6),
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"},

@@ -23,7 +23,7 @@ from ..api.common import uri_scheme
 from ..api.modeldeployment import ModelDeploymentSpec
 from ..api.scaling import CUSTOM_METRIC, RAY_PORT, VLLM_METRIC
 from ..config import OperatorSettings
-from .common import Parent, object_meta
+from .common import Child, Parent, object_meta
 
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
@@ -209,3 +209,43 @@ def stale_children(name: str, spec: ModelDeploymentSpec, settings: OperatorSetti
              "metadata": {"name": child["metadata"]["name"], "namespace": child["metadata"]["namespace"]}}
             for kind, child in sorted(observed.items())
             if kind not in wanted and kind in SCALING_KINDS and child["metadata"]["name"] == name]
+
+
+HANDOVER_MANAGER = "kubetune-handover-to-autoscaler"
+
+
+def _owned_by_operator(workload: dict[str, Any], field_path: tuple[str, ...]) -> bool:
+    for entry in workload["metadata"].get("managedFields") or []:
+        if entry.get("manager") == c.FIELD_MANAGER and entry.get("operation") == "Apply":
+            node = entry.get("fieldsV1") or {}
+            for element in field_path:
+                node = node.get(element) if isinstance(node, dict) else None
+            if node is not None:
+                return True
+    return False
+
+
+def handover(spec: ModelDeploymentSpec, kind: str, workload: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Kubernetes' documented way to hand a field to an autoscaler under server-side apply ("Transferring
+    ownership"): before the operator's apply leaves `replicas` out for the first time, a second field manager applies
+    just the live value, so the field keeps an owner and is not reset to its default (1) until the autoscaler
+    writes it. None when there is nothing to hand over (no autoscaling, no workload yet, the operator does not own
+    the field)."""
+    if spec.autoscaling is None or workload is None or not _owned_by_operator(workload, ("f:spec", "f:replicas")):
+        return None
+    replicas = (workload.get("spec") or {}).get("replicas")
+    if replicas is None:
+        return None
+    meta = workload["metadata"]
+    return {"apiVersion": SCALING_KINDS[kind], "kind": kind, "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "spec": {"replicas": replicas}}
+
+
+def scaling_moves(name: str, spec: ModelDeploymentSpec, settings: OperatorSettings,
+                  observed: dict[str, dict[str, Any]]) -> list[Child]:
+    """What one reconcile does before applying the workload: delete the stale children, hand the replicas over."""
+    moves = [Child(stale, delete=True) for stale in stale_children(name, spec, settings, observed)]
+    kind = "LeaderWorkerSet" if spec.resources.nodes > 1 else "Deployment"
+    if (manifest := handover(spec, kind, observed.get(kind))) is not None:
+        moves.append(Child(manifest, field_manager=HANDOVER_MANAGER))
+    return moves

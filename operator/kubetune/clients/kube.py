@@ -134,7 +134,7 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    async def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    async def apply(self, obj: dict[str, Any], manager: str = c.FIELD_MANAGER) -> tuple[dict[str, Any], bool]:
         """Server-side apply `obj` as the operator's field manager, forcing ownership of every field it sets.
 
         Creates the object if it is missing; otherwise sets exactly the fields `obj` has (drift on them is
@@ -142,7 +142,7 @@ class Kube:
         managers set (defaults, a user's extra label) are left alone. Needs patch, and create where the
         object is missing, on the kind. Returns (live object, created?).
         """
-        query = [("fieldManager", c.FIELD_MANAGER), ("force", "true")]
+        query = [("fieldManager", manager), ("force", "true")]
         status, live = await self._request("PATCH", object_path(obj), obj, APPLY_PATCH, query)
         return live, status == 201
 

@@ -15,9 +15,9 @@ from typing import Any
 import kopf
 
 from ..api import constants as c
-from ..builders.common import Child, Parent, label_value
+from ..builders.common import Parent, label_value
 from ..builders.modeldeployment import ServingNames, desired_children, endpoint, selector_string
-from ..builders.scaling import stale_children
+from ..builders.scaling import scaling_moves
 from ..api.sidecar import SidecarStatus
 from ..clients.sidecar import fetch_reports
 from ..config import OperatorSettings
@@ -95,20 +95,21 @@ def derive(body: Any, planned: ServingPlan | None, seen: Seen, previous: dict[st
 
 def _build(body: Any, planned: ServingPlan, settings: OperatorSettings) -> list[Any]:
     *children, workload = desired_children(dict(body), planned.spec, settings, planned.desired)
-    return [*children, *(Child(stale, delete=True) for stale in planned.stale), workload]
+    return [*children, *planned.scaling, workload]
 
 
-def _with_stale(plan_of: Any) -> Any:
-    """The plan, with the scaling children of kinds the spec no longer builds (deleted by the apply)."""
+def _with_scaling(plan_of: Any) -> Any:
+    """The plan, with what the workload's apply needs first: the deletion of a child of a kind the spec no longer
+    builds, and the handover of the replicas to the autoscaler (builders.scaling.scaling_moves)."""
     def planned(body: Any, settings: OperatorSettings, seen: Seen) -> ServingPlan:
         result = plan_of(body, settings, seen)
         name = ServingNames.of(body["metadata"]["name"]).deployment
-        return replace(result, stale=tuple(stale_children(name, result.spec, settings, seen.scaling or {})))
+        return replace(result, scaling=tuple(scaling_moves(name, result.spec, settings, seen.scaling or {})))
     return planned
 
 
 SERVING_CONTROLLER = Controller("ModelDeployment", observe,
-                                _with_stale(lambda body, settings, seen: plan(dict(body), settings, seen.finetunejobs, seen.configmap,
+                                _with_scaling(lambda body, settings, seen: plan(dict(body), settings, seen.finetunejobs, seen.configmap,
                                                                   seen.pods, seen.reports, seen.previous)),
                                 _build, derive)
 

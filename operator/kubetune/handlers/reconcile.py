@@ -32,6 +32,7 @@ import kopf
 
 from ..api.validation import SpecError
 from ..builders.common import Child
+from ..api.constants import FIELD_MANAGER
 from ..clients.kube import KubeError, object_path
 from ..config import OperatorSettings
 from .metrics import inc
@@ -100,7 +101,7 @@ async def _apply(child: Child) -> dict[str, Any] | None:
     if child.create_only:
         created = await kube.create_or_leave(child.manifest)
     else:
-        live, was_created = await kube.apply(child.manifest)
+        live, was_created = await kube.apply(child.manifest, child.field_manager or FIELD_MANAGER)
         created = live if was_created else None
     if created is not None:
         inc("kubetune_children_created_total", child.manifest["kind"])

@@ -131,7 +131,7 @@ class ServingPlan:
     adapters: list[Resolved]
     desired: DesiredSet  # the sidecar's desired set (desired_set)
     changed: bool = True  # it differs from the live ConfigMap's (a gate decided: the sidecar poll applies it)
-    stale: tuple[dict[str, Any], ...] = ()  # scaling children of kinds no longer built (builders.scaling.stale_children)
+    scaling: tuple[Any, ...] = ()  # Children applied before the workload: deletions, a replicas handover (builders.scaling)
 
     @property
     def desired_generation(self) -> int:
