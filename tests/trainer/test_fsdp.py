@@ -183,3 +183,33 @@ def test_the_full_finetune_example_passes_the_preflight_memory_check_only_sharde
     assert results["auto"][0] is True, results
     assert "sharded with FSDP over 16 GPUs needs ≈ 46 GiB of 80 GiB per GPU" in results["auto"][1]
     assert results["ddp"][0] is False and "> 80 GiB per GPU" in results["ddp"][1]
+
+
+def test_a_checkpoint_of_two_pods_exists_only_once_rank_0_commits_every_pods_files(tmp_path):
+    """What a lost pod leaves behind: the parts uploaded so far and no marker, which a restart ignores."""
+    from kubetune_storage import open_store
+    from kubetune_trainer.checkpoints import Checkpoints
+
+    ckpts = Checkpoints(open_store(f"file://{tmp_path}/out/ns/job"), keep=2, spec_fingerprint="fp")
+    pods = []
+    for rank in (0, 1):
+        local = tmp_path / f"pod-{rank}/checkpoint-5"
+        (local / "pytorch_model_fsdp_0").mkdir(parents=True)
+        (local / f"pytorch_model_fsdp_0/__{rank}_0.distcp").write_bytes(b"x" * (10 + rank))
+        (local / f"rng_state_{rank}.pth").write_bytes(b"r")
+        pods.append(local)
+    (pods[0] / "pytorch_model_fsdp_0/.metadata").write_bytes(b"m")
+    ckpts.begin(5, pods[0], {"baseline": {}})
+    parts = [ckpts.upload(5, pods[0])]
+    assert ckpts.complete() == []  # pod 1 has not uploaded: no checkpoint yet (a lost pod leaves it so)
+    parts.append(ckpts.upload(5, pods[1]))
+    assert ckpts.complete() == []
+    ckpts.commit(5, parts, pods[0])
+    assert ckpts.complete() == [5]
+    restored = ckpts.restore_newest(tmp_path / "restore")
+    assert restored is not None and restored[0] == 5
+    assert sorted(p.relative_to(restored[1]).as_posix() for p in restored[1].rglob("*") if p.is_file()) == [
+        "kubetune_state.json", "pytorch_model_fsdp_0/.metadata", "pytorch_model_fsdp_0/__0_0.distcp",
+        "pytorch_model_fsdp_0/__1_0.distcp", "rng_state_0.pth", "rng_state_1.pth"]
+    with pytest.raises(RuntimeError, match="two pods wrote rng_state_0.pth with different sizes"):
+        ckpts.commit(6, [{"rng_state_0.pth": 1}, {"rng_state_0.pth": 2}], pods[0])
