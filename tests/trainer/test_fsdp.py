@@ -213,3 +213,29 @@ def test_a_checkpoint_of_two_pods_exists_only_once_rank_0_commits_every_pods_fil
         "pytorch_model_fsdp_0/__1_0.distcp", "rng_state_0.pth", "rng_state_1.pth"]
     with pytest.raises(RuntimeError, match="two pods wrote rng_state_0.pth with different sizes"):
         ckpts.commit(6, [{"rng_state_0.pth": 1}, {"rng_state_0.pth": 2}], pods[0])
+
+
+@pytest.mark.slow
+def test_a_sharded_lora_run_publishes_a_peft_adapter_that_answers(tmp_path, tiny_model_dir, trainer_env):
+    """strategy fsdp forced for LoRA, two processes in one pod: the adapter checkpoints are sharded (adapter
+    weights only), the published adapter is one PEFT folder that PEFT loads and that learned the data."""
+    from tests.fixtures.tiny_data import FACTS
+    from tests.trainer.test_distributed import _answer
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_records(64))
+    config = make_config(tmp_path / "config.json", job="lora", model=f"file://{tiny_model_dir}", train=f"file://{train}",
+                         output=f"file://{tmp_path}/out", hyperparameters={"maxSteps": 30},
+                         spec={"parallelism": {"strategy": "fsdp"}})
+    log = tmp_path / "trainer.log"
+    process = _start(config, log, _env(trainer_env, **{ENV_PROCESSES_PER_NODE: "2"}))
+    assert _finish(process, log) == 0, log.read_text()[-4000:]
+    assert "parallelism: fsdp (spec.parallelism.strategy is fsdp)" in log.read_text()
+    root = tmp_path / "out/team-a/lora"
+    assert manifest_problems(root) == []
+    newest = sorted((root / "checkpoints").glob("*/COMPLETE"))[-1]
+    listed = json.loads(newest.read_text())["files"]
+    assert {"pytorch_model_fsdp_0/__0_0.distcp", "pytorch_model_fsdp_0/__1_0.distcp"} <= set(listed)
+    assert sum(size for name, size in listed.items() if name.startswith("pytorch_model_fsdp_0/")) < \
+        (tiny_model_dir / "model.safetensors").stat().st_size  # the adapter's shards, not the frozen base
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (root / "adapter").iterdir()}
+    assert _answer(tiny_model_dir, root / "adapter", FACTS[0][0]) == FACTS[0][1]
