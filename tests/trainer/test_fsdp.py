@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import pytest
 
@@ -26,8 +25,8 @@ from kubetune.api.validation import SpecError, parse
 from kubetune_trainer.distributed import ENV_PROCESSES_PER_NODE
 from kubetune_trainer.plan import Facts, plan_training
 from tests.fixtures.tiny_data import chat_records, write_jsonl
-from tests.trainer.helpers import make_config, manifest_problems, progress_lines
-from tests.trainer.test_distributed import _env, _finish, _free_port, _start
+from tests.trainer.helpers import make_config, manifest_problems
+from tests.trainer.test_distributed import _env, _finish, _free_port, _start, _wait_for_step
 
 GB = 10**9
 # Qwen2.5-7B-Instruct's config.json (the example's model): 7.6 B parameters, untied embeddings
@@ -88,13 +87,6 @@ def test_an_fsdp_plan_turns_on_fsdp_with_sharded_checkpoints():
     assert gpu.args["fsdp_config"]["activation_checkpointing"] is True and gpu.args["activation_checkpointing"] is False
     ddp = plan_training(spec, Facts(output_dir="/w", train_examples=100, device="cuda", bf16=True, parallelism="ddp"))
     assert "fsdp" not in ddp.args and ddp.args["activation_checkpointing"] is True
-
-
-def _wait_for_step(process, progress, log, step: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(p["progress"]["step"] >= step for p in progress_lines(progress)):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
