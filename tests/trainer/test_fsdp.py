@@ -231,3 +231,23 @@ def test_a_sharded_lora_run_publishes_a_peft_adapter_that_answers(tmp_path, tiny
         (tiny_model_dir / "model.safetensors").stat().st_size  # the adapter's shards, not the frozen base
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (root / "adapter").iterdir()}
     assert _answer(tiny_model_dir, root / "adapter", FACTS[0][0]) == FACTS[0][1]
+
+
+def test_a_checkpoint_of_the_other_layout_is_a_user_error_saying_what_to_do(tmp_path):
+    from kubetune_trainer.errors import UserError
+    from kubetune_trainer.sharding import check_checkpoint
+
+    spec = parse(FineTuneJobSpec, {"baseModel": {"uri": "hf://o/m"}, "dataset": {"train": "s3://b/d.jsonl"}})
+    fsdp = plan_training(spec, Facts(output_dir="/w", train_examples=100, parallelism="fsdp"))
+    ddp = plan_training(spec, Facts(output_dir="/w", train_examples=100, parallelism="ddp"))
+    (tmp_path / "sharded/pytorch_model_fsdp_0").mkdir(parents=True)
+    (tmp_path / "whole").mkdir()
+    sharded, whole = {"step": 7, "path": str(tmp_path / "sharded")}, {"step": 7, "path": str(tmp_path / "whole")}
+    check_checkpoint(sharded, fsdp)
+    check_checkpoint(whole, ddp)
+    check_checkpoint(None, fsdp)
+    with pytest.raises(UserError, match=r"step 7\) was written by a sharded \(FSDP\) run and this run is data-parallel "
+                                        r"\(DDP\): set spec.parallelism.strategy to fsdp"):
+        check_checkpoint(sharded, ddp)
+    with pytest.raises(UserError, match="set spec.parallelism.strategy to ddp"):
+        check_checkpoint(whole, fsdp)

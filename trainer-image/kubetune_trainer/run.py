@@ -341,6 +341,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     trainer.remove_callback(ProgressCallback)
     evaluation: dict[str, dict[str, float | None]] = {}
     restored = inputs.checkpoint
+    sharding.check_checkpoint(restored, plan)  # an FSDP checkpoint resumes only an FSDP run, and a DDP one a DDP run
     if rank.distributed:
         distributed.check_same_checkpoint(restored["step"] if restored else None)
     if restored is not None:

@@ -137,3 +137,20 @@ def baseline_at_start(trainer, figures) -> dict:
     trainer.args.eval_on_start = True
     trainer.add_callback(Baseline())
     return baseline
+
+
+def check_checkpoint(restored: dict | None, plan) -> None:
+    """A checkpoint resumes only a run of the same layout: FSDP shards (pytorch_model_fsdp_*/) or whole files
+    (DDP, one process). They differ when resources or spec.parallelism changed under the same output (a job
+    re-created with the same name): a UserError says what to do instead of the Trainer failing on the files."""
+    from .errors import UserError
+
+    if restored is None:
+        return
+    sharded = any(Path(restored["path"]).glob("pytorch_model_fsdp_*"))
+    fsdp = bool(plan.args.get("fsdp"))
+    if sharded != fsdp:
+        kind = lambda s: "sharded (FSDP)" if s else "data-parallel (DDP)"  # noqa: E731
+        raise UserError(f"the newest checkpoint (step {restored['step']}) was written by a {kind(sharded)} run and "
+                        f"this run is {kind(fsdp)}: set spec.parallelism.strategy to {'fsdp' if sharded else 'ddp'} "
+                        "to resume from it, or delete the job's checkpoints to start over")
