@@ -68,6 +68,7 @@ EVENT_ON = {
     ("Suspended", "True"): "Normal",
     ("Servable", "False"): "Warning",
     ("DataValidated", "True"): "Normal",  # the pre-flight passed (its failure is Failed=True's Warning)
+    ("Regressed", "True"): "Warning",  # the regression set dropped beyond spec.evaluation.maxRegression
     ("Ready", "True"): "Normal",
     ("AdaptersReady", "False"): "Warning",
 }
