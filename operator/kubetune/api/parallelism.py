@@ -130,8 +130,8 @@ def fsdp_estimate(shape: ModelShape, training: TrainingShape, world_size: int) -
         f"FSDP over {n} processes: {FSDP_STATE_BYTES} bytes per trainable parameter (fp32 master weight, gradient and "
         f"AdamW moments) / {n}; embeddings, output head and {PREFETCHED_LAYERS} decoder layers gathered unsharded"]
     return single.model_copy(update={
-        "weights_bytes": weights, "reference_model_bytes": reference, "gradients_bytes": gradients,
-        "optimizer_bytes": optimizer + temp + unsharded, "overhead_bytes": overhead,
+        "weights_bytes": weights + unsharded, "reference_model_bytes": reference, "gradients_bytes": gradients,
+        "optimizer_bytes": optimizer + temp, "overhead_bytes": overhead,
         "peak_without_checkpointing_bytes": without, "peak_with_checkpointing_bytes": with_, "peak_bytes": peak,
         "notes": notes[:10]})
 
