@@ -231,3 +231,11 @@ def test_gateway_splits_by_weight_only_once_the_canary_is_ready():
     assert pick_version(promotion, "bot", lambda: 0.19) == ("bot--v2", "v2")
     assert pick_version(promotion, "bot", lambda: 0.20) == ("bot", "v1")
     assert pick_version({**promotion, "canary": {**promotion["canary"], "ready": False}}, "bot", lambda: 0.0) == ("bot", "v1")
+
+
+def test_a_first_version_that_fails_its_gate_is_a_failure_to_the_gateway_not_a_wait():
+    _, status = run(body({"version": "v3"}, {"minImprovement": "0"}))
+    assert status["adapters"][0]["state"] == "Gated" and "promotion" in status["adapters"][0]
+    md = {"metadata": {"name": "bot", "namespace": "ml"}, "status": {**status, "readyReplicas": 2}}
+    found = route_adapter(md, "bot")
+    assert found.miss == "failed" and "Gated: version v3: gate failed: eval loss 2 -> 2.5" in found.message, found

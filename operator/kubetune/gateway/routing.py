@@ -141,7 +141,7 @@ def route_adapter(md: dict[str, Any] | None, adapter: str, draw: Callable[[], fl
         found = _ready(md, served)
         return Route(found.url, found.served, found.namespace, found.deployment, version) if isinstance(found, Route) else found
     state = entry.get("state")
-    if state in ("Failed", "Rejected"):
+    if state in ("Failed", "Rejected", "Gated"):  # Gated with no earlier version serving the name
         return Unroutable(Miss.FAILED, f"its ModelDeployment cannot serve it ({state}: {entry.get('message') or 'no detail'})")
     if state != "Ready":
         detail = f": {entry['message']}" if entry.get("message") else ""
