@@ -2,10 +2,11 @@
 PYTHON ?= python3.11
 VENV := .venv
 SERVING_VENV := .venv-serving
+MLFLOW_VENV := .venv-mlflow
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test venv serving-venv crds local-rbac lint clean images
+.PHONY: quickstart test venv serving-venv mlflow-venv crds local-rbac lint clean images
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml tools/pyproject.toml trainer-image/requirements.txt
@@ -23,6 +24,14 @@ $(SERVING_VENV)/.installed: serving-image/requirements.txt serving-image/setup-v
 	bash serving-image/setup-venv.sh $(SERVING_VENV)
 	touch $@
 
+# A real MLflow tracking server for the tracking tests (tests/fixtures/mlflow_server.py): its own venv, since the
+# full mlflow package caps pyarrow below the trainer's pin (tools/mlflow-server/requirements.txt).
+mlflow-venv: $(MLFLOW_VENV)/.installed
+$(MLFLOW_VENV)/.installed: tools/mlflow-server/requirements.txt
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install -q -r tools/mlflow-server/requirements.txt
+	touch $@
+
 # README command 1: the main job on an embedded default (no cluster, no GPU).
 quickstart: venv serving-venv
 	$(VENV)/bin/kubetune local quickstart
@@ -30,7 +39,7 @@ quickstart: venv serving-venv
 # README command 2: the whole test suite. Where podman is installed it first builds the images (make images;
 # seconds when nothing changed), so the image and container-mode tests run too (docs/images.md); without
 # podman they are deselected, and pytest's summary says so.
-test: venv serving-venv $(if $(shell command -v podman),images)
+test: venv serving-venv mlflow-venv $(if $(shell command -v podman),images)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 crds: venv
@@ -47,4 +56,4 @@ images:
 	images/build.sh
 
 clean:
-	rm -rf $(VENV) $(SERVING_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SERVING_VENV) $(MLFLOW_VENV) .pytest_cache .hypothesis

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ class Result:
     log_history: list[dict[str, Any]]
     evaluation: dict[str, dict[str, float | None]]  # baseline/final -> {"evalLoss", "perplexity"}
     summary: dict[str, Any]  # effective training settings (plan.summary + data facts)
+    extra_dirs: dict[str, Path] = field(default_factory=dict)  # published as <name>/ as they are (e.g. tensorboard)
     task: EvalOutcome | None = None  # spec.evaluation's figures and samples (kubetune_trainer.evaluate)
 
 
@@ -115,22 +116,28 @@ Files and their sha256 are listed in `manifest.json`; the loss curve is `{LOSS_C
 """
 
 
+def loss_curve(config: TrainerConfig, result: Result) -> bytes:
+    """loss_curve.png: training and evaluation loss per step, the baseline's eval loss as a line."""
+    train = [(int(e["step"]), float(e["loss"])) for e in result.log_history if "loss" in e and "step" in e]
+    evals = [(int(e["step"]), float(e["eval_loss"])) for e in result.log_history if "eval_loss" in e and "step" in e]
+    baseline = (result.evaluation.get("baseline") or {}).get("evalLoss")
+    return loss_curve_png(train, evals, baseline=baseline, title=f"{config.job.namespace}/{config.job.name}")
+
+
 def stage(config: TrainerConfig, result: Result, dest: Path) -> list[Path]:
     """Lay out every file to publish under dest (except the manifest). Returns them, sorted."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copytree(result.model_dir, dest / ADAPTER_DIR)
+    for name, folder in result.extra_dirs.items():
+        shutil.copytree(folder, dest / name)
     if result.merged_dir is not None:
         shutil.copytree(result.merged_dir, dest / MERGED_DIR)
     with (dest / METRICS_FILE).open("w") as handle:
         for entry in result.log_history:
             handle.write(json.dumps(entry, sort_keys=True) + "\n")
-    train = [(int(e["step"]), float(e["loss"])) for e in result.log_history if "loss" in e and "step" in e]
-    evals = [(int(e["step"]), float(e["eval_loss"])) for e in result.log_history if "eval_loss" in e and "step" in e]
-    baseline = (result.evaluation.get("baseline") or {}).get("evalLoss")
-    title = f"{config.job.namespace}/{config.job.name}"
-    curve = loss_curve_png(train, evals, baseline=baseline, title=title)
+    curve = loss_curve(config, result)
     (dest / LOSS_CURVE).write_bytes(curve)
     resolved = {"trainerConfig": config.to_dict(), "effective": result.summary}
     (dest / RESOLVED_CONFIG).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")

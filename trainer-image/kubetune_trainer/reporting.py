@@ -34,6 +34,7 @@ from kubetune.api.constants import ENV_API_URL
 from kubetune.api.evaluation import EvalProgress
 from kubetune.api.finetunejob import MAX_CHECKPOINTS_LISTED, CheckpointInfo, EvalFigures, Evaluation, Progress, TrainerPhase
 from kubetune.api.progress import ProgressReport, TrainerStatus
+from kubetune.api.tracking import TrackingStatus
 from kubetune.api.trainer_config import ProgressReporting
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Tracker:
     baseline: dict[str, float | None] | None = None
     final: dict[str, float | None] | None = None
     evaluating: EvalProgress | None = None  # phase EvaluatingTask: prompts answered so far (kubetune_trainer.evaluate)
+    tracking: TrackingStatus | None = None  # links to the tracked run (kubetune_trainer.tracking)
     _session: tuple[float, int, int] | None = None  # (time, step, tokens) when this process began training
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -113,8 +115,10 @@ class Tracker:
             checkpoints = [CheckpointInfo(step=s, uri=u) for s, u in self.checkpoints[-MAX_CHECKPOINTS_LISTED:]]
             evaluation = {k: EvalFigures(eval_loss=v.get("evalLoss"), perplexity=v.get("perplexity"))
                           for k, v in (("baseline", self.baseline), ("final", self.final)) if v}
+            tracking = self.tracking
         return ProgressReport(status=TrainerStatus(progress=progress, checkpoints=checkpoints or None,
-                                                   evaluation=Evaluation(**evaluation) if evaluation else None)).body()
+                                                   evaluation=Evaluation(**evaluation) if evaluation else None,
+                                                   tracking=tracking)).body()
 
 
 class KubeSender:

@@ -33,6 +33,7 @@ from .metrics import MetricsServer
 from .plan import Facts, TrainingPlan, trl_args
 from .publish import Result, hub_reference, publish
 from .reporting import Reporter, ReportingHandover, Tracker, take_over_reporting
+from .tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +268,12 @@ def run(config: TrainerConfig, work_dir: Path, stop: StopFlag, rank: Rank = SING
     metrics = MetricsServer(tracker, {"namespace": config.job.namespace, "finetunejob": config.job.name})
     if rank.is_main:
         metrics.start()
+    tracking = Tracking(config, work_dir, tracker, reporter, active=rank.is_main)  # spec.tracking, rank 0 only
     try:
-        return _run(config, work_dir, stop, tracker, reporter, rank, inputs)
+        return _run(config, work_dir, stop, tracker, reporter, rank, inputs, tracking)
+    except BaseException as exc:
+        tracking.close(exc)  # the runs end FAILED, or KILLED when stopped by SIGTERM (the next pod resumes them)
+        raise
     finally:
         reporter.close()
         metrics.stop()
@@ -311,10 +316,11 @@ def _rank_zero_failure(shared: dict[str, str]) -> BaseException:
 
 
 def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker, reporter: Reporter, rank: Rank,
-         inputs: Inputs | None) -> dict[str, Any]:
+         inputs: Inputs | None, tracking: Tracking) -> dict[str, Any]:
     spec = config.spec
     out = open_store(config.output_prefix)
     checkpoints = _start(config, out, tracker, reporter, discard_foreign=inputs is None)
+    tracking.start()  # before the downloads: credentials a tracker refuses fail the job now
     if inputs is None:
         inputs, (train, train_records, eval_records) = fetch_inputs(config, work_dir, checkpoints, reporter)
     else:
@@ -339,6 +345,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    tracking.attach(trainer, plan.summary)
     evaluation: dict[str, dict[str, float | None]] = {}
     restored = inputs.checkpoint
     sharding.check_checkpoint(restored, plan)  # an FSDP checkpoint resumes only an FSDP run, and a DDP one a DDP run
@@ -396,7 +403,8 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
             result = Result(model_dir=result_dir, merged_dir=merged, target_modules=targets,
                             task=task.outcome() if task is not None else None,
                             log_history=list(trainer.state.log_history), evaluation=evaluation, summary=summary)
-            report = publish(config, result, out, work_dir)
+            report = publish(config, tracking.before_publish(result), out, work_dir)
+            tracking.after_publish(report)
         except BaseException as exc:  # noqa: BLE001 - every rank must learn the outcome before anyone exits
             failure = exc
     if rank.distributed:

@@ -48,6 +48,7 @@ from .methods import (
     options_problem,
     options_rules,
 )
+from .tracking import TrackingSpec, TrackingStatus
 
 DatasetFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 MethodType = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -299,6 +300,7 @@ class FineTuneJobSpec(KubeModel):
     )
     checkpointing: Checkpointing = Field(default_factory=Checkpointing, description="Checkpoint cadence and retention.")
     output: Output = Field(default_factory=Output, description="Where the result is published.")
+    tracking: TrackingSpec | None = Field(default=None, description="Experiment tracking: MLflow, TensorBoard, Weights & Biases (docs/tracking.md).")
     storage: ObjectStorage = Field(default_factory=ObjectStorage, description="Object storage connection for every s3:// URI.")
     resources: Resources = Field(default_factory=Resources, description="Compute per node.")
     parallelism: Parallelism = Field(default_factory=Parallelism, description="DDP or FSDP (sharded) training over the run's GPUs.")
@@ -474,6 +476,7 @@ class FineTuneJobStatus(KubeModel):
         "is added twice).")
     progress: Progress | None = Field(default=None, description="Live progress.")
     evaluation: Evaluation | None = Field(default=None, description="Before/after evaluation.")
+    tracking: TrackingStatus | None = Field(default=None, description="Links to the tracked run (spec.tracking).")
     checkpoints: list[CheckpointInfo] | None = Field(default=None, description="Complete checkpoints, newest last.",
                                                      max_length=MAX_CHECKPOINTS_LISTED)
     adapter: PublishedAdapter | None = Field(default=None, description="The published adapter.")

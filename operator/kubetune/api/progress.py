@@ -19,6 +19,7 @@ from pydantic import Field
 
 from .common import KubeModel
 from .finetunejob import MAX_CHECKPOINTS_LISTED, CheckpointInfo, Evaluation, Progress
+from .tracking import TrackingStatus
 
 
 class TrainerStatus(KubeModel):
@@ -28,6 +29,7 @@ class TrainerStatus(KubeModel):
     checkpoints: list[CheckpointInfo] | None = Field(default=None, description="Complete checkpoints, newest last.",
                                                      max_length=MAX_CHECKPOINTS_LISTED)
     evaluation: Evaluation | None = Field(default=None, description="Before/after evaluation so far.")
+    tracking: TrackingStatus | None = Field(default=None, description="Links to the tracked run (spec.tracking).")
 
 
 class ProgressReport(KubeModel):

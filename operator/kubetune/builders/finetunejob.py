@@ -18,6 +18,7 @@ from ..api.trainer_config import TrainerConfig, trainer_config
 from ..api.validation import SpecError
 from ..config import OperatorSettings
 from .preflight import build_preflight_job
+from .tracking import tracking_env
 from .common import (
     Child,
     Parent,
@@ -237,6 +238,7 @@ def _env(parent: Parent, names: TrainerNames, resolved: FineTuneJobSpec, setting
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     env += storage_env(resolved.storage)
+    env += tracking_env(resolved.tracking)  # tracker credentials, by secretKeyRef
     if resolved.hub_token_secret_ref:
         ref = resolved.hub_token_secret_ref
         env.append(secret_env(c.ENV_HF_TOKEN, ref.name, ref.key))

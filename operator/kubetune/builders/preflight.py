@@ -17,6 +17,7 @@ from ..api import constants as c
 from ..api import exit_codes
 from ..api.finetunejob import FineTuneJobSpec
 from ..api.preflight import ENV_GPU_MEMORY, PREFLIGHT_FLAG
+from ..api.tracking import SECRET_ENV as TRACKER_SECRET_ENV
 from ..config import OperatorSettings
 from .common import resources
 
@@ -25,7 +26,8 @@ POD_FIELDS = ("restartPolicy", "serviceAccountName", "automountServiceAccountTok
               "terminationGracePeriodSeconds", "priorityClassName")
 CONTAINER_FIELDS = ("name", "image", "imagePullPolicy", "securityContext", "terminationMessagePath", "terminationMessagePolicy")
 DISTRIBUTED_ENV = {c.ENV_NNODES, c.ENV_NODE_RANK, "MASTER_ADDR", "MASTER_PORT", c.ENV_STOP_GRACE}
-TRAINING_ONLY_SECRETS = {c.ENV_JUDGE_API_KEY}  # the pre-flight generates nothing: it gets no judge key
+# the pre-flight generates and tracks nothing: it gets no judge key and no tracker credentials
+TRAINING_ONLY_SECRETS = {c.ENV_JUDGE_API_KEY, *TRACKER_SECRET_ENV}
 GPU_ONLY_VOLUMES = {"dshm"}  # shared memory for data loader workers and NCCL
 
 
