@@ -11,6 +11,7 @@ import json
 
 import openai
 import pytest
+from openai.types import FileObject
 from openai.types.fine_tuning import FineTuningJob
 
 from ..e2e.harness import job_condition, running, terminated, wait_for
@@ -153,6 +154,9 @@ def test_succeeded_with_events_and_checkpoints(stack, operator, emulator, tmp_pa
     assert report_as_trainer(emulator, k8s_job, job.id, report, tmp_path)
     live = client.fine_tuning.jobs.retrieve(job.id)
     assert live.estimated_finish == 1795421160 and live.trained_tokens == 5000  # 08:05:00Z + 60 s
+    with pytest.raises(openai.NotFoundError):  # no result file before it succeeded
+        client.files.retrieve(f"file-result-{job.id.removeprefix('ftjob-')}")
+    assert live.result_files == []
 
     ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in ckpts] == [20, 10]
@@ -170,6 +174,22 @@ def test_succeeded_with_events_and_checkpoints(stack, operator, emulator, tmp_pa
     done = client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded" and done.fine_tuned_model == f"ft:tiny-chat:team-a:adder:{job.id}"
     assert done.finished_at == 1795421400 and done.estimated_finish is None and done.user_provided_suffix == "adder"
+
+    # Its result file: the published metrics.jsonl (the Trainer's log history) as OpenAI's step-metrics CSV.
+    stack.storage.open(adapter["adapter"]["uri"]).write_bytes("metrics.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())
+    assert done.result_files == [f"file-result-{job.id.removeprefix('ftjob-')}"]
+    result = client.files.retrieve(done.result_files[0])
+    assert isinstance(result, FileObject) and result.purpose == "fine-tune-results" and result.created_at == 1795421400
+    csv_text = client.files.content(result.id).text
+    assert csv_text.splitlines() == ["step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,learning_rate",
+                                     "10,2.5,0.4,,,", "20,1.25,0.7,1.5,,", "30,0.5,,,,"] and result.bytes == len(csv_text)
+    assert [f.id for f in client.files.list(purpose="fine-tune-results").data] == [result.id]
+    with pytest.raises(openai.BadRequestError):
+        client.files.delete(result.id)
+    with pytest.raises(openai.NotFoundError):  # another tenant's key: no such file
+        stack.tenant("team-b").files.content(result.id)
+    with pytest.raises(openai.NotFoundError):  # no such job
+        client.files.retrieve(f"file-result-{'x' * 24}")
 
     events = wait_for(lambda: (evs := client.fine_tuning.jobs.list_events(job.id, limit=100).data)
                       and any(e.message.startswith("Completed:") for e in evs) and evs, what="events")

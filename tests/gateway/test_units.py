@@ -13,6 +13,7 @@ from kubetune.cli import main
 from kubetune.gateway import jobview
 from kubetune.gateway.errors import OpenAIError
 from kubetune.gateway.jobs import matches, metadata_filter
+from kubetune.gateway.results import step_metrics_csv
 from kubetune.gateway.settings import load_settings
 from kubetune.gateway.tenancy import key_hash, tenant_of_secret
 
@@ -120,3 +121,11 @@ def test_job_list_metadata_filter_refuses_mixed_forms(query):
     with pytest.raises(OpenAIError) as err:
         metadata_filter(query)
     assert err.value.status == 400 and "metadata" in str(err.value.message)
+
+
+def test_step_metrics_csv_merges_training_and_evaluation_logs_by_step():
+    log = [{"step": 5, "loss": 2.0, "learning_rate": 1e-4, "epoch": 0.5}, {"step": 10, "loss": 1.0},
+           {"step": 10, "eval_loss": 1.5, "eval_mean_token_accuracy": 0.6}, {"train_runtime": 12.0}]
+    assert step_metrics_csv(log).splitlines() == [
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,learning_rate",
+        "5,2.0,,,,0.0001", "10,1.0,,1.5,0.6,"]

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from kubetune_storage import NotFound, Store, StorageError
 from kubetune_trainer import data as trainer_data
 from kubetune_trainer import formats
 from kubetune_trainer.errors import DataError, UserError
 from starlette.background import BackgroundTask
 
+from . import results
 from .app import Gateway, GatewayDep
 from .errors import OpenAIError, bad_request, not_found
 from .tenancy import Tenant, TenantDep
@@ -171,9 +172,10 @@ async def list_files(who: TenantDep, gw: GatewayDep, purpose: str | None = None,
         metas = []
     except StorageError as exc:
         raise storage_failed(exc) from None
+    metas = [public(m) for m in metas] + await results.listed(gw, who)
     metas = [m for m in metas if purpose is None or m["purpose"] == purpose]
     metas.sort(key=lambda m: (m["created_at"], m["id"]), reverse=order == "desc")
-    return page([public(m) for m in metas], after, limit)
+    return page(metas, after, limit)
 
 
 def page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
@@ -189,11 +191,16 @@ def page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str
 
 @router.get("/v1/files/{file_id}")
 async def retrieve_file(file_id: str, who: TenantDep, gw: GatewayDep) -> dict[str, Any]:
+    if results.is_result(file_id):
+        return (await results.content(gw, who, file_id))[0]
     return public(await load_meta(gw, who, file_id))
 
 
 @router.delete("/v1/files/{file_id}")
 async def delete_file(file_id: str, who: TenantDep, gw: GatewayDep) -> dict[str, Any]:
+    if results.is_result(file_id):
+        await results.content(gw, who, file_id)  # 404 unless it is this tenant's
+        results.refuse_delete(file_id)
     await load_meta(gw, who, file_id)
     store = tenant_store(gw, who)
 
@@ -209,7 +216,10 @@ async def delete_file(file_id: str, who: TenantDep, gw: GatewayDep) -> dict[str,
 
 
 @router.get("/v1/files/{file_id}/content")
-async def file_content(file_id: str, who: TenantDep, gw: GatewayDep) -> FileResponse:
+async def file_content(file_id: str, who: TenantDep, gw: GatewayDep) -> Response:
+    if results.is_result(file_id):
+        meta, data = await results.content(gw, who, file_id)
+        return Response(data, media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{meta["filename"]}"'})
     meta = await load_meta(gw, who, file_id)
     tmp = tempfile.TemporaryDirectory(prefix="kubetune-download-")
     dest = Path(tmp.name) / meta["filename"]

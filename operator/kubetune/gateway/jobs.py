@@ -233,11 +233,16 @@ def matches(job: dict[str, Any], wanted: dict[str, str] | None | Literal[False])
     return all((have or {}).get(k) == v for k, v in wanted.items())
 
 
+async def api_jobs(gw: Gateway, who: Tenant) -> list[dict[str, Any]]:
+    """This tenant's FineTuneJobs created through the API."""
+    return (await gw.kube.request("GET", path(who.namespace), query=[("labelSelector", f"{jobview.LABEL_API}=openai")]))["items"]
+
+
 @router.get("/v1/fine_tuning/jobs")
 async def list_jobs(request: Request, who: TenantDep, gw: GatewayDep, after: str | None = None,
                     limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
     wanted = metadata_filter(list(request.query_params.multi_items()))
-    items = (await gw.kube.request("GET", path(who.namespace), query=[("labelSelector", f"{jobview.LABEL_API}=openai")]))["items"]
+    items = await api_jobs(gw, who)
     jobs = sorted((j for j in map(jobview.job_object, items) if matches(j, wanted)),
                   key=lambda j: (j["created_at"], j["id"]), reverse=True)
     return page(jobs, after, limit)

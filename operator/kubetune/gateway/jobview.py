@@ -28,6 +28,16 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 DEFAULT_BATCH = {"adapter": 8, "full": 4}  # Hyperparameters.batch_size's documented defaults
 
 
+def result_file_id(job_id: str) -> str:
+    """The id of a job's result file (gateway/results.py): it names the job."""
+    return "file-result-" + job_id.removeprefix("ftjob-")
+
+
+def has_result(ftj: dict[str, Any]) -> bool:
+    """Whether the job succeeded and published: its fine-tuned model and its result file exist."""
+    return openai_status(ftj) == "succeeded" and bool(((ftj.get("status") or {}).get("adapter") or {}).get("uri"))
+
+
 def unix(value: str | None) -> int | None:
     if not value:
         return None
@@ -102,9 +112,7 @@ def job_object(ftj: dict[str, Any]) -> dict[str, Any]:
     estimated = None
     if status == "running" and progress.get("etaSeconds") is not None and progress.get("updateTime"):
         estimated = unix(progress["updateTime"]) + int(progress["etaSeconds"])
-    model = None
-    if status == "succeeded" and st.get("adapter"):
-        model = fine_tuned_model(asked["model"], meta["namespace"], asked.get("suffix"), meta["name"])
+    model = fine_tuned_model(asked["model"], meta["namespace"], asked.get("suffix"), meta["name"]) if has_result(ftj) else None
     return {
         "id": meta["name"], "object": "fine_tuning.job", "created_at": unix(meta.get("creationTimestamp")) or 0,
         "model": asked.get("model", ""), "organization_id": meta["namespace"], "status": status,
@@ -114,7 +122,8 @@ def job_object(ftj: dict[str, Any]) -> dict[str, Any]:
         "trained_tokens": progress.get("trainedTokens"), "estimated_finish": estimated,
         "error": _error(ftj, status), "hyperparameters": {k_: v for k_, v in hp.items() if k_ != "beta"},
         "method": {"type": method_type, method_type: {"hyperparameters": hp}},
-        "seed": (spec.get("hyperparameters") or {}).get("seed", 42), "result_files": [],
+        "seed": (spec.get("hyperparameters") or {}).get("seed", 42),
+        "result_files": [result_file_id(meta["name"])] if model else [],
         "metadata": asked.get("metadata"), "user_provided_suffix": asked.get("suffix"), "integrations": [],
     }
 
