@@ -102,7 +102,7 @@ def test_task_metrics_rise_from_baseline_to_final(run):
     assert len(requests) == 2 * (len(LABELED) + len(GENERAL)) and {r["auth"] for r in requests} == {"Bearer sk-judge"}
 
 
-def test_regression_set_drop_is_reported(run):
+def test_regression_set_drop_is_reported(run, monkeypatch):
     regression = run["report"]["evaluation"]["regression"]
     figures = _figures(regression)
     assert regression["prompts"] == len(GENERAL) and regression["maxRegression"] == "0.05"
@@ -122,9 +122,12 @@ def test_regression_set_drop_is_reported(run):
     # the pod gone: the condition stays, read from status.evaluation
     later = derive_status(Observed(1, job, [], output_prefix="file:///out/team-a/task-eval"), status).to_dict()
     assert next(c for c in later["conditions"] if c["type"] == "Regressed") == regressed
-    from kubetune.handlers import runtime
+    from kubetune.handlers import runtime  # the status write announces the transition (kopf.event: an Event object)
 
-    assert runtime.EVENT_ON[("Regressed", "True")] == "Warning"
+    events = []
+    monkeypatch.setattr(runtime.kopf, "event", lambda body, **event: events.append(event))
+    runtime.announce({"metadata": {"name": "task-eval", "namespace": "team-a"}}, None, status["conditions"])
+    assert {"type": "Warning", "reason": "RegressionExceeded", "message": regressed["message"]} in events
 
 
 def test_eval_files_are_published_in_the_manifest_with_the_model_card(run):
