@@ -3,7 +3,9 @@
 A checkpoint exists only once its COMPLETE marker is written; the marker (JSON) lists every file with
 its size and the fingerprint of the spec that produced it. On start the trainer resumes from the
 newest complete checkpoint with the same fingerprint; checkpoints of another spec are discarded.
-Only the newest `keep` complete checkpoints are kept; deletion removes the marker first.
+Only the newest `keep` complete checkpoints are kept, plus the best one while it is best (the step
+transformers records as best_global_step in trainer_state.json: hyperparameters.earlyStopping); a
+resume downloads that one too. Deletion removes the marker first.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kubetune_storage import Store
 log = logging.getLogger(__name__)
 
 STATE_FILE = "kubetune_state.json"  # our own state inside each checkpoint (baseline eval, fingerprint)
+TRAINER_STATE = "trainer_state.json"  # transformers' TrainerState inside each checkpoint
 TRAINING_FIELDS = ("baseModel", "dataset", "method", "adapter", "hyperparameters")
 
 
@@ -34,6 +37,15 @@ def fingerprint(spec: FineTuneJobSpec) -> str:
 
 def step_dir(step: int) -> str:
     return f"{step:08d}"
+
+
+def best_step(local: Path) -> int | None:
+    """The best checkpoint's step as the checkpoint folder's trainer_state.json records it (None: not tracked)."""
+    try:
+        best = json.loads((local / TRAINER_STATE).read_text()).get("best_global_step")
+    except (OSError, ValueError):
+        return None
+    return best if isinstance(best, int) else None
 
 
 class Checkpoints:
@@ -117,14 +129,14 @@ class Checkpoints:
         target = step_dir(step)
         marker = {"step": step, "fingerprint": self.fingerprint, "files": dict(sorted(files.items()))}
         self.store.write_bytes(f"{target}/{CHECKPOINT_COMPLETE_MARKER}", json.dumps(marker).encode())
-        self.prune()
+        self.prune(best=best_step(local))
         return self.store.uri_of(target)
 
-    def prune(self) -> None:
-        """Keep the newest `keep` complete checkpoints of this spec; delete everything else."""
+    def prune(self, best: int | None = None) -> None:
+        """Keep the newest `keep` complete checkpoints of this spec and the `best` one; delete everything else."""
         found = self._scan()
         ours = sorted(s for s, m in found.items() if m is not None and m.get("fingerprint") == self.fingerprint)
-        kept = set(ours[-self.keep:])
+        kept = set(ours[-self.keep:]) | ({best} & set(ours))
         newest = max(kept) if kept else -1
         for step in sorted(found):
             # incomplete folders newer than the newest complete one may be an upload in progress elsewhere
@@ -149,10 +161,24 @@ class Checkpoints:
         return json.loads((dest / STATE_FILE).read_text()) if (dest / STATE_FILE).is_file() else {}
 
     def restore_newest(self, dest_root: Path) -> tuple[int, Path, dict[str, Any]] | None:
-        """(step, local folder, state) of the newest usable checkpoint, or None to start fresh."""
+        """(step, local folder, state) of the newest usable checkpoint, or None to start fresh. The best
+        checkpoint it names is downloaded beside it, and its trainer_state.json pointed at that folder."""
         for step in reversed(self.complete()):
             dest = dest_root / f"checkpoint-{step}"
             state = self.download(step, dest)
             if state is not None:
+                self._restore_best(step, dest, dest_root)
                 return step, dest, state
         return None
+
+    def _restore_best(self, step: int, dest: Path, dest_root: Path) -> None:
+        best = best_step(dest)
+        if best is None:
+            return
+        folder = dest_root / f"checkpoint-{best}"
+        if best != step and self.download(best, folder) is None:
+            log.warning("checkpoints: the best checkpoint (step %d) is gone: the run cannot publish it", best)
+            return
+        trainer_state = json.loads((dest / TRAINER_STATE).read_text())
+        trainer_state["best_model_checkpoint"] = str(folder)  # where it is on this pod
+        (dest / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")

@@ -9,6 +9,7 @@ Automatic defaults (docs/trainer.md lists them too):
 - QLoRA: 4-bit NF4 with double quantisation, compute dtype = training precision
 - evaluation and checkpoint every checkpointing.intervalSteps; logging every <= 10 steps
 - parallelism: FSDP arguments (sharding.fsdp_args) when the run shards (kubetune.api.parallelism.decide)
+- hyperparameters.earlyStopping: the best checkpoint by eval_loss is loaded at the end (early_stopping.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.methods import default_learning_rate
 
+from . import early_stopping
 from .methods import TRAINERS, load
 from .sharding import fsdp_args
 
@@ -120,8 +122,9 @@ def plan_training(spec: FineTuneJobSpec, facts: Facts) -> TrainingPlan:
     if facts.parallelism != "single":
         summary["parallelism"] = facts.parallelism
     own, own_summary = TRAINERS[method].args(spec, facts)
-    args = {**common, **own}
-    summary |= own_summary
+    stopping, stopping_summary = early_stopping.trl_args(spec, facts.has_eval)
+    args = {**common, **own, **stopping}
+    summary |= own_summary | stopping_summary
     peft_config = None
     if adapter.type != "full":
         targets = adapter.target_modules

@@ -28,6 +28,7 @@ from typing import Any
 
 from kubetune.api import exit_codes
 from kubetune.api.constants import ENV_WORK_DIR
+from kubetune.api.early_stopping import too_few_evaluations
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.memory import ModelShape, TrainingShape, alternatives, estimate, fit_message, parse_bytes
 from kubetune.api.parallelism import decide, fsdp_estimate, fsdp_fit_message
@@ -329,6 +330,11 @@ def analyse(spec: FineTuneJobSpec, inputs: Inputs) -> PreflightReport:
     rows = math.ceil(sum(trained) / hp.max_length) if args.get("packing") and counted else n_train * rows_per_example
     per_epoch = max(1, math.ceil(math.ceil(rows / (batch * world)) / accumulation))
     report.planned_steps = hp.max_steps or per_epoch * hp.epochs
+    if hp.early_stopping and (problem := too_few_evaluations(
+            report.planned_steps, spec.checkpointing.interval_steps, hp.early_stopping.patience,
+            f"the {report.planned_steps} planned steps")):
+        report.message = problem
+        return report
     if counted:
         epochs_done = report.planned_steps / per_epoch
         report.estimated_training_tokens = round(sum(trained) * rows_per_example * epochs_done)

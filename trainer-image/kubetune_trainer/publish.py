@@ -34,6 +34,7 @@ from kubetune.api.termination import TerminationReport
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune_storage import Store
 
+from .early_stopping import Selection
 from .evaluate import EvalOutcome, model_card_section, with_task_figures, write_eval_files
 from .losscurve import loss_curve_png
 from .report import stage_report
@@ -52,6 +53,7 @@ class Result:
     evaluation: dict[str, dict[str, float | None]]  # baseline/final -> {"evalLoss", "perplexity"}
     summary: dict[str, Any]  # effective training settings (plan.summary + data facts)
     extra_dirs: dict[str, Path] = field(default_factory=dict)  # published as <name>/ as they are (e.g. tensorboard)
+    selection: Selection | None = None  # the step of the published weights, and why (early_stopping.selection)
     task: EvalOutcome | None = None  # spec.evaluation's figures and samples (kubetune_trainer.evaluate)
 
 
@@ -82,6 +84,7 @@ def model_card(config: TrainerConfig, result: Result) -> str:
         loader = (f'from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n'
                   f'base = AutoModelForCausalLM.from_pretrained("{base}")\nmodel = PeftModel.from_pretrained(base, "adapter")')
     revision = f" (revision `{spec.base_model.revision}`)" if spec.base_model.revision else ""
+    weights = f"\nPublished weights: {result.selection.reason}." if result.selection else ""
     shape = (f" (rank {adapter.rank}, alpha {adapter.alpha or 2 * adapter.rank}, "
              f"modules {', '.join(result.target_modules or [])})" if adapter.type != "full" else "")
     return f"""---
@@ -94,7 +97,7 @@ tags: [kubetune, {spec.method.type}, {adapter.type}]
 
 Fine-tuned by kubetune from `{spec.base_model.uri}`{revision}
 with method **{spec.method.type}** and adapter **{adapter.type}**{shape}.
-Training data: `{spec.dataset.train}`.
+Training data: `{spec.dataset.train}`.{weights}
 
 ## Evaluation (held-out data)
 
@@ -166,6 +169,8 @@ def build_manifest(config: TrainerConfig, result: Result, root: Path, files: lis
             alpha=(spec.adapter.alpha or 2 * spec.adapter.rank) if lora else None,
             target_modules=result.target_modules if lora else None,
             merged_path=MERGED_DIR if result.merged_dir is not None else None,
+            step=result.selection.step if result.selection else None,
+            reason=result.selection.reason if result.selection else None,
         ),
         evaluation={k: ManifestEval(eval_loss=v.get("evalLoss"), perplexity=v.get("perplexity"))
                     for k, v in result.evaluation.items() if v},
@@ -195,7 +200,7 @@ def publish(config: TrainerConfig, result: Result, out: Store, work_dir: Path) -
     log.info("publish: %d files + %s (sha256 %s) at %s", len(files), MANIFEST, digest, out.uri)
     return TerminationReport(
         adapter=PublishedAdapter(uri=config.output_prefix, manifest_sha256=digest, type=manifest.adapter.type,
-                                 rank=manifest.adapter.rank),
+                                 rank=manifest.adapter.rank, step=manifest.adapter.step, reason=manifest.adapter.reason),
         evaluation=with_task_figures(Evaluation.model_validate({k: v for k, v in result.evaluation.items() if v}),
                                      result.task),
     ).to_dict()

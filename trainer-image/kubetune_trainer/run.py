@@ -20,7 +20,7 @@ from kubetune.api.finetunejob import TrainerPhase
 from kubetune.api.trainer_config import ProgressReporting, TrainerConfig
 from kubetune_storage import Store, open_store
 
-from . import chat, data, distributed, evaluate, sharding
+from . import chat, data, distributed, early_stopping, evaluate, sharding
 from .callbacks import KubetuneCallback
 from .checkpoints import Checkpoints, fingerprint
 from .collate import RowPackedCollator, needs_row_packing
@@ -340,6 +340,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
     model = load_model(model_dir, plan, spec.base_model.uri)
     reporter.enter(TrainerPhase.TOKENIZING_DATA)
     trainer = build_trainer(plan, model, tokenizer, train_records, eval_records, spec.base_model.uri)
+    early_stopping.attach(trainer, spec)
 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -401,6 +402,7 @@ def _run(config: TrainerConfig, work_dir: Path, stop: StopFlag, tracker: Tracker
         try:
             result_dir, merged, targets = _save_result(trainer, tokenizer, config, plan, model_dir, work_dir)
             result = Result(model_dir=result_dir, merged_dir=merged, target_modules=targets,
+                            selection=early_stopping.selection(trainer, spec),
                             task=task.outcome() if task is not None else None,
                             log_history=list(trainer.state.log_history), evaluation=evaluation, summary=summary)
             report = publish(config, tracking.before_publish(result), out, work_dir)

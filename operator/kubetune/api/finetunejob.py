@@ -34,6 +34,7 @@ from .common import (
 )
 from .template_ref import EFFECTIVE_SPEC_HELP, SPEC_HASH_HELP, AppliedTemplate
 from .template_ref import FIELD as TEMPLATE_FIELD
+from .early_stopping import MAX_REASON, EarlyStopping, cel_rule, too_few_evaluations
 from .evaluation import EvalProgress, EvalSummary, EvaluationSpec
 from .parallelism import Parallelism
 from .parallelism import problem as parallelism_problem
@@ -228,6 +229,7 @@ class Hyperparameters(KubeModel):
     max_length: int = Field(default=2048, description="Maximum tokens per example; longer ones are truncated.", ge=16, le=1_048_576)
     packing: bool | None = Field(default=None, description="Pack several short examples into one sequence (SFT/CPT). Empty: on for SFT and CPT.")
     seed: int = Field(default=42, description="Random seed for data order and initialisation.", ge=0, le=2**31 - 1)
+    early_stopping: EarlyStopping | None = Field(default=None, description="Stop when the eval loss stops improving and publish the best checkpoint (docs/hyperparameters.md#early-stopping). Empty: train all steps, publish the last.")
 
     @field_validator("learning_rate")
     @classmethod
@@ -287,7 +289,7 @@ class FineTuneJobSpec(KubeModel):
     spec; delete and re-create the FineTuneJob to train with a new one."""
 
     model_config = with_rules(cel("!has(self.resources) || self.resources.nodes == 1 || self.resources.gpus > 0",
-                                  "resources.nodes > 1 needs resources.gpus > 0"), *format_rules(), parallelism_rule())
+                                  "resources.nodes > 1 needs resources.gpus > 0"), *format_rules(), cel_rule(), parallelism_rule())
 
     base_model: BaseModelSource = Field(description="The pretrained model to fine-tune.")
     template: str | None = TEMPLATE_FIELD  # a FineTuneTemplate (api/template.py, docs/templates.md)
@@ -340,6 +342,10 @@ class FineTuneJobSpec(KubeModel):
         problem = format_problem(self.method.type, self.dataset.format)  # type: ignore[attr-defined]
         if problem:
             raise ValueError(f"{problem}, got {self.dataset.format}")
+        hp = self.hyperparameters
+        if hp.early_stopping and hp.max_steps and (problem := too_few_evaluations(
+                hp.max_steps, self.checkpointing.interval_steps, hp.early_stopping.patience, f"hyperparameters.maxSteps={hp.max_steps}")):
+            raise ValueError(problem)
         return self
 
 
@@ -426,6 +432,10 @@ class PublishedAdapter(KubeModel):
     type: AdapterType | None = Field(default=None, description="Adapter type.")
     rank: int | None = Field(default=None, description="LoRA rank, as in manifest.json (absent for a full model).",
                              ge=1, le=256)
+    step: int | None = Field(default=None, ge=0, description="Optimizer step of the published weights: the best checkpoint "
+                             "with hyperparameters.earlyStopping, else the last step.")
+    reason: str | None = Field(default=None, max_length=MAX_REASON, description="Why that step, e.g. 'best eval_loss 1.23 "
+                               "at step 40 of 80; stopped early after 3 evaluations without improvement'.")
 
 
 class SplitFigures(KubeModel):

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from .common import KubeModel
+from .early_stopping import MAX_REASON
 from .finetunejob import AdapterType, MethodType
 
 MANIFEST_VERSION = "kubetune.io/adapter-manifest/v1"
@@ -38,6 +39,9 @@ class ManifestAdapter(KubeModel):
     modules_to_save: list[str] | None = Field(default=None, description="Fully trained extra modules (e.g. lm_head).")
     added_tokens: int = Field(default=0, description="Tokens added to the base tokenizer.", ge=0)
     merged_path: str | None = Field(default=None, description="Folder of the merged full model, if exported.", max_length=1024)
+    step: int | None = Field(default=None, description="Optimizer step of the published weights (the best checkpoint with "
+                             "hyperparameters.earlyStopping, else the last step).", ge=0)
+    reason: str | None = Field(default=None, description="Why that step (as status.adapter.reason).", max_length=MAX_REASON)
 
 
 class ManifestEval(KubeModel):
