@@ -45,7 +45,7 @@ def _register(kind: str) -> None:
         return _entry(body, namespace, labels)
 
     indexer.__name__ = indexer.__qualname__ = index  # the kopf index is named after its function
-    kopf.index(group, version, plural, labels=SERVING)(indexer)
+    kopf.index(group, version, plural, labels=SERVING, id=index)(indexer)
 
 
 for _kind in INDEXED:
