@@ -29,6 +29,8 @@ def _problems(tracking: dict) -> list[str]:
 @pytest.mark.parametrize("tracking, problem", [
     ({"mlflow": {**MLFLOW, "trackingUri": "mlflow.svc:5000"}}, "spec.tracking.mlflow.trackingUri: "),
     ({"mlflow": {**MLFLOW, "trackingUri": "file:///tmp/mlruns"}}, "spec.tracking.mlflow.trackingUri: "),
+    ({"mlflow": {**MLFLOW, "trackingUri": "https://user:secret@mlflow.example.com"}}, "spec.tracking.mlflow.trackingUri: "),
+    ({"wandb": {**WANDB, "host": "https://key@wandb.example.com"}}, "spec.tracking.wandb.host: "),
     ({"mlflow": {**MLFLOW, "credentialsSecretRef": {"name": "c", "usernameKey": "u"}}},
      "spec.tracking.mlflow.credentialsSecretRef: usernameKey and passwordKey go together"),
     ({"mlflow": {**MLFLOW, "credentialsSecretRef": {"name": "c", "usernameKey": "u", "passwordKey": "p", "tokenKey": "t"}}},

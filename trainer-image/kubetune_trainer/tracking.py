@@ -162,7 +162,9 @@ class Tracking:
         self.status = TrackingStatus()
         self.mlflow_run: str | None = None
         self.wandb_run: Any = None
+        self.wandb_done = False  # an offline run is finished before it is published
         self._finished = False
+        self._env_set: list[str] = []
 
     # ---- start: open the runs, link them in status --------------------------------------------------
 
@@ -192,8 +194,8 @@ class Tracking:
     def _start_mlflow(self) -> RunLink:
         import mlflow
 
-        for name, value in MLFLOW_CLIENT_ENV.items():
-            os.environ.setdefault(name, value)
+        self._env_set = [name for name in MLFLOW_CLIENT_ENV if name not in os.environ]
+        os.environ.update({name: MLFLOW_CLIENT_ENV[name] for name in self._env_set})  # unset again by close()
         spec, job = self.spec.mlflow, self.config.job
         mlflow.set_tracking_uri(spec.tracking_uri)
         experiment = mlflow.set_experiment(spec.experiment or job.namespace)
@@ -305,8 +307,9 @@ class Tracking:
         extra: dict[str, Path] = {}
         if self._live("tensorboard") and any((self.dir / TENSORBOARD_DIR).iterdir()):
             extra[TENSORBOARD_DIR] = self.dir / TENSORBOARD_DIR
-        if self.spec.wandb is not None and self.spec.wandb.mode == "offline" and self._live("wandb"):
-            self._live("wandb").call("finish", self.wandb_run.finish)
+        if self.spec.wandb is not None and self.spec.wandb.mode == "offline" and (backend := self._live("wandb")):
+            backend.call("finish", self.wandb_run.finish)  # the run's files are complete before they are published
+            self.wandb_done = True
             if (folder := self._offline_run()) is not None:
                 extra[WANDB_DIR] = folder
         return replace(result, extra_dirs={**result.extra_dirs, **extra}) if extra else result
@@ -353,8 +356,10 @@ class Tracking:
             import mlflow
 
             backend.call("end", mlflow.end_run, status)
-        if (backend := self._live("wandb")) is not None and self.wandb_run is not None:
+        if (backend := self._live("wandb")) is not None and self.wandb_run is not None and not self.wandb_done:
             backend.call("end", self.wandb_run.finish, exit_code=0 if error is None else 1)
+        for name in self._env_set:
+            os.environ.pop(name, None)
         self._report()
 
 

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from .common import DNS_SUBDOMAIN, SECRET_KEY, KubeModel, SecretKeyRef, cel, with_rules
 
-HTTP_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+HTTP_URL = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"  # no user:password@ (credentials come from a Secret)
 
 # The env vars each client reads its credentials from (MLflow's REST client, the wandb SDK).
 ENV_MLFLOW_USERNAME = "MLFLOW_TRACKING_USERNAME"
