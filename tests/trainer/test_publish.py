@@ -64,7 +64,7 @@ def test_publish_layout_manifest_and_report(tmp_path: Path):
         "base_model": {"uri": "hf://org/base", "revision": None},
         "method": "sft",
         "adapter": {"type": "lora", "path": "adapter", "rank": 16, "alpha": 32, "target_modules": ["k_proj", "q_proj"],
-                    "modules_to_save": None, "added_tokens": 0, "merged_path": None},
+                    "modules_to_save": None, "added_tokens": 0, "merged_path": None, "step": None, "reason": None},
         "evaluation": {"baseline": {"eval_loss": 7.0, "perplexity": 1096.6}, "final": {"eval_loss": 0.6, "perplexity": 1.8221}},
     }
     assert [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()] == HISTORY
