@@ -43,6 +43,9 @@ def _run(tmp_path: Path, model_dir: Path, records: list, job: str, **kwargs) -> 
     return json.loads(termination), tmp_path / "out/team-a" / job
 
 
+LAST_STEP = "last step 30 (hyperparameters.earlyStopping not set)"
+
+
 def _peft(model_dir: Path, adapter_dir: Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,7 +74,8 @@ def test_sft_lora_chat_learns_publishes_and_reports(tmp_path, tiny_model_dir):
     manifest_bytes = (root / "manifest.json").read_bytes()
     assert report["adapter"] == {"uri": f"file://{tmp_path}/out/team-a/sft-lora",
                                  "manifestSha256": hashlib.sha256(manifest_bytes).hexdigest(), "type": "lora",
-                                 "rank": 16}  # the rank the operator's admission checks (status.adapter.rank)
+                                 "rank": 16,  # the rank the operator's admission checks (status.adapter.rank)
+                                 "step": 30, "reason": LAST_STEP}  # no early stopping: the last step
     baseline, final = report["evaluation"]["baseline"], report["evaluation"]["final"]
     assert baseline["evalLoss"] > 3.0 and final["evalLoss"] < 0.1, report
     assert final["perplexity"] == pytest.approx(math.exp(final["evalLoss"]), rel=1e-3)
@@ -79,7 +83,8 @@ def test_sft_lora_chat_learns_publishes_and_reports(tmp_path, tiny_model_dir):
     manifest = json.loads(manifest_bytes)
     assert manifest["adapter"] == {"type": "lora", "path": "adapter", "rank": 16, "alpha": 32,
                                    "targetModules": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
-                                                     "v_proj"], "addedTokens": 0, "mergedPath": "merged"}
+                                                     "v_proj"], "addedTokens": 0, "mergedPath": "merged",
+                                   "step": 30, "reason": LAST_STEP}
     assert manifest["evaluation"]["final"] == {"evalLoss": final["evalLoss"], "perplexity": final["perplexity"]}
     losses = train_losses(root)
     assert losses[0] > 4.0 and losses[-1] < 0.05, losses
@@ -153,7 +158,7 @@ def test_cpt_full_fine_tune(tmp_path, tiny_model_dir):
     assert report["adapter"]["type"] == "full"
     assert report["evaluation"]["final"]["evalLoss"] < 0.2 < 3.0 < report["evaluation"]["baseline"]["evalLoss"]
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["adapter"] == {"type": "full", "path": "adapter", "addedTokens": 0}
+    assert manifest["adapter"] == {"type": "full", "path": "adapter", "addedTokens": 0, "step": 30, "reason": LAST_STEP}
     assert manifest_problems(root) == []
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
