@@ -55,7 +55,8 @@ def test_s3_fetch_train_publish_and_load(tmp_path, tiny_model_dir, s3_server, s3
     assert sorted({k.split("/")[4] for k in keys if "/checkpoints/" in k}) == ["00000020", "00000030"]
     local = _download(s3_server, s3_bucket, prefix, tmp_path / "downloaded")
     assert manifest_problems(local) == []
-    assert report["adapter"] == {"uri": f"s3://{s3_bucket}/{prefix}", "type": "lora", "rank": 16,
+    assert report["adapter"] == {"uri": f"s3://{s3_bucket}/{prefix}", "type": "lora", "rank": 16, "step": 30,
+                                 "reason": "last step 30 (hyperparameters.earlyStopping not set)",
                                  "manifestSha256": hashlib.sha256((local / "manifest.json").read_bytes()).hexdigest()}
     manifest = json.loads((local / "manifest.json").read_text())
     assert manifest["baseModel"] == {"uri": f"s3://{s3_bucket}/models/tiny"}
