@@ -54,7 +54,8 @@ def test_happy_path_to_succeeded(cluster, operator, emulator, tmp_path):
     assert report_as_trainer(emulator, job, "bot", progress, tmp_path), emulator.denials()
     assert not emulator.denials()
 
-    report = {"adapter": {"uri": "s3://adapters/test/default/bot", "manifestSha256": "b" * 64, "type": "lora"},
+    report = {"adapter": {"uri": "s3://adapters/test/default/bot", "manifestSha256": "b" * 64, "type": "lora", "step": 40,
+                          "reason": "best eval_loss 0.5 at step 40 of 70; stopped early after 3 evaluations without improvement"},
               "evaluation": {"baseline": {"evalLoss": 3.0, "perplexity": 20.1}, "final": {"evalLoss": 0.5, "perplexity": 1.6}}}
     cluster.play_pod_status("bot-train-abcde", terminated(0, json.dumps(report)))
     cluster.play_job_status("bot-train", {"active": 0, "succeeded": 1, "completionTime": "2026-11-23T08:10:00Z",
