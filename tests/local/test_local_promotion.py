@@ -167,6 +167,8 @@ def test_gates_canary_promotion_and_rollback_without_a_pod_restart(stack: Stack)
     for vllm, _ in s.ports().values():
         assert ANSWERS["v1"] in s.direct(vllm)
     assert all(names == {"bot"} for names in s.loaded().values()), s.loaded()  # the gate name is gone again
+    # The gateway offers the platform-listed name to a tenant of its base model (never the internal names).
+    assert [m.id for m in s.client.models.list().data] == ["tiny", "bot"] and s.client.models.retrieve("bot").id == "bot"
     first_ready = time.monotonic() - started
 
     # 2. v3 does not beat its baseline: Gated with the numbers, never loaded on any replica; v1 keeps serving.

@@ -232,6 +232,7 @@ def _ft_card(name: FineTunedName, ftj: dict[str, Any]) -> dict[str, Any]:
 async def list_models(who: TenantDep, gw: GatewayDep) -> dict[str, Any]:
     SEEN_TENANTS.add(who.namespace)
     data = [_card(name, 0, "kubetune") for name in sorted(gw.settings.base_models) if _base_allowed(gw, who, name)]
+    data += [_card(name, 0, "kubetune", parent=base) for name, (base, _) in sorted((await platform_adapters(gw, who)).items())]
     for ftj in await tenant_jobs(gw, who.namespace):
         if (name := _servable(gw, ftj)) is not None:
             data.append(_ft_card(name, ftj))
@@ -243,6 +244,8 @@ async def retrieve_model(model: str, who: TenantDep, gw: GatewayDep) -> dict[str
     SEEN_TENANTS.add(who.namespace)
     if _base_allowed(gw, who, model):
         return _card(model, 0, "kubetune")
+    if parse_fine_tuned(model) is None and (found := (await platform_adapters(gw, who)).get(model)) is not None:
+        return _card(model, 0, "kubetune", parent=found[0])
     return _ft_card(*await _own_job(gw, who, model))
 
 
@@ -292,18 +295,26 @@ async def resolve(gw: Gateway, who: Tenant, model: str, wait: float = ROUTE_WAIT
         await asyncio.sleep(0.25)
 
 
+async def platform_adapters(gw: Gateway, who: Tenant) -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (base model, its ModelDeployment) of the adapters the platform team lists by name (e.g. a versioned
+    `support-bot`, docs/promotion.md) on the shared ModelDeployments of the base models this tenant may use. The
+    entries the gateway adds for API jobs (adapter_name: `ft-<hash>-...`) are reached only by their owner's ft: name."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for base in sorted(gw.settings.base_models):
+        if not _base_allowed(gw, who, base) or gw.settings.base_models[base].serving is None:
+            continue
+        md = await deployment(gw, base, MD_TTL)
+        for entry in ((md or {}).get("spec") or {}).get("adapters") or []:
+            if not GATEWAY_ADAPTER.match(entry.get("name") or "ft-0000000000-"):
+                found.setdefault(entry["name"], (base, md))  # type: ignore[arg-type]
+    return found
+
+
 async def _platform_adapter(gw: Gateway, who: Tenant, model: str) -> Route:
-    """An adapter the platform team lists by name (e.g. a versioned `support-bot`, docs/promotion.md) on the shared
-    ModelDeployment of a base model this tenant may use. The entries the gateway adds for API jobs (named by
-    adapter_name: `ft-<hash>-...`) are reached only through their owner's ft: name."""
-    if not GATEWAY_ADAPTER.match(model):
-        for base in sorted(gw.settings.base_models):
-            if not _base_allowed(gw, who, base) or gw.settings.base_models[base].serving is None:
-                continue
-            md = await deployment(gw, base, MD_TTL)
-            if md is not None and any(a.get("name") == model for a in (md.get("spec") or {}).get("adapters") or []):
-                return _routed(model, route_adapter(md, model))
-    raise model_not_found(model)
+    found = (await platform_adapters(gw, who)).get(model)
+    if found is None:
+        raise model_not_found(model)
+    return _routed(model, route_adapter(found[1], model))
 
 
 def _routed(model: str, found: Route | Unroutable) -> Route:
