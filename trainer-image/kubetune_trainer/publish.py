@@ -145,7 +145,7 @@ def stage(config: TrainerConfig, result: Result, dest: Path) -> list[Path]:
     resolved = {"trainerConfig": config.to_dict(), "effective": result.summary}
     (dest / RESOLVED_CONFIG).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
     if result.task is not None and config.spec.evaluation is not None:  # eval/ before the manifest lists every file
-        stage_report(dest, config, result.task, curve)
+        stage_report(dest, config, result.task, curve, result.selection.reason if result.selection else None)
         result.task.summary = write_eval_files(dest, result.task, config.spec.evaluation)
     (dest / MODEL_CARD).write_text(model_card(config, result))
     return sorted(p for p in dest.rglob("*") if p.is_file())
