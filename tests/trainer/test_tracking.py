@@ -173,7 +173,7 @@ def test_wandb_offline_run_is_published_with_its_history(run):
     (file,) = runs[0].glob("run-*.wandb")
     records = _wandb_records(file)
     kinds = [r.WhichOneof("record_type") for r in records]
-    assert kinds[-1] == "exit" and "output_raw" not in kinds  # console capture off: our log is not W&B's
+    assert "exit" in kinds and "output_raw" not in kinds  # finished; console capture off: our log is not W&B's
     history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]
     steps = [h["train/global_step"] for h in history if "train/loss" in h]
@@ -209,3 +209,25 @@ def test_tracker_credentials_appear_nowhere(run):
     for name, value in CANARIES.items():
         assert [where for where, text in seen.items() if value in text] == [], name
     assert [where for where, text in seen.items() if USER in text] == ["mlflow"] and mlrun.data.tags["mlflow.user"] == USER
+
+
+def test_a_retried_pod_logs_into_the_same_runs(run):
+    """What a second pod of the same FineTuneJob does first (kubetune_trainer.run: Tracking.start before the
+    downloads): it finds the MLflow run by the job's UID and resumes the W&B run id; no second run appears."""
+    from kubetune.api.trainer_config import ProgressReporting, TrainerConfig
+    from kubetune_trainer.reporting import Reporter, Tracker
+    from kubetune_trainer.tracking import Tracking
+
+    tmp = run["tmp"]
+    _, first = _mlflow_run(run["client"])
+    config = TrainerConfig.model_validate(json.loads((tmp / "config.json").read_text()))
+    tracker = Tracker()
+    reporter = Reporter(ProgressReporting(mode="file", file=str(tmp / "retry.jsonl"), interval_seconds=1), tracker)
+    tracking = Tracking(config, tmp / "retry-work", tracker, reporter, active=True)
+    tracking.start()
+    tracking.close(None)
+    links = progress_lines(tmp / "retry.jsonl")[-1]["tracking"]
+    assert links["mlflow"]["runId"] == first.info.run_id and "message" not in links["mlflow"]
+    assert links["wandb"]["runId"] == run["status"][-1]["tracking"]["wandb"]["runId"]
+    _, again = _mlflow_run(run["client"])  # still one run, finished again
+    assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
