@@ -108,3 +108,29 @@ def test_token_auth_env():
     env = job["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e for e in env if e["name"].startswith("MLFLOW_")] == [
         {"name": "MLFLOW_TRACKING_TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "token"}}}]
+
+
+def test_the_trainers_report_with_tracking_links_fits_the_crds_status_schema():
+    """The merge patch the trainer sends (ProgressReport) is accepted by the FineTuneJob CRD's status schema, unknown
+    fields refused as the API server's strict field validation does (the examples' strict JSON Schema)."""
+    import jsonschema
+
+    from kubetune.api.crd import all_crds
+    from kubetune.api.finetunejob import Progress
+    from kubetune.api.progress import ProgressReport, TrainerStatus
+    from kubetune.api.tracking import RunLink, TensorBoardLink, TrackingStatus
+
+    from ..examples.test_examples import strict
+
+    schema = strict(all_crds()["kubetune.io_finetunejobs.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    tracking = TrackingStatus(mlflow=RunLink(run_id="abc", url="http://mlflow:5000/#/experiments/1/runs/abc"),
+                              wandb=RunLink(run_id="ml-job-1234", message="log event failed (...)"),
+                              tensorboard=TensorBoardLink(uri="s3://out/ml/job/tensorboard/"))
+    body = ProgressReport(status=TrainerStatus(progress=Progress(step=3), tracking=tracking)).body()
+    obj = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "job"},
+           "spec": parse(FineTuneJobSpec, BODY["spec"]).to_dict(), **body}
+    jsonschema.validate(obj, schema)
+    assert body["status"]["tracking"]["mlflow"] == {"runId": "abc", "url": "http://mlflow:5000/#/experiments/1/runs/abc"}
+    obj["status"]["tracking"]["mlflow"]["runID"] = "typo"
+    with pytest.raises(jsonschema.ValidationError, match="runID"):
+        jsonschema.validate(obj, schema)
