@@ -114,3 +114,25 @@ def test_a_failing_integration_callback_is_dropped_not_raised():
         assert handler.on_log(args, state, control, logs={"loss": 1.0, "step": step}) is control
     assert len(calls) == 1 and failures == [("mlflow", backend.failed)]
     assert backend.failed.startswith("log event failed (ConnectionError: tracking server went away)")
+
+
+def test_task_metrics_of_spec_evaluation_are_logged_with_the_loss_figures(tmp_path):
+    """spec.evaluation's summary (kubetune.api.evaluation.EvalSummary, as the trainer's EvalOutcome carries it) goes
+    to the trackers with the eval loss; here to TensorBoard, read back with its own reader."""
+    from dataclasses import replace
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kubetune.api.evaluation import EvalSummary, MetricResult, MetricSet
+    from kubetune_trainer.evaluate import EvalOutcome
+
+    summary = EvalSummary(task=MetricSet(metrics=[MetricResult(name="exact_match", baseline=0.25, final=0.75)], prompts=8))
+    tracking, _ = _tracking(tmp_path, {"tensorboard": {}})
+    tracking.start()
+    result = tracking.before_publish(replace(_result(tmp_path), task=EvalOutcome(summary=summary, samples=[],
+                                                                                 regression_samples=[])))
+    tracking.close(None)
+    events = EventAccumulator(str(result.extra_dirs["tensorboard"])).Reload()
+    figures = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+    assert figures == {"evaluation/baseline/evalLoss": 3.0, "evaluation/final/evalLoss": 1.0, "evaluation/task/prompts": 8.0,
+                       "evaluation/task/metrics/exact_match/baseline": 0.25, "evaluation/task/metrics/exact_match/final": 0.75}

@@ -289,9 +289,9 @@ class Tracking:
             return result
         step = int(result.summary.get("steps") or 0)
         figures = numeric_metrics("", result.evaluation)
-        task = getattr(result, "task", None)  # spec.evaluation's task metrics, where the trainer computed them
-        if task is not None and hasattr(task, "to_dict"):
-            figures |= numeric_metrics("task", task.to_dict())
+        summary = getattr(getattr(result, "task", None), "summary", None)  # spec.evaluation's figures (EvalSummary)
+        if summary is not None and hasattr(summary, "to_dict"):
+            figures |= numeric_metrics("", summary.to_dict())  # task/metrics/<name>/baseline|final, regression/...
         png = self.dir / "loss_curve.png"
         self.dir.mkdir(parents=True, exist_ok=True)
         png.write_bytes(loss_curve(self.config, result))
