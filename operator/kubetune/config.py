@@ -66,10 +66,6 @@ class OperatorSettings(BaseModel):
     prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
     # LeaderWorkerSet (leaderworkerset.x-k8s.io/v1) is installed: a ModelDeployment may set resources.nodes > 1.
     leader_worker_set: bool = False
-    # Reconciles running at once, over all objects of both kinds; more wait their turn first come, first served, like
-    # controller-runtime's MaxConcurrentReconciles over its FIFO work queue. A burst of creates then finishes one
-    # after the other instead of all of them at the end together, and no object waits behind more than this many.
-    max_concurrent_reconciles: int = Field(default=8, ge=1, le=1024)
 
     @field_validator("preflight_cpu", "preflight_memory")
     @classmethod

@@ -62,7 +62,7 @@ async def reconcile(ctl: Controller, body: Any, indexes: dict[str, Any], *, appl
     invalid spec is a terminal status and, when applying, kopf.PermanentError (no retry)."""
     rt = runtime()
     meta = body["metadata"]
-    async with rt.slots, rt.locks[meta["uid"]]:  # a turn first, then the object: always in this order
+    async with rt.locks[meta["uid"]]:
         previous = rt.written.get(meta["uid"]) or dict(body.get("status") or {})
         observed = await ctl.observe(body, previous, indexes)
         try:

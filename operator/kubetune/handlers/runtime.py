@@ -29,15 +29,6 @@ class Runtime:
     child_versions: dict[str, str] = field(default_factory=dict)
     # (namespace, FineTuneJob name) -> what of it adapter resolution reads, as last acted on.
     ftj_outcomes: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
-    _slots: asyncio.Semaphore | None = None
-
-    @property
-    def slots(self) -> asyncio.Semaphore:
-        """settings.max_concurrent_reconciles turns, handed out first come, first served (asyncio.Semaphore is fair);
-        made on first use, inside the operator's event loop."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
-        return self._slots
 
     def forget(self, uid: str) -> None:
         self.written.pop(uid, None)
