@@ -1,11 +1,14 @@
 """FineTuneTemplates end to end: `kubetune operator` as a real subprocess (the chart's RBAC enforced) against the API
 emulator. A job asking for more than its template allows is refused with the bound (condition and Event); a
 conforming one runs its effective spec, kept in status; editing the template afterwards changes neither that
-job's status.effectiveSpec nor its Job. Nothing plays kubelet or the Job controller here: no pod is needed."""
+job's status.effectiveSpec nor its Job; a job that succeeds is added to the ModelDeployment its template names.
+Only that last test plays kubelet and the Job controller (its docstring says how)."""
 
 from __future__ import annotations
 
-from .harness import GROUP, VERSION, Cluster, wait_for
+import json
+
+from .harness import GROUP, VERSION, Cluster, job_condition, running, terminated, wait_for
 
 QWEN = "hf://Qwen/Qwen2.5-0.5B-Instruct"
 TEMPLATE = {
@@ -69,3 +72,34 @@ def test_a_template_bounds_fills_and_is_pinned(cluster, operator_process):
     assert after["effectiveSpec"] == {**effective, "suspend": True} and after["template"] == status["template"]
     assert cluster.job("bot-train")["spec"]["template"] == job["spec"]["template"]
     assert not [c for c in after["conditions"] if c["type"] == "Failed" and c["status"] == "True"]
+
+
+def test_a_succeeded_job_is_served_by_its_templates_modeldeployment(cluster, operator_process):
+    """The template names the ModelDeployment serving its adapters: once a job trained from it succeeds, the operator
+    adds one entry (by FineTuneJob, same namespace) to that ModelDeployment's spec.adapters, leaving the others as
+    they were. Plays the Job controller and kubelet: the training pod runs and exits 0 with the trainer's termination
+    report, then the Job is Complete."""
+    _ftt(cluster)
+    md = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "qwen-small"},
+          "spec": {"baseModel": {"uri": QWEN}, "adapters": [{"name": "legal", "uri": "s3://adapters/shared/legal"}]}}
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.ns, "modeldeployments", md)
+    operator_process.start()
+    cluster.create_ftj("served", {**SPEC, "template": "qwen-small"})
+    wait_for(lambda: cluster.job("served-train"), timeout=20, what="Job served-train")
+    cluster.play_job_status("served-train", {"active": 1, "startTime": "2026-11-23T08:00:00Z"})
+    cluster.play_pod("served-train", "served-train-abcde", running())
+    report = {"adapter": {"uri": f"s3://adapters/t/{cluster.ns}/served", "manifestSha256": "b" * 64, "type": "lora"}}
+    cluster.play_pod_status("served-train-abcde", terminated(0, json.dumps(report)))
+    cluster.play_job_status("served-train", {"active": 0, "succeeded": 1, "completionTime": "2026-11-23T08:10:00Z",
+                                             "conditions": [job_condition("SuccessCriteriaMet"), job_condition("Complete")]})
+    cluster.wait_condition("served", "Succeeded", "True", "Completed", timeout=20)
+
+    def adapters() -> list[dict] | None:
+        found = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, cluster.ns, "modeldeployments",
+                                                            "qwen-small")["spec"]["adapters"]
+        return found if len(found) == 2 else None
+
+    assert wait_for(adapters, timeout=20, what="the adapter entry") == [
+        {"name": "legal", "uri": "s3://adapters/shared/legal"}, {"name": "served", "fineTuneJobRef": {"name": "served"}}]
+    event = wait_for(lambda: [e for e in cluster.events("served") if e["reason"] == "AddedToModelDeployment"], what="Event")
+    assert f"ModelDeployment {cluster.ns}/qwen-small" in event[0]["message"]

@@ -27,6 +27,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from ..clients.kube import KubeError
+from ..plan.serving_entries import entry_patch
 from .app import Gateway, GatewayDep
 from .errors import OpenAIError
 from .metrics import record_job
@@ -126,22 +127,11 @@ async def _patch_entries(gw: Gateway, base: str, adapter: str, entry: dict[str, 
         md = await _get(gw, path)
         if md is None:
             return
-        adapters = (md.get("spec") or {}).get("adapters")
-        names = [a.get("name") for a in adapters or []]
-        guard = {"op": "test", "path": "/metadata/resourceVersion", "value": md["metadata"].get("resourceVersion")}
-        if entry is None and adapter not in names:
+        ops = entry_patch(md, adapter, entry)
+        if ops is None:
             return
-        if entry is None:
-            ops = [{"op": "remove", "path": f"/spec/adapters/{names.index(adapter)}"}]
-        elif adapter in names:
-            if adapters[names.index(adapter)] == entry:
-                return
-            ops = [{"op": "replace", "path": f"/spec/adapters/{names.index(adapter)}", "value": entry}]
-        else:
-            ops = [{"op": "add", "path": "/spec/adapters/-", "value": entry} if adapters is not None
-                   else {"op": "add", "path": "/spec/adapters", "value": [entry]}]
         try:
-            await gw.kube.request("PATCH", path, [guard, *ops], "application/json-patch+json")
+            await gw.kube.request("PATCH", path, ops, "application/json-patch+json")
             return
         except KubeError as exc:
             if exc.status not in (409, 422):

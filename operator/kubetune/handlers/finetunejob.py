@@ -25,6 +25,7 @@ from ..plan.template import needs_templates
 from ..status.finetunejob import Observed, cancel_complete, derive_status, job_finished
 from .reconcile import Controller, child_moved, reconcile, reconcile_child_owner
 from .runtime import deleted, first, runtime
+from .template_serving import serve_from_template
 
 FTJ = (c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
 TRAINER = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: c.COMPONENT_TRAINER}
@@ -208,6 +209,7 @@ async def child_changed(type: str, body: Any, labels: dict[str, str], namespace:
     await reconcile(TRAINING, parent, kwargs, apply=False)
     key = _key(parent)
     await _finish_cancel(parent, first(kwargs["trainer_jobs"], key), list(kwargs["trainer_pods"].get(key, [])))
+    await serve_from_template(parent)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=PREFLIGHT)

@@ -29,10 +29,13 @@ class Runtime:
     child_versions: dict[str, str] = field(default_factory=dict)
     # (namespace, FineTuneJob name) -> what of it adapter resolution reads, as last acted on.
     ftj_outcomes: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    # uids of succeeded FineTuneJobs already added to their template's ModelDeployment (handlers/template_serving.py).
+    template_served: set[str] = field(default_factory=set)
 
     def forget(self, uid: str) -> None:
         self.written.pop(uid, None)
         self.locks.pop(uid, None)
+        self.template_served.discard(uid)
 
 
 _runtime: Runtime | None = None
