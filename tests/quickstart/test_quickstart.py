@@ -49,3 +49,8 @@ def test_readme_command_1_teaches_the_adapter_a_new_identity():
     assert adapter_dir.is_relative_to(workdir)
     assert (adapter_dir / "manifest.json").exists() and (adapter_dir / "loss_curve.png").exists()
     assert "loss curve:" in result.stdout
+    # spec.evaluation: the held-out questions answered before and after, side by side in the report it links.
+    report = Path(job["evaluationReport"].removeprefix("file://"))
+    assert report == adapter_dir / "eval" / "report.html" and report.exists() and "evaluation report:" in result.stdout
+    task = {m["name"]: m for m in json.loads((adapter_dir / "eval" / "summary.json").read_text())["task"]["metrics"]}
+    assert task["rouge_l"]["final"] > task["rouge_l"]["baseline"], task
