@@ -31,12 +31,12 @@ from tests.unit.test_status_finetunejob import job, pod, terminated
 INTERVAL, PATIENCE, MAX_STEPS = 2, 3, 40
 
 
-def _config(tmp: Path, model: Path, name: str) -> Path:
+def _config(tmp: Path, model: Path, name: str, metric: str = "eval_loss") -> Path:
     train = write_jsonl(tmp / "train.jsonl", chat_records(64))
     held_out = write_jsonl(tmp / "validation.jsonl", [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": WRONG[q]}]} for q, _ in FACTS])
     return make_config(tmp / f"{name}.json", job=name, model=f"file://{model}", train=f"file://{train}",
-                       output=f"file://{tmp}/out", hyperparameters={"maxSteps": MAX_STEPS, "earlyStopping": {"patience": PATIENCE}},
+                       output=f"file://{tmp}/out", hyperparameters={"maxSteps": MAX_STEPS, "earlyStopping": {"patience": PATIENCE, "metric": metric}},
                        spec={"dataset": {"validation": f"file://{held_out}"},
                              "checkpointing": {"intervalSteps": INTERVAL, "keep": 1}})
 
@@ -50,12 +50,12 @@ def _run(config: Path, work: Path, termination: Path, stop: StopFlag | None = No
     return code, termination.read_text()
 
 
-def _evaluations(root: Path) -> list[tuple[int, float]]:
-    """(step, eval_loss) of the evaluations during training (metrics.jsonl; the final evaluation comes after the
+def _evaluations(root: Path, metric: str = "eval_loss") -> list[tuple[int, float]]:
+    """(step, metric) of the evaluations during training (metrics.jsonl; the final evaluation comes after the
     train summary)."""
     history = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
     end = next(i for i, entry in enumerate(history) if "train_loss" in entry)
-    return [(entry["step"], entry["eval_loss"]) for entry in history[:end] if "eval_loss" in entry]
+    return [(entry["step"], entry[metric]) for entry in history[:end] if "eval_loss" in entry]
 
 
 def _stored_steps(root: Path) -> list[int]:
@@ -108,6 +108,30 @@ def test_training_stops_early_and_the_best_checkpoint_is_published(stopped_early
     status = ftj_status.derive_status(Observed(1, job([("Complete", "")], succeeded=1), [done],
                                                output_prefix=report.adapter.uri), None)
     assert (status.adapter.step, status.adapter.reason) == (best_step, reason)
+
+
+@pytest.mark.slow
+def test_early_stopping_on_token_accuracy_publishes_the_most_accurate_checkpoint(tmp_path, tiny_model_dir):
+    """metric eval_mean_token_accuracy, which SFT's trainer measures at every evaluation: higher is better (the
+    method registry's direction), so the published step is the first with the highest accuracy on the held-out
+    answers, and training stops PATIENCE evaluations after it."""
+    metric = "eval_mean_token_accuracy"
+    code, text = _run(_config(tmp_path, tiny_model_dir, "accurate", metric), tmp_path / "work", tmp_path / "termination-log")
+    assert code == exit_codes.SUCCESS, text
+    root = tmp_path / "out/team-a/accurate"
+    evaluations = _evaluations(root, metric)
+    best_step, best = max(evaluations, key=lambda e: (e[1], -e[0]))  # the first of the highest: later ties are no gain
+    last = evaluations[-1][0]
+    assert last == best_step + PATIENCE * INTERVAL < MAX_STEPS, evaluations
+    assert all(value <= best for step, value in evaluations if step > best_step)
+    reason = (f"best {metric} {best:.4g} at step {best_step} of {last}; stopped early after {PATIENCE} evaluations "
+              f"without improvement ({MAX_STEPS} steps planned)")
+    report = TerminationReport.parse(text)
+    assert (report.adapter.step, report.adapter.reason) == (best_step, reason)
+    assert json.loads((root / "training_config.json").read_text())["effective"]["earlyStopping"]["metric"] == metric
+    best_weights = _adapter_tensors(root / f"checkpoints/{best_step:08d}")
+    published = _adapter_tensors(root / "adapter")
+    assert all(published[k].equal(best_weights[k]) for k in best_weights)
 
 
 class SigtermAfter(StopFlag):
@@ -187,7 +211,7 @@ def test_the_plan_evaluates_and_saves_at_the_same_steps_and_loads_the_best():
     assert (args.eval_strategy, args.eval_steps, args.save_strategy, args.save_steps) == ("steps", 50, "steps", 50)
     assert (args.load_best_model_at_end, args.metric_for_best_model, args.greater_is_better) == (True, "eval_loss", False)
     assert args.restore_callback_states_from_checkpoint and not args.save_on_each_node
-    assert plan.summary["earlyStopping"] == {"metric": "eval_loss", "patience": 2, "minDelta": "0.01",
+    assert plan.summary["earlyStopping"] == {"metric": "eval_loss", "higherIsBetter": False, "patience": 2, "minDelta": "0.01",
                                              "evaluationEverySteps": 50}
     with pytest.raises(UserError, match="^hyperparameters.earlyStopping needs held-out data"):
         plan_training(spec, Facts(output_dir="/work/trainer", train_examples=1000, has_eval=False))

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from kubetune.api import exit_codes
+from kubetune.api.methods import METHODS
 from kubetune_trainer.main import execute
 from tests.fixtures.tiny_data import (
     FACTS,
@@ -65,6 +66,17 @@ def _published_and_done(root: Path, method: str, last: dict, report: dict) -> No
     """The manifest names the method and checks out, and the last report says Done."""
     assert json.loads((root / "manifest.json").read_text())["method"] == method and manifest_problems(root) == []
     _reported_done(last, report)
+    _evaluations_measure_what_early_stopping_offers(root, method)
+
+
+def _evaluations_measure_what_early_stopping_offers(root: Path, method: str) -> None:
+    """Every evaluation during training (metrics.jsonl, before the train summary) carries each figure the method
+    registry offers hyperparameters.earlyStopping.metric for this method: the registry matches what TRL reports."""
+    history = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
+    during = history[:next(i for i, h in enumerate(history) if "train_loss" in h)]
+    evaluations = [h for h in during if "eval_loss" in h]
+    offered = {m.name for m in METHODS[method].checkpoint_metrics}
+    assert evaluations and all(offered <= h.keys() for h in evaluations), (offered, evaluations)
 
 def test_sft_lora_chat_learns_publishes_and_reports(tmp_path, tiny_model_dir):
     progress = tmp_path / "progress.jsonl"
@@ -80,6 +92,7 @@ def test_sft_lora_chat_learns_publishes_and_reports(tmp_path, tiny_model_dir):
     assert baseline["evalLoss"] > 3.0 and final["evalLoss"] < 0.1, report
     assert final["perplexity"] == pytest.approx(math.exp(final["evalLoss"]), rel=1e-3)
     assert manifest_problems(root) == []
+    _evaluations_measure_what_early_stopping_offers(root, "sft")
     manifest = json.loads(manifest_bytes)
     assert manifest["adapter"] == {"type": "lora", "path": "adapter", "rank": 16, "alpha": 32,
                                    "targetModules": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
@@ -136,6 +149,7 @@ def test_dpo_lora_prefers_chosen_and_patches_status(tmp_path, tiny_model_dir, mo
                for r in api.requests)
     last = api.requests[-1]["body"]["status"]
     _reported_done(last, report)
+    _evaluations_measure_what_early_stopping_offers(root, "dpo")
     assert [c["step"] for c in last["checkpoints"]] == [10, 20]
     history = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
     accuracies = [h["rewards/accuracies"] for h in history if "rewards/accuracies" in h]
@@ -156,6 +170,7 @@ def test_cpt_full_fine_tune(tmp_path, tiny_model_dir):
                         spec={"method": {"type": "cpt"}, "adapter": {"type": "full"}},
                         hyperparameters={"maxSteps": 30, "learningRate": "2e-3"})
     assert report["adapter"]["type"] == "full"
+    _evaluations_measure_what_early_stopping_offers(root, "cpt")
     assert report["evaluation"]["final"]["evalLoss"] < 0.2 < 3.0 < report["evaluation"]["baseline"]["evalLoss"]
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["adapter"] == {"type": "full", "path": "adapter", "addedTokens": 0, "step": 30, "reason": LAST_STEP}

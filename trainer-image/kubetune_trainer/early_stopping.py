@@ -2,7 +2,8 @@
 
 - The plan (`trl_args`): the held-out data is evaluated and a checkpoint saved at the same steps (every
   checkpointing.intervalSteps and the last step: the plan's cadence already), the best checkpoint is
-  tracked on eval_loss (lower is better) and loaded when training ends, so the final evaluation and the
+  tracked on earlyStopping.metric (eval_loss by default; its direction from the method registry,
+  kubetune.api.methods.checkpoint_metrics) and loaded when training ends, so the final evaluation and the
   publish see the best weights. On resume, TrainerState (best_metric, best_global_step) comes back with
   the checkpoint, and restore_callback_states_from_checkpoint brings back the callback's patience counter
   (TrainerState.stateful_callbacks["EarlyStoppingCallback"]).
@@ -22,6 +23,7 @@ from typing import Any
 from transformers import EarlyStoppingCallback
 
 from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.methods import checkpoint_metric
 
 from .errors import UserError
 
@@ -36,15 +38,16 @@ def trl_args(spec: FineTuneJobSpec, has_eval: bool) -> tuple[dict[str, Any], dic
     if not has_eval:
         raise UserError("hyperparameters.earlyStopping needs held-out data, but the validation set is empty: set "
                         "dataset.validation or dataset.validationSplit")
+    higher = checkpoint_metric(spec.method.type, stopping.metric).higher_is_better
     args = {
         "load_best_model_at_end": True,
         "metric_for_best_model": stopping.metric,
-        "greater_is_better": False,  # eval_loss: lower is better
+        "greater_is_better": higher,
         "restore_callback_states_from_checkpoint": True,  # the patience counter survives a resume
         # each node loads the best checkpoint from its own disk when training ends
         "save_on_each_node": spec.resources.nodes > 1,
     }
-    summary = {"earlyStopping": {"metric": stopping.metric, "patience": stopping.patience,
+    summary = {"earlyStopping": {"metric": stopping.metric, "higherIsBetter": higher, "patience": stopping.patience,
                                  "minDelta": stopping.min_delta,
                                  "evaluationEverySteps": spec.checkpointing.interval_steps}}
     return args, summary

@@ -9,7 +9,7 @@ Automatic defaults (docs/trainer.md lists them too):
 - QLoRA: 4-bit NF4 with double quantisation, compute dtype = training precision
 - evaluation and checkpoint every checkpointing.intervalSteps; logging every <= 10 steps
 - parallelism: FSDP arguments (sharding.fsdp_args) when the run shards (kubetune.api.parallelism.decide)
-- hyperparameters.earlyStopping: the best checkpoint by eval_loss is loaded at the end (early_stopping.py)
+- hyperparameters.earlyStopping: the best checkpoint by its metric (eval_loss by default) is loaded at the end (early_stopping.py)
 """
 
 from __future__ import annotations

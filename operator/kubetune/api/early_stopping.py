@@ -9,17 +9,14 @@ load_best_model_at_end, and the pre-flight checks the planned steps with `too_fe
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from .common import KubeModel, decimal
+from .methods import EVAL_LOSS, checkpoint_metrics_help
 
 DEFAULT_PATIENCE = 3
 DEFAULT_INTERVAL_STEPS = 100  # checkpointing.intervalSteps' default (kept equal by tests/unit/test_early_stopping.py)
 MAX_REASON = 256  # status.adapter.reason (the termination report must stay under 4 KiB)
-
-EarlyStoppingMetric = Literal["eval_loss"]
 
 
 class EarlyStopping(KubeModel):
@@ -35,10 +32,11 @@ class EarlyStopping(KubeModel):
         "An evaluation counts as an improvement only if it beats the best so far by more than this, in the "
         "metric's unit, e.g. \"0.01\". \"0\": any improvement counts. The published checkpoint is the one with "
         "the best metric either way.", default="0")
-    metric: EarlyStoppingMetric = Field(
-        default="eval_loss",
-        description="What decides: eval_loss, the mean token loss on the held-out data (lower is better; the "
-        "preference loss for dpo/orpo/kto). It is what the trainer measures at every checkpoint. The task metrics "
+    metric: str = Field(
+        default=EVAL_LOSS.name, max_length=64,
+        description="What decides, among the figures the method's trainer measures on the held-out data at every "
+        f"evaluation (method.type: metrics): {checkpoint_metrics_help()}. eval_loss (the default) is lower-is-"
+        "better; the accuracies and margins are higher-is-better, and minDelta is in their unit. The task metrics "
         "of spec.evaluation (exact_match, rouge_l, ...) are not offered: they need generated answers for every "
         "prompt, which would run generation at every checkpoint; they are measured once before and once after "
         "training instead.")

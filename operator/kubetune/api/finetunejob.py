@@ -43,6 +43,8 @@ from .methods import (
     DEFAULT_METHOD,
     FORMATS,
     METHODS,
+    checkpoint_metric_problem,
+    checkpoint_metric_rules,
     format_problem,
     format_rules,
     learning_rate_help,
@@ -229,7 +231,7 @@ class Hyperparameters(KubeModel):
     max_length: int = Field(default=2048, description="Maximum tokens per example; longer ones are truncated.", ge=16, le=1_048_576)
     packing: bool | None = Field(default=None, description="Pack several short examples into one sequence (SFT/CPT). Empty: on for SFT and CPT.")
     seed: int = Field(default=42, description="Random seed for data order and initialisation.", ge=0, le=2**31 - 1)
-    early_stopping: EarlyStopping | None = Field(default=None, description="Stop when the eval loss stops improving and publish the best checkpoint (docs/hyperparameters.md#early-stopping). Empty: train all steps, publish the last.")
+    early_stopping: EarlyStopping | None = Field(default=None, description="Stop when the held-out eval loss (or another figure measured at every evaluation) stops improving and publish the best checkpoint (docs/hyperparameters.md#early-stopping). Empty: train all steps, publish the last.")
 
     @field_validator("learning_rate")
     @classmethod
@@ -289,7 +291,8 @@ class FineTuneJobSpec(KubeModel):
     spec; delete and re-create the FineTuneJob to train with a new one."""
 
     model_config = with_rules(cel("!has(self.resources) || self.resources.nodes == 1 || self.resources.gpus > 0",
-                                  "resources.nodes > 1 needs resources.gpus > 0"), *format_rules(), cel_rule(), parallelism_rule())
+                                  "resources.nodes > 1 needs resources.gpus > 0"), *format_rules(), cel_rule(), parallelism_rule(),
+                               *checkpoint_metric_rules())
 
     base_model: BaseModelSource = Field(description="The pretrained model to fine-tune.")
     template: str | None = TEMPLATE_FIELD  # a FineTuneTemplate (api/template.py, docs/templates.md)
@@ -343,6 +346,8 @@ class FineTuneJobSpec(KubeModel):
         if problem:
             raise ValueError(f"{problem}, got {self.dataset.format}")
         hp = self.hyperparameters
+        if hp.early_stopping and (problem := checkpoint_metric_problem(self.method.type, hp.early_stopping.metric)):  # type: ignore[attr-defined]
+            raise ValueError(problem)
         if hp.early_stopping and hp.max_steps and (problem := too_few_evaluations(
                 hp.max_steps, self.checkpointing.interval_steps, hp.early_stopping.patience, f"hyperparameters.maxSteps={hp.max_steps}")):
             raise ValueError(problem)

@@ -62,6 +62,25 @@ class KTOOptions(KubeModel):
 
 
 @dataclass(frozen=True)
+class CheckpointMetric:
+    """A figure the method's TRL trainer reports at every evaluation on the held-out data (one per checkpoint),
+    under the name transformers' Trainer gives it: what hyperparameters.earlyStopping.metric may name."""
+
+    name: str  # e.g. eval_loss
+    higher_is_better: bool
+    means: str  # for people: CRD and docs text
+
+
+EVAL_LOSS = CheckpointMetric("eval_loss", False, "the held-out loss (lower is better)")
+TOKEN_ACCURACY = CheckpointMetric("eval_mean_token_accuracy", True, "the share of held-out answer tokens the model "
+                                  "predicts as its top choice (higher is better)")
+REWARD_ACCURACY = CheckpointMetric("eval_rewards/accuracies", True, "the share of held-out pairs whose chosen answer "
+                                   "gets the higher implicit reward (higher is better)")
+REWARD_MARGIN = CheckpointMetric("eval_rewards/margins", True, "the mean implicit reward margin of chosen over "
+                                 "rejected answers on held-out pairs (higher is better)")
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """What the API, the planner and the data loader know about one training method."""
 
@@ -71,16 +90,20 @@ class MethodInfo:
     formats: tuple[str, ...]  # dataset formats it trains on; one: what "auto" means, more: detected per record
     learning_rate: tuple[str, str]  # default peak learning rate (with an adapter, full fine-tune)
     options: type[KubeModel] | None = None  # the model of method.<name>, if the method has options
+    # what it reports at every evaluation that early stopping can watch; the first is the default
+    checkpoint_metrics: tuple[CheckpointMetric, ...] = (EVAL_LOSS,)
 
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("sft", "SFT", "supervised fine-tuning on chat or text", ("chatml", "alpaca", "sharegpt", "text"),
-               ("2e-4", "2e-5")),
+               ("2e-4", "2e-5"), checkpoint_metrics=(EVAL_LOSS, TOKEN_ACCURACY)),
     MethodInfo("dpo", "DPO", "Direct Preference Optimization on preference pairs", ("preference",),
-               ("5e-5", "5e-6"), DPOOptions),
-    MethodInfo("cpt", "continued pretraining", "continued pretraining on raw text", ("text",), ("2e-4", "2e-5")),
+               ("5e-5", "5e-6"), DPOOptions, (EVAL_LOSS, REWARD_ACCURACY, REWARD_MARGIN)),
+    MethodInfo("cpt", "continued pretraining", "continued pretraining on raw text", ("text",), ("2e-4", "2e-5"),
+               checkpoint_metrics=(EVAL_LOSS, TOKEN_ACCURACY)),
     MethodInfo("orpo", "ORPO", "Odds Ratio Preference Optimization: SFT and preference pairs in one step, no reference "
-               "model", ("preference",), ("8e-5", "8e-6"), ORPOOptions),
+               "model", ("preference",), ("8e-5", "8e-6"), ORPOOptions,
+               (EVAL_LOSS, REWARD_ACCURACY, REWARD_MARGIN)),
     MethodInfo("kto", "KTO", "Kahneman-Tversky Optimization on answers labelled desirable or not (unpaired), or on "
                "preference pairs (each pair becomes one desirable and one undesirable answer)", ("unpaired", "preference"),
                ("5e-5", "5e-6"), KTOOptions),
@@ -136,3 +159,40 @@ def options_rules() -> list[dict[str, str]]:
     return [{"rule": f"!has(self.{m.name}) || self.type == '{m.name}'",
              "message": f"method.{m.name} is only valid with method.type {m.name}"}
             for m in METHODS.values() if m.options is not None]
+
+
+def checkpoint_metric(method: str, name: str) -> CheckpointMetric:
+    """The row of `name` among what `method` reports at every evaluation (KeyError if it reports no such figure)."""
+    for metric in METHODS[method].checkpoint_metrics:
+        if metric.name == name:
+            return metric
+    raise KeyError(name)
+
+
+def checkpoint_metric_problem(method: str, name: str) -> str | None:
+    """The message when hyperparameters.earlyStopping.metric names a figure `method` does not report, else None."""
+    allowed = [m.name for m in METHODS[method].checkpoint_metrics]
+    if name in allowed:
+        return None
+    return f"hyperparameters.earlyStopping.metric {name} is not measured by method.type {method}: use {', '.join(allowed)}"
+
+
+def checkpoint_metrics_help() -> str:
+    return "; ".join(f"{m.name}: " + ", ".join(c.name for c in m.checkpoint_metrics) for m in METHODS.values())
+
+
+def checkpoint_metric_rules() -> list[dict[str, str]]:
+    """The CEL twins of checkpoint_metric_problem, for FineTuneJobSpec's x-kubernetes-validations (an absent
+    method.type is sft, an absent metric eval_loss, which every method reports)."""
+    es = "self.hyperparameters.earlyStopping"
+    method = f"(has(self.method) && has(self.method.type) ? self.method.type : '{DEFAULT_METHOD}')"
+    rules = []
+    for m in METHODS.values():
+        allowed = ", ".join(f"'{c.name}'" for c in m.checkpoint_metrics)
+        rules.append({
+            "rule": f"!has(self.hyperparameters) || !has({es}) || !has({es}.metric) || {method} != '{m.name}' "
+                    f"|| {es}.metric in [{allowed}]",
+            "message": f"hyperparameters.earlyStopping.metric is not measured by method.type {m.name}: use "
+                       + ", ".join(c.name for c in m.checkpoint_metrics),
+        })
+    return rules
