@@ -49,6 +49,18 @@ def test_failed_job_error_names_the_data():
     assert error == {"code": "invalid_training_file", "message": "train.jsonl:3: messages[1].role ...", "param": "training_file"}
 
 
+def test_job_shows_the_hyperparameters_that_run_a_templates_included():
+    """status.effectiveSpec (the template applied) wins over the spec as created; before the operator wrote it,
+    the spec as created."""
+    job = ftj([("Running", "True", "Training")], hyperparameters={"epochs": 3})
+    job["metadata"]["annotations"] = {jobview.ANNOTATION: json.dumps({"model": "m", "training_file": "file-x"})}
+    assert (jobview.job_object(job)["hyperparameters"]["n_epochs"], jobview.job_object(job)["seed"]) == (3, 42)
+    job["status"]["effectiveSpec"] = {"hyperparameters": {"epochs": 2, "batchSize": 4, "seed": 7}}
+    shown = jobview.job_object(job)
+    assert (shown["hyperparameters"]["n_epochs"], shown["hyperparameters"]["batch_size"], shown["seed"]) == (2, 4, 7)
+    assert shown["method"]["supervised"]["hyperparameters"]["n_epochs"] == 2
+
+
 def test_model_name_round_trip():
     job_id = "ftjob-" + "b" * 24
     name = jobview.fine_tuned_model("tiny-chat", "team-a", None, job_id)

@@ -89,9 +89,16 @@ def _error(ftj: dict[str, Any], status: str) -> dict[str, Any] | None:
             "message": cond.get("message") or cond["reason"], "param": "training_file" if data_problem else None}
 
 
+def spec_that_runs(ftj: dict[str, Any]) -> dict[str, Any]:
+    """status.effectiveSpec (the spec with the platform's FineTuneTemplate applied, pinned when the job was first
+    planned) once the operator wrote it, else the spec as created."""
+    return (ftj.get("status") or {}).get("effectiveSpec") or ftj["spec"]
+
+
 def hyperparameters(ftj: dict[str, Any]) -> dict[str, Any]:
-    """What training uses (OpenAI returns resolved values, not "auto")."""
-    spec, asked = ftj["spec"], request_of(ftj).get("hyperparameters") or {}
+    """What training uses (OpenAI returns resolved values, not "auto"): a template's defaults and fixed values
+    included."""
+    spec, asked = spec_that_runs(ftj), request_of(ftj).get("hyperparameters") or {}
     hp = spec.get("hyperparameters") or {}
     adapter = "full" if (spec.get("adapter") or {}).get("type") == "full" else "adapter"
     out = {"n_epochs": hp.get("epochs", 3), "batch_size": hp.get("batchSize") or DEFAULT_BATCH[adapter],
@@ -103,7 +110,7 @@ def hyperparameters(ftj: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_object(ftj: dict[str, Any]) -> dict[str, Any]:
-    meta, spec, st = ftj["metadata"], ftj["spec"], ftj.get("status") or {}
+    meta, st = ftj["metadata"], ftj.get("status") or {}
     asked = request_of(ftj)
     status = openai_status(ftj)
     progress = st.get("progress") or {}
@@ -122,7 +129,7 @@ def job_object(ftj: dict[str, Any]) -> dict[str, Any]:
         "trained_tokens": progress.get("trainedTokens"), "estimated_finish": estimated,
         "error": _error(ftj, status), "hyperparameters": {k_: v for k_, v in hp.items() if k_ != "beta"},
         "method": {"type": method_type, method_type: {"hyperparameters": hp}},
-        "seed": (spec.get("hyperparameters") or {}).get("seed", 42),
+        "seed": (spec_that_runs(ftj).get("hyperparameters") or {}).get("seed", 42),
         "result_files": [result_file_id(meta["name"])] if model else [],
         "metadata": asked.get("metadata"), "user_provided_suffix": asked.get("suffix"), "integrations": [],
     }
