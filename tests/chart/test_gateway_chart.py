@@ -14,7 +14,7 @@ from ..security.pss import pod_spec_of, violations
 from .helm import NAMESPACE, chart, find, helm, kube_validate, lint, objects, one, render
 
 GATEWAY = {"enabled": True, "tenants": ["team-a", "team-b"],
-           "settings": {"filesUri": "s3://kubetune-files/gateway", "maxFileBytes": 104857600,
+           "settings": {"filesUri": "s3://kubetune-files/gateway", "maxFileBytes": 104857600, "coldStartSeconds": 120,
                         "baseModels": {"smollm2-135m": {"uri": "s3://models/smollm2-135m", "resources": {"gpus": 1},
                                                         "serving": {"namespace": "ml-serving", "name": "smollm2"}},
                                        "qwen-7b": {"uri": "s3://models/qwen-7b"}},
@@ -64,6 +64,17 @@ def test_pod_runs_kubetune_gateway_restricted_with_settings_it_accepts():
     settings = yaml.safe_load(one(gw_objects(), "ConfigMap")["data"]["settings.yaml"])
     parsed = GatewaySettings.model_validate(settings)  # what `kubetune gateway --config` parses, strictly
     assert parsed.keys_namespace == NAMESPACE and parsed.base_models["smollm2-135m"].serving.name == "smollm2"
+    assert parsed.cold_start_seconds == 120
+
+
+def test_values_schema_offers_every_gateway_setting():
+    """gateway.settings in values.schema.json (additionalProperties false) takes each key GatewaySettings has."""
+    import json
+
+    from .helm import CHART
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["gateway"]["properties"]["settings"]
+    assert set(schema["properties"]) == {f.alias for f in GatewaySettings.model_fields.values()}
 
 
 def test_only_v1_is_exposed():

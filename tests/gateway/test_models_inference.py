@@ -143,8 +143,9 @@ def gateway(emulator, kubectl, tmp_path, vllm, trained_adapters) -> Iterator[dic
         time.sleep(0.02)
     url = f"http://127.0.0.1:{port}"
     try:
-        yield {"url": url, "clients": {ns: openai.OpenAI(api_key=key, base_url=url + "/v1", max_retries=0, timeout=60)
-                                       for ns, key in keys.items()}}
+        yield {"url": url, "settings": settings,
+               "clients": {ns: openai.OpenAI(api_key=key, base_url=url + "/v1", max_retries=0, timeout=60)
+                           for ns, key in keys.items()}}
     finally:
         stop.set()
         server.should_exit = True
@@ -225,3 +226,51 @@ def test_delete_model_stops_serving_it(gateway, emulator, vllm):
     with pytest.raises(openai.PermissionDeniedError):
         a.models.delete("tiny")
     assert b.chat.completions.create(model=ft("team-b"), messages=ask, temperature=0, max_tokens=16).choices[0].message.content == ANSWERS["b"]
+
+
+def waiting(url: str) -> float:
+    """kubetune_gateway_requests_waiting for the shared ModelDeployment, from the gateway's /metrics (what the KEDA
+    ScaledObject's wake trigger reads through Prometheus)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(http_get(url + "/metrics")[1]):
+        for sample in family.samples:
+            if sample.name == "kubetune_gateway_requests_waiting" and sample.labels == {
+                    "deployment_namespace": SERVING_NS, "modeldeployment": SHARED}:
+                return sample.value
+    return 0.0
+
+
+def test_a_deployment_scaled_to_zero_is_woken_by_the_requests_waiting_for_it(gateway, emulator):
+    """Scale to zero and back (docs/scaling.md). Played, besides the fixture's parts: KEDA with the Deployment
+    controller and kubelet. KEDA polls the wake trigger's query (builders.scaling.wake_trigger: the sum of the
+    gateway's kubetune_gateway_requests_waiting for this ModelDeployment) and, above its activationThreshold 0,
+    scales the workload from 0 to 1; the pod turns Ready and the operator writes status.readyReplicas 1. Here:
+    once the gateway's /metrics shows the held request, status.readyReplicas becomes 1."""
+    a = gateway["clients"]["team-a"]
+    ask = [{"role": "user", "content": QUESTION}]
+    scaled = {"status": {"readyReplicas": 0, "replicas": 0}}
+    assert emulator.http("PATCH", MD_PATH + "/status", scaled, "application/merge-patch+json")[0] == 200
+    # nobody wakes it: after coldStartSeconds a 503 that says why, and nothing is left counted
+    gateway["settings"].cold_start_seconds = 1
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as err:
+        a.chat.completions.create(model=ft("team-a"), messages=ask, max_tokens=4)
+    assert err.value.status_code == 503 and "has no ready replica" in err.value.body["message"]
+    assert 1.0 <= time.monotonic() - started < 10 and waiting(gateway["url"]) == 0
+
+    gateway["settings"].cold_start_seconds = 60
+    answers: list[str] = []
+    held = threading.Thread(target=lambda: answers.append(a.chat.completions.create(
+        model=ft("team-a"), messages=ask, temperature=0, max_tokens=16).choices[0].message.content))
+    held.start()
+    deadline = time.monotonic() + 20
+    while waiting(gateway["url"]) != 1.0:
+        assert time.monotonic() < deadline, "the held request never showed in kubetune_gateway_requests_waiting"
+        time.sleep(0.1)
+    time.sleep(1.5)
+    assert held.is_alive() and not answers  # held, not refused
+    woken = {"status": {"readyReplicas": 1, "replicas": 1}}
+    assert emulator.http("PATCH", MD_PATH + "/status", woken, "application/merge-patch+json")[0] == 200
+    held.join(timeout=30)
+    assert answers == [ANSWERS["a"]] and waiting(gateway["url"]) == 0

@@ -77,8 +77,20 @@ def test_keda_scaled_object_with_a_prometheus_trigger_may_scale_to_zero():
                  "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
                      "serverAddress": "http://prometheus.monitoring:9090",
                      "query": 'sum(vllm:num_requests_waiting{namespace="ml",model_name="chat"})',
-                     "threshold": "2", "activationThreshold": "0"}}]}}
+                     "threshold": "2", "activationThreshold": "0"}},
+                     # the way back from zero: requests the gateway holds while no replica is ready
+                     {"type": "prometheus", "name": "gateway-waiting", "metricType": "AverageValue", "metadata": {
+                      "serverAddress": "http://prometheus.monitoring:9090",
+                      "query": 'sum(kubetune_gateway_requests_waiting{deployment_namespace="ml",modeldeployment="chat"})',
+                      "threshold": "2", "activationThreshold": "0"}}]}}
     assert "replicas" not in deployment["spec"]
+    # never at zero: no wake trigger; on KV-cache usage the gateway's waiting requests keep their own unit
+    warm = _children({**BASE, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}}, KEDA_SETTINGS)[-2]
+    assert [t.get("name") for t in warm["spec"]["triggers"]] == [None]
+    cache = _children({**BASE, "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "metric": "kvCacheUsage"}},
+                      KEDA_SETTINGS)[-2]["spec"]["triggers"]
+    assert [(t["metadata"]["threshold"], t["metadata"]["query"].split("{")[0]) for t in cache] == [
+        ("0.8", "sum(vllm:kv_cache_usage_perc"), ("5", "sum(kubetune_gateway_requests_waiting")]
 
 
 def test_the_platform_refuses_what_it_cannot_run_naming_the_field():

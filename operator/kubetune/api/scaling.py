@@ -28,6 +28,12 @@ VLLM_METRIC = {ScalingMetric.REQUESTS_WAITING: "vllm:num_requests_waiting",
 CUSTOM_METRIC = {metric: name.replace(":", "_") for metric, name in VLLM_METRIC.items()}
 DEFAULT_TARGET = {ScalingMetric.REQUESTS_WAITING: "5", ScalingMetric.KV_CACHE_USAGE: "0.8"}
 
+# The gateway's gauge of inference requests it holds for a ModelDeployment with no ready replica (scaled to zero, or
+# starting): the signal that wakes a KEDA ScaledObject from zero, where no vLLM series exists. Exported by
+# kubetune.gateway.metrics, queried by builders.scaling.wake_trigger; the labels name the ModelDeployment.
+GATEWAY_WAITING_METRIC = "kubetune_gateway_requests_waiting"
+GATEWAY_WAITING_LABELS = ("deployment_namespace", "modeldeployment")
+
 # The Ray cluster of a multi-node replica (vLLM's documented multi-node serving: `ray start --head` on the leader,
 # workers join it; vLLM's Ray executor places its pipeline stages on the nodes).
 RAY_PORT = 6379
@@ -42,7 +48,8 @@ class Autoscaling(KubeModel):
                                   "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))
 
     min_replicas: int = Field(default=1, description="Fewest replicas. 0 (scale to zero) only where the platform "
-                              "runs KEDA (the operator's autoscaler setting is keda).", ge=0, le=64)
+                              "runs KEDA (the operator's autoscaler setting is keda); requests through the kubetune "
+                              "gateway wake it (they wait there and count as waiting requests).", ge=0, le=64)
     max_replicas: int = Field(description="Most replicas.", ge=1, le=64)
     metric: ScalingMetric = Field(
         default=ScalingMetric.REQUESTS_WAITING,

@@ -21,7 +21,15 @@ from typing import Any
 from ..api import constants as c
 from ..api.common import uri_scheme
 from ..api.modeldeployment import ModelDeploymentSpec
-from ..api.scaling import CUSTOM_METRIC, RAY_PORT, VLLM_METRIC
+from ..api.scaling import (
+    CUSTOM_METRIC,
+    DEFAULT_TARGET,
+    GATEWAY_WAITING_LABELS,
+    GATEWAY_WAITING_METRIC,
+    RAY_PORT,
+    VLLM_METRIC,
+    ScalingMetric,
+)
 from ..config import OperatorSettings
 from .common import Child, Parent, object_meta
 
@@ -166,9 +174,25 @@ def build_scaled_object(parent: Parent, spec: ModelDeploymentSpec, workload: dic
                 "behavior": {"scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds}}}},
             "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
                 "serverAddress": prometheus_url, "query": prometheus_query(parent, spec),
-                "threshold": scaling.effective_target, "activationThreshold": "0"}}],
+                "threshold": scaling.effective_target, "activationThreshold": "0"}}]
+            + ([wake_trigger(parent, spec, prometheus_url)] if scaling.min_replicas == 0 else []),
         },
     }
+
+
+def wake_trigger(parent: Parent, spec: ModelDeploymentSpec, prometheus_url: str) -> dict[str, Any]:
+    """Scale to zero's way back: the requests the kubetune gateway holds for this ModelDeployment while it has no
+    ready replica (GATEWAY_WAITING_METRIC). With no pod there is no vLLM series; this one exists, and KEDA activates
+    the workload above 0. They are waiting requests in the same unit as vllm:num_requests_waiting: the threshold is
+    the requestsWaiting target (the spec's, or the default when the spec scales on KV-cache usage)."""
+    scaling = spec.autoscaling
+    assert scaling is not None
+    ns_label, md_label = GATEWAY_WAITING_LABELS
+    query = f'sum({GATEWAY_WAITING_METRIC}{{{ns_label}="{parent.namespace}",{md_label}="{parent.name}"}})'
+    threshold = (scaling.effective_target if scaling.metric == ScalingMetric.REQUESTS_WAITING
+                 else DEFAULT_TARGET[ScalingMetric.REQUESTS_WAITING])
+    return {"type": "prometheus", "name": "gateway-waiting", "metricType": "AverageValue", "metadata": {
+        "serverAddress": prometheus_url, "query": query, "threshold": threshold, "activationThreshold": "0"}}
 
 
 def build_scaling(parent: Parent, spec: ModelDeploymentSpec, settings: OperatorSettings,

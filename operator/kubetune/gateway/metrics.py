@@ -3,6 +3,8 @@
     kubetune_gateway_requests_total{namespace,model,endpoint,code}       inference requests answered
     kubetune_gateway_tokens_total{namespace,model,type}                  prompt/completion tokens, from `usage`
     kubetune_gateway_upstream_seconds{endpoint}                          time to the upstream's response headers
+    kubetune_gateway_requests_waiting{deployment_namespace,modeldeployment}  requests held for a ModelDeployment
+                                                                         with no ready replica (wakes KEDA from 0)
     kubetune_finetunejob_gpu_seconds{namespace,job,model}                status.gpuSeconds of gateway jobs
     kubetune_finetunejob_trained_tokens{namespace,job,model}             status.progress.trainedTokens of them
 
@@ -17,6 +19,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from ..api.scaling import GATEWAY_WAITING_LABELS, GATEWAY_WAITING_METRIC
+
 disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -27,6 +31,9 @@ TOKENS = Counter("kubetune_gateway_tokens_total", "Tokens of answered inference 
 UPSTREAM = Histogram("kubetune_gateway_upstream_seconds", "Seconds from receiving a request to the upstream vLLM's "
                      "response headers.", ["endpoint"], registry=REGISTRY,
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+WAITING = Gauge(GATEWAY_WAITING_METRIC, "Inference requests held for a ModelDeployment that has no ready replica "
+                "(scaled to zero, or starting), by the ModelDeployment's namespace and name: the signal that wakes a "
+                "KEDA ScaledObject from zero.", list(GATEWAY_WAITING_LABELS), registry=REGISTRY)
 GPU_SECONDS = Gauge("kubetune_finetunejob_gpu_seconds", "GPU-seconds of a gateway-created FineTuneJob (status.gpuSeconds).",
                     ["namespace", "job", "model"], registry=REGISTRY)
 TRAINED_TOKENS = Gauge("kubetune_finetunejob_trained_tokens", "Tokens trained on by a gateway-created FineTuneJob "

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from ..clients.kube import KubeError
 from ..plan.serving_entries import entry_patch
 from .app import Gateway, GatewayDep
 from .errors import OpenAIError
-from .metrics import record_job
+from .metrics import WAITING, record_job
 from .jobview import LABEL_API
 from .routing import (ANNOTATION_MODEL_DELETED, GATEWAY_ADAPTER, FineTunedName, Miss, Route, Unroutable, adapter_name,
                       job_model, parse_fine_tuned, route_adapter, route_base, succeeded)
@@ -255,34 +255,64 @@ async def delete_model(model: str, who: TenantDep, gw: GatewayDep) -> dict[str, 
 
 async def resolve(gw: Gateway, who: Tenant, model: str, wait: float = ROUTE_WAIT) -> Route:
     """Where `model` is served for this tenant; a fine-tuned model is added to its ModelDeployment if it is not yet
-    and waited for (up to `wait` s) while it loads. Raises OpenAIError: 404 (unknown, another tenant's, not
-    served), 503 (no ModelDeployment, not ready, still loading after the wait)."""
+    and waited for (up to `wait` s) while it loads; a ModelDeployment with no ready replica (scaled to zero, or
+    starting) is waited for up to settings.coldStartSeconds (_routable). Raises OpenAIError: 404 (unknown, another
+    tenant's, not served), 503 (no ModelDeployment, not ready, still loading after the wait)."""
     SEEN_TENANTS.add(who.namespace)
-    deadline = time.monotonic() + wait
     if _base_allowed(gw, who, model):
         if gw.settings.base_models[model].serving is None:
             raise OpenAIError(404, f"The model `{model}` is offered for fine-tuning only: no deployment serves it.",
                               param="model", code="model_not_found")
-        return _routed(model, route_base(await deployment(gw, model, MD_TTL)))
+        return await _routable(gw, model, model, route_base, wait)
     if parse_fine_tuned(model) is None:
-        return await _platform_adapter(gw, who, model)
+        found = (await platform_adapters(gw, who)).get(model)
+        if found is None:
+            raise model_not_found(model)
+        return await _routable(gw, model, found[0], lambda md: route_adapter(md, model), wait)
     name, ftj = await _own_job(gw, who, model, cached=True)
     if gw.settings.base_models[name.base].serving is None:
         raise OpenAIError(404, f"The model `{model}` is not served: its base model `{name.base}` is offered for "
                           "fine-tuning only.", param="model", code="model_not_found")
     adapter = adapter_name(name.namespace, name.job)
-    ttl = MD_TTL
-    while True:
-        md = await deployment(gw, name.base, ttl)
-        found = route_adapter(md, adapter)
-        if isinstance(found, Route):
-            return found
-        if md is not None:
-            await serve(gw, ftj, md)
-        ttl = 0.0  # not routable from what was cached: read fresh from now on
-        if found.miss != Miss.LOADING or time.monotonic() >= deadline:
-            return _routed(model, found)
-        await asyncio.sleep(0.25)
+    return await _routable(gw, model, name.base, lambda md: route_adapter(md, adapter), wait,
+                           on_miss=lambda md: serve(gw, ftj, md))
+
+
+async def _routable(gw: Gateway, model: str, base: str, route: Callable[[dict[str, Any] | None], Route | Unroutable],
+                    wait: float, on_miss: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> Route:
+    """Route `model` on the ModelDeployment serving `base`. An adapter still loading (Miss.LOADING) is waited for up
+    to `wait` s, reading the ModelDeployment fresh every 0.25 s. A ModelDeployment with no ready replica
+    (Miss.NOT_READY: KEDA scaled it to zero, or its pods are starting) holds the request up to
+    settings.coldStartSeconds, reading it every 0.5 s through the MD_TTL cache (many held requests, one read a
+    second), and counts it in GATEWAY_WAITING_METRIC while it waits: that is what wakes a ScaledObject at zero
+    (builders.scaling.wake_trigger). `on_miss(md)` runs on every miss (adding an API job's adapter to it)."""
+    ref = gw.settings.base_models[base].serving
+    assert ref is not None
+    started = time.monotonic()
+    ttl, held = MD_TTL, None
+    try:
+        while True:
+            md = await deployment(gw, base, ttl)
+            found = route(md)
+            if isinstance(found, Route):
+                return found
+            if on_miss is not None and md is not None:
+                await on_miss(md)
+            if found.miss == Miss.NOT_READY:
+                if held is None:
+                    held = WAITING.labels(ref.namespace, ref.name)
+                    held.inc()
+                deadline, pause, ttl = gw.settings.cold_start_seconds, 0.5, MD_TTL
+            elif found.miss == Miss.LOADING:
+                deadline, pause, ttl = wait, 0.25, 0.0  # not routable from what was cached: read fresh from now on
+            else:
+                return _routed(model, found)
+            if time.monotonic() - started >= deadline:
+                return _routed(model, found)
+            await asyncio.sleep(pause)
+    finally:
+        if held is not None:
+            held.dec()
 
 
 async def platform_adapters(gw: Gateway, who: Tenant) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -298,13 +328,6 @@ async def platform_adapters(gw: Gateway, who: Tenant) -> dict[str, tuple[str, di
             if not GATEWAY_ADAPTER.match(entry.get("name") or "ft-0000000000-"):
                 found.setdefault(entry["name"], (base, md))  # type: ignore[arg-type]
     return found
-
-
-async def _platform_adapter(gw: Gateway, who: Tenant, model: str) -> Route:
-    found = (await platform_adapters(gw, who)).get(model)
-    if found is None:
-        raise model_not_found(model)
-    return _routed(model, route_adapter(found[1], model))
 
 
 def _routed(model: str, found: Route | Unroutable) -> Route:

@@ -132,6 +132,8 @@ def route_adapter(md: dict[str, Any] | None, adapter: str, draw: Callable[[], fl
     newer one is Gated or loading; its canary gets its weight's share of the requests (pick_version)."""
     if md is None:
         return Unroutable(Miss.NO_DEPLOYMENT, "the ModelDeployment serving its base model does not exist")
+    if not (md.get("status") or {}).get("readyReplicas"):  # scaled to zero or starting: no adapter is loaded anywhere
+        return _ready(md, adapter)
     entry = next((a for a in (md.get("status") or {}).get("adapters") or [] if a.get("name") == adapter), None)
     if entry is None:
         return Unroutable(Miss.LOADING, "it is being added to its ModelDeployment")

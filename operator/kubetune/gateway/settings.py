@@ -3,6 +3,7 @@
     keysNamespace: kubetune-system          # where the API-key Secrets live (the gateway's own namespace)
     filesUri: s3://kubetune-files/gateway   # uploaded files: <filesUri>/<tenant namespace>/<file id>/...
     maxFileBytes: 536870912                  # an upload larger than this is refused (413)
+    coldStartSeconds: 300                    # a request waits this long for a ModelDeployment with no ready replica
     baseModels:                              # the names `model=` accepts, and what each one is
       smollm2-135m:
         uri: s3://models/smollm2-135m-instruct
@@ -56,6 +57,11 @@ class GatewaySettings(KubeModel):
                            max_length=1024)
     max_file_bytes: int = Field(default=512 * 1024**2, description="Largest accepted upload.", ge=1, le=MAX_FILE_BYTES)
     base_models: dict[str, BaseModelEntry] = Field(default_factory=dict, description="name -> base model.")
+    cold_start_seconds: int = Field(
+        default=300, ge=0, le=3600,
+        description="How long an inference request waits for a ModelDeployment with no ready replica (scaled to zero "
+        "by KEDA, or starting) before a 503; while it waits it counts in kubetune_gateway_requests_waiting, which "
+        "wakes the ModelDeployment (docs/scaling.md). 0: answer 503 at once.")
     job: dict[str, Any] = Field(default_factory=dict,
                                 description="Merged into every API-created FineTuneJob's spec (output, storage, ...).")
 
