@@ -111,3 +111,16 @@ def test_bad_gateway_values_are_rejected(bad, where):
 def test_missing_values_fail_the_render_naming_them(bad, message):
     with pytest.raises(helm.HelmRenderError, match=message):
         render({"gateway": {**GATEWAY, **bad}})
+
+
+def test_service_monitor_scrapes_the_gateway_with_metrics_service_monitor():
+    """metrics.serviceMonitor also scrapes the gateway's /metrics (kubetune_gateway_requests_waiting wakes a
+    ModelDeployment at zero: docs/scaling.md); the operator keeps its own."""
+    values = {**VALUES, "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}}
+    monitor = one(gw_objects(values), "ServiceMonitor")
+    service = one(gw_objects(values), "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    assert len(find(objects(values), "ServiceMonitor")) == 2 and find(gw_objects(), "ServiceMonitor") == []
