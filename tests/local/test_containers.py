@@ -16,10 +16,12 @@ from kubetune_local.containers import SERVICE_ACCOUNT_DIR, UnsupportedPodSpec, p
 from kubetune_local.run import OPERATOR_DEPLOYMENT, OPERATOR_RBAC_VALUES
 
 from ..chart.helm import find, objects
-from ..examples.test_examples import CUSTOM, built_children, load, platform_settings
+from ..examples.test_examples import WORKLOADS, built_children, load, platform_settings
 from ..security.pss import pod_spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 def built_pod_specs(doc: dict, settings: OperatorSettings) -> list[dict]:
     """The pod specs the operator's real builders make for a manifest (a LeaderWorkerSet's leader and worker)."""
     children = built_children(doc, settings)
@@ -32,9 +34,10 @@ def gpus_asked(spec: dict) -> int:
     return max(int((ctr.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0)) for ctr in spec["containers"])
 
 
-@pytest.mark.parametrize("name", CUSTOM)
+@pytest.mark.parametrize("name", WORKLOADS)
 def test_every_example_pod_spec_maps_to_container_options(name):
-    """On a node with the GPUs it asks for; GPU-less pods also on a node with none."""
+    """On a node with the GPUs it asks for; GPU-less pods also on a node with none. (FineTuneTemplates build no
+    pods: a job naming one is built with it applied.)"""
     specs = built_pod_specs(load(name), platform_settings())
     assert specs
     for spec in specs:
