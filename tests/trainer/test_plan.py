@@ -27,7 +27,7 @@ def common(**overrides):
         logging_first_step=True, save_strategy="steps", save_steps=100, save_total_limit=1, eval_strategy="steps",
         eval_steps=100, include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
         use_cpu=True, bf16=False, activation_checkpointing=False, activation_checkpointing_kwargs=None,
-        dataloader_pin_memory=False,
+        dataloader_pin_memory=False, ddp_timeout=1800,
     )
     values.update(overrides)
     return values
@@ -163,3 +163,12 @@ def test_orpo_and_kto_defaults_and_options():
     assert {k: kto.summary[k] for k in ("trainer", "beta", "desirableWeight", "undesirableWeight", "lossType")} == {
         "trainer": "kto", "beta": "0.2", "desirableWeight": "1.33", "undesirableWeight": "1.0",
         "lossType": "apo_zero_unpaired"}
+
+
+def test_distributed_timeout_covers_rank_0_generating_for_the_task_evaluation():
+    """With spec.evaluation, rank 0 alone generates while the other ranks wait in a barrier (evaluate.py): the
+    collective timeout outlasts twice its time budget (base model and result) plus a margin."""
+    assert plan_training(spec(), CPU).args["ddp_timeout"] == 1800
+    long = spec(evaluation={"timeBudgetSeconds": 3600})
+    assert plan_training(long, CPU).args["ddp_timeout"] == 2 * 3600 + 600
+    assert plan_training(spec(evaluation={"timeBudgetSeconds": 60}), CPU).args["ddp_timeout"] == 1800

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune.api.common import parse_hf_uri
 from kubetune.api.finetunejob import Evaluation, PublishedAdapter
@@ -34,10 +34,12 @@ from kubetune.api.termination import TerminationReport
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune_storage import Store
 
-from .early_stopping import Selection
 from .evaluate import EvalOutcome, model_card_section, with_task_figures, write_eval_files
 from .losscurve import loss_curve_png
 from .report import stage_report
+
+if TYPE_CHECKING:  # early_stopping imports transformers: publishing needs only the type
+    from .early_stopping import Selection
 
 log = logging.getLogger(__name__)
 
