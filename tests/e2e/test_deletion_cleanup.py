@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from .harness import Cluster, running, wait_for
 from .rbac import OPERATOR_USER
 
@@ -65,6 +67,14 @@ def settled(snapshot: Any, quiet: float = 3.0, timeout: float = 60.0) -> Any:
 
 
 def test_deleted_owners_leave_no_children_and_the_operator_creates_none_after(cluster, operator, emulator):
+    def gone(path: str) -> None:
+        """Delete by hand; already collected by the garbage collector is fine."""
+        try:
+            cluster.raw("DELETE", path)
+        except ApiException as exc:
+            assert exc.status == 404, exc
+
+
     names = [f"tune-{i}" for i in range(N)]
     for name in names:
         cluster.create_ftj(name, SPEC)
@@ -84,18 +94,19 @@ def test_deleted_owners_leave_no_children_and_the_operator_creates_none_after(cl
         **{f"FineTuneJob/{n}": FTJ_KINDS for n in names}, "ModelDeployment/chat": MD_KINDS}
 
     # Delete them all at once, the ModelDeployment first (so that no live ModelDeployment reacts to the
-    # FineTuneJobs' deletion). Each owner's workload goes a moment before the owner itself (`kubectl delete job
-    # x; kubectl delete ftj x`): its DELETED event reaches the operator first, and kopf handles an event only
-    # after its batch window (0.1 s), by when the owner is long gone, but maybe not yet from the operator's
-    # index. The garbage collection of the other children queues their DELETED events behind or ahead of the
-    # owner's own.
+    # FineTuneJobs' deletion). Each owner goes first and its workload right after, by hand, racing the garbage
+    # collector (`kubectl delete ftj x; kubectl delete job x`): the workload's DELETED event reaches the operator
+    # when its owner is already gone from the API server, but maybe not yet from the operator's index. The garbage
+    # collection of the other children queues their DELETED events behind or ahead of the owner's own. (The other
+    # order, workload first, would let a slow machine see the owner still alive when the workload's event is
+    # handled; the operator then re-creates the workload, rightly: a Job deleted by hand is run again.)
     since = cluster.raw("GET", CHILDREN["configmaps"])["metadata"]["resourceVersion"]
     mark = len(emulator.requests)
-    cluster.raw("DELETE", "/apis/apps/v1/namespaces/default/deployments/chat-vllm")
     cluster.raw("DELETE", "/apis/kubetune.io/v1alpha1/namespaces/default/modeldeployments/chat")
+    gone("/apis/apps/v1/namespaces/default/deployments/chat-vllm")
     for name in names:
-        cluster.raw("DELETE", f"/apis/batch/v1/namespaces/default/jobs/{name}-train")
         cluster.raw("DELETE", f"/apis/kubetune.io/v1alpha1/namespaces/default/finetunejobs/{name}")
+        gone(f"/apis/batch/v1/namespaces/default/jobs/{name}-train")
 
     def operator_writes() -> list[str]:
         return [f"{r.method} {r.path}" for r in emulator.requests[mark:]
