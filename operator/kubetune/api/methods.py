@@ -64,20 +64,17 @@ class KTOOptions(KubeModel):
 @dataclass(frozen=True)
 class CheckpointMetric:
     """A figure the method's TRL trainer reports at every evaluation on the held-out data (one per checkpoint),
-    under the name transformers' Trainer gives it: what hyperparameters.earlyStopping.metric may name."""
+    under the name transformers' Trainer gives it: what hyperparameters.earlyStopping.metric may name
+    (docs/hyperparameters.md#early-stopping says what each means)."""
 
     name: str  # e.g. eval_loss
     higher_is_better: bool
-    means: str  # for people: CRD and docs text
 
 
-EVAL_LOSS = CheckpointMetric("eval_loss", False, "the held-out loss (lower is better)")
-TOKEN_ACCURACY = CheckpointMetric("eval_mean_token_accuracy", True, "the share of held-out answer tokens the model "
-                                  "predicts as its top choice (higher is better)")
-REWARD_ACCURACY = CheckpointMetric("eval_rewards/accuracies", True, "the share of held-out pairs whose chosen answer "
-                                   "gets the higher implicit reward (higher is better)")
-REWARD_MARGIN = CheckpointMetric("eval_rewards/margins", True, "the mean implicit reward margin of chosen over "
-                                 "rejected answers on held-out pairs (higher is better)")
+EVAL_LOSS = CheckpointMetric("eval_loss", False)  # the token loss (sft, cpt) or the preference loss
+TOKEN_ACCURACY = CheckpointMetric("eval_mean_token_accuracy", True)  # answer tokens predicted as the top choice
+REWARD_ACCURACY = CheckpointMetric("eval_rewards/accuracies", True)  # pairs whose chosen answer gets the higher reward
+REWARD_MARGIN = CheckpointMetric("eval_rewards/margins", True)  # mean implicit reward margin, chosen over rejected
 
 
 @dataclass(frozen=True)
