@@ -352,10 +352,18 @@ class Tracking:
             return
         self._finished = True
         status = "FINISHED" if error is None else "KILLED" if isinstance(error, Preempted) else "FAILED"
-        if (backend := self._live("mlflow")) is not None and self.mlflow_run:
+        if self.mlflow_run:
             import mlflow
 
-            backend.call("end", mlflow.end_run, status)
+            if (backend := self._live("mlflow")) is not None:
+                backend.call("end", mlflow.end_run, status)
+            else:
+                # The backend failed (the server is gone): end the run here all the same, with this run's short
+                # client retries. end_run drops it from MLflow's active runs before it calls the server; left
+                # there, MLflow's atexit handler would retry it with the default retries and hold the trainer's
+                # exit for minutes.
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status)
         if (backend := self._live("wandb")) is not None and self.wandb_run is not None and not self.wandb_done:
             backend.call("end", self.wandb_run.finish, exit_code=0 if error is None else 1)
         for name in self._env_set:
