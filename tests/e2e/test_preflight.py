@@ -97,7 +97,9 @@ def test_preflight_runs_first_without_a_gpu_or_the_queue_then_the_training_job(c
     waiting = cluster.wait_condition("bot", "Running", "False", "Validating")
     assert "no GPU is requested" in waiting["message"]
     assert cluster.condition("bot", "DataValidated")["status"] == "Unknown"
-    assert cluster.ftj("bot")["status"]["preflightJobName"] == "bot-preflight"
+    # the status that first says Validating was derived before the new pre-flight Job reached the operator's index;
+    # the Job's own event writes its name (eventually consistent: wait for it, do not read it once)
+    assert wait_for(lambda: cluster.ftj("bot")["status"].get("preflightJobName"), what="status.preflightJobName") == "bot-preflight"
 
     _play_preflight(cluster, "bot", "bot-preflight-p1", 0, _passed())
     train = wait_for(lambda: cluster.job("bot-train"), what="the training Job, after the pre-flight passed")
