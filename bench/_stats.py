@@ -46,6 +46,23 @@ def pin_threads(threads: int, cpus: str) -> str:
     return f"torch threads {torch.get_num_threads()}, affinity {affinity}"
 
 
+def trainer_bench(threads: int, cpus: str, prefix: str, metrics_port: str = "0") -> tuple[str, "Path", "Path"]:
+    """The set-up every trainer bench shares: threads pinned (pin_threads), a scratch folder, the trainer's
+    termination log and metrics port there, the libraries quiet, and the tiny model built in it.
+    Returns (what pin_threads set, the scratch folder, the tiny model's folder)."""
+    import tempfile
+    from pathlib import Path
+
+    pinned = pin_threads(threads, cpus)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.setdefault("KUBETUNE_TERMINATION_LOG", str(tmp / "termination-log"))
+    os.environ.setdefault("KUBETUNE_METRICS_PORT", metrics_port)
+    quiet_libraries()
+    from tests.fixtures.tiny_model import build_tiny_model
+
+    return pinned, tmp, build_tiny_model(tmp / "model")
+
+
 def quiet_libraries() -> None:
     """Warnings, progress bars and INFO logs of the libraries off: only the bench's figures print."""
     import logging

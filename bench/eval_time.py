@@ -21,13 +21,12 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _stats import Goal, interleaved, pin_threads, quiet_libraries, report  # noqa: E402
+from _stats import Goal, interleaved, report, trainer_bench  # noqa: E402
 
 WORDS = ["cat", "dog", "bird", "fish", "tree", "sun", "moon", "star", "sea", "river", "sky", "flower"]
 ADJECTIVES = ["fast", "slow", "big", "small", "green", "red", "blue", "white"]
@@ -69,15 +68,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch/OMP/MKL threads, the same for both")
     parser.add_argument("--cpus", default="auto", help="CPU affinity: auto (the last --threads CPUs), none, or 0,1,...")
     args = parser.parse_args()
-    pinned = pin_threads(args.threads, args.cpus)
-    tmp = Path(tempfile.mkdtemp(prefix="kt-bench-eval-"))
-    os.environ.setdefault("KUBETUNE_TERMINATION_LOG", str(tmp / "termination-log"))
-    os.environ.setdefault("KUBETUNE_METRICS_PORT", "0")
-    quiet_libraries()
+    pinned, tmp, model_dir = trainer_bench(args.threads, args.cpus, "kt-bench-eval-")
     from tests.fixtures.tiny_data import write_jsonl
-    from tests.fixtures.tiny_model import build_tiny_model
-
-    model_dir = build_tiny_model(tmp / "model")
     pairs = prompts(args.prompts)
     train = write_jsonl(tmp / "train.jsonl", [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
                                               for q, a in prompts(256)])

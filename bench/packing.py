@@ -31,13 +31,12 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _stats import (Goal, interleaved, pin_threads, quiet_libraries, report, report_cpu_share,  # noqa: E402
+from _stats import (Goal, interleaved, report, report_cpu_share, trainer_bench,  # noqa: E402
                     step_timer, timing_kubetune_trainer)
 
 LABELS = {"none": "no packing", "kubetune": "packing (kubetune)", "trl-flat": "packing (TRL flat)"}
@@ -92,15 +91,8 @@ def main() -> None:
     settings = args.settings.split(",")
     if settings[0] != "none" or not set(settings) <= set(LABELS):
         raise SystemExit(f"--settings: 'none' first, then any of {', '.join(list(LABELS)[1:])}")
-    pinned = pin_threads(args.threads, args.cpus)
-    tmp = Path(tempfile.mkdtemp(prefix="kt-bench-packing-"))
-    os.environ.setdefault("KUBETUNE_TERMINATION_LOG", str(tmp / "termination-log"))
-    os.environ.setdefault("KUBETUNE_METRICS_PORT", "off")
-    quiet_libraries()
+    pinned, tmp, model_dir = trainer_bench(args.threads, args.cpus, "kt-bench-packing-", "off")
     from tests.fixtures.tiny_data import write_jsonl
-    from tests.fixtures.tiny_model import build_tiny_model
-
-    model_dir = build_tiny_model(tmp / "model")
     records = chat_data(args.examples)
     train = write_jsonl(tmp / "train.jsonl", records)
     warmup = write_jsonl(tmp / "warmup.jsonl", records[:WARMUP_EXAMPLES])

@@ -28,13 +28,12 @@ import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _stats import (Goal, interleaved, pin_threads, quiet_libraries, report, report_cpu_share,  # noqa: E402
+from _stats import (Goal, interleaved, report, report_cpu_share, trainer_bench,  # noqa: E402
                     step_timer, timing_kubetune_trainer)
 
 INTERVAL = 50
@@ -103,15 +102,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch/OMP/MKL threads, the same for both")
     parser.add_argument("--cpus", default="auto", help="CPU affinity: auto (the last --threads CPUs), none, or 0,1,...")
     args = parser.parse_args()
-    pinned = pin_threads(args.threads, args.cpus)
-    tmp = Path(tempfile.mkdtemp(prefix="kt-bench-overhead-"))
-    os.environ.setdefault("KUBETUNE_TERMINATION_LOG", str(tmp / "termination-log"))
-    os.environ.setdefault("KUBETUNE_METRICS_PORT", "0")
-    quiet_libraries()
+    pinned, tmp, model_dir = trainer_bench(args.threads, args.cpus, "kt-bench-overhead-")
     from tests.fixtures.tiny_data import chat_records, write_jsonl
-    from tests.fixtures.tiny_model import build_tiny_model
-
-    model_dir = build_tiny_model(tmp / "model")
     records = chat_records(256)
     train_file = write_jsonl(tmp / "train.jsonl", records)
 
