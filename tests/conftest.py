@@ -31,7 +31,32 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("images")]
 
 
+def _where_it_failed(report, frames: int = 8) -> list[str]:
+    """The innermost frames of a failed test's traceback, one `path:line: message` line each."""
+    chain = getattr(report.longrepr, "chain", None)
+    if not chain:
+        return []
+    traceback, crash, _ = chain[-1]
+    lines = []
+    for entry in getattr(traceback, "reprentries", [])[-frames:]:
+        loc = getattr(entry, "reprfileloc", None)
+        if loc is not None:
+            lines.append(f"    {loc.path}:{loc.lineno}")
+    if crash is not None:
+        lines.append(f"    -> {crash.message.splitlines()[0][:300] if crash.message else ''}")
+    return lines
+
+
 def pytest_terminal_summary(terminalreporter):
+    """Where each failure happened, compactly: a CI log keeps only its tail, which the full tracebacks
+    printed above it would push out. Then the images note."""
+    failed = terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
+    if failed:
+        terminalreporter.section("where the failures happened (innermost frames)")
+        for report in failed[:12]:
+            terminalreporter.write_line(f"{report.nodeid} ({report.when})")
+            for line in _where_it_failed(report):
+                terminalreporter.write_line(line)
     from tests.images.conftest import images_selected
 
     if not images_selected():
