@@ -136,9 +136,18 @@ def _plan(body: Any, settings: OperatorSettings, seen: Seen) -> TrainingPlan:
 
 
 def seen_created(seen: Seen, planned: TrainingPlan, created: dict[str, dict[str, Any]]) -> Seen:
-    """The training Job this pass created, as trainer_jobs will index it: the status written now says it exists."""
-    job = created.get("Job") if planned.create_job else None
-    return replace(seen, job=_slim(job, *JOB_SPEC_KEYS)) if job is not None else seen
+    """The Job this pass created (the training Job, or the pre-flight Job), as trainer_jobs or preflight_jobs will
+    index it: the status written now says it exists (and names the pre-flight Job), so its ADDED event finds
+    nothing left to write."""
+    job = created.get("Job")
+    if job is None:
+        return seen
+    component = (job["metadata"].get("labels") or {}).get(c.LABEL_COMPONENT)
+    if component == c.COMPONENT_TRAINER and planned.create_job:
+        return replace(seen, job=_slim(job, *JOB_SPEC_KEYS))
+    if component == c.COMPONENT_PREFLIGHT and planned.create_preflight:
+        return replace(seen, preflight_job=_slim(job, *JOB_SPEC_KEYS))
+    return seen
 
 
 TRAINING = Controller("FineTuneJob", observe, _plan, _build, derive, act, seen_created)

@@ -45,7 +45,8 @@ class Controller:
     raises SpecError for an invalid spec; `derive(body, plan or None, observed, previous, error)` returns the status;
     `act(body, plan, observed, created)` (optional) moves what apply does not: a Job's suspend, a cancel;
     `seen_created(observed, plan, created)` (optional) is what observe will read once the children this pass created
-    reach the indexes, so that the status written now already says so (one write, not a second one on their event)."""
+    reach the indexes; the status written now is derived from it, planned again, so it already says so (one write,
+    not a second one on their event)."""
 
     kind: str
     observe: Callable[[Any, dict[str, Any], dict[str, Any]], Awaitable[Any]]
@@ -79,7 +80,9 @@ async def reconcile(ctl: Controller, body: Any, indexes: dict[str, Any], *, appl
             if ctl.act is not None:
                 await ctl.act(body, plan, observed, created)
             if created and ctl.seen_created is not None:
+                # plan again on what observe will read once the new children reach the indexes (the plan is pure)
                 observed = ctl.seen_created(observed, plan, created)
+                plan = ctl.plan(body, rt.settings, observed)
         await write_status(body, previous, ctl.derive(body, plan, observed, previous, None))
         return plan
 
