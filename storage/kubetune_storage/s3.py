@@ -8,6 +8,9 @@ $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY (else boto3's own chain). They never a
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +67,21 @@ def s3_errors(action: str, uri: str):
         raise StorageError(f"cannot {action} {uri}: {exc}") from None
 
 
+def _own_context(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an S3 call in a private copy of the caller's context variables. botocore sets a ContextVar on entry to
+    every client call and resets it on exit (botocore.context). A CI run once failed every S3 call of a stretch of
+    tests, each with `LookupError: <ContextVar name='_context'>`: that reset found the variable gone, which no
+    sequence of set and reset in one context can do. The likely cause is CPython's open gh-148891 (a finalizer run
+    by the garbage collector inside ContextVar.set re-enters it and corrupts that context's variables). In a copy
+    of its own, a call's set and reset never touch the caller's context, and what goes wrong ends with the call.
+    """
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return contextvars.copy_context().run(method, *args, **kwargs)
+
+    return run
+
+
 @register
 class S3Store(Store):
     schemes = ("s3",)
@@ -88,6 +106,7 @@ class S3Store(Store):
     def _key(self, rel: str) -> str:
         return "/".join(x for x in (self.prefix, clean_rel(rel, self.uri)) if x)
 
+    @_own_context
     def list(self, rel: str = "") -> list[str]:
         key = self._key(rel)
         out = []
@@ -100,23 +119,28 @@ class S3Store(Store):
                         out.append(name[len(self.prefix):].lstrip("/") if self.prefix else name)
         return sorted(out)
 
+    @_own_context
     def download(self, rel: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with s3_errors("download", self.uri_of(rel)):
             self.client.download_file(self.bucket, self._key(rel), str(dest))
 
+    @_own_context
     def read_bytes(self, rel: str = "") -> bytes:
         with s3_errors("read", self.uri_of(rel)):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()
 
+    @_own_context
     def upload(self, src: Path, rel: str) -> None:
         with s3_errors("upload to", self.uri_of(rel)):
             self.client.upload_file(str(src), self.bucket, self._key(rel))
 
+    @_own_context
     def write_bytes(self, rel: str, data: bytes) -> None:
         with s3_errors("write", self.uri_of(rel)):
             self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
 
+    @_own_context
     def delete(self, rels: list[str]) -> None:
         keys = [self._key(r) for r in rels]
         with s3_errors("delete from", self.uri):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,21 @@ def test_s3_store(s3_server, s3_bucket, tmp_path: Path):
     assert store.local_folder(tmp_path / "model") == folder  # complete: not downloaded again
     with pytest.raises(NotFound, match=r"s3://.*/none: no files under that prefix"):
         open_store(f"s3://{s3_bucket}/none", s3_server.env).local_folder(tmp_path / "none")
+
+
+def test_s3_calls_run_in_a_context_of_their_own(s3_server, s3_bucket):
+    """What is set in context variables during an S3 call (botocore's per-call state, or a hook's) stays out of the
+    caller's context (kubetune_storage.s3._own_context says why)."""
+    during = contextvars.ContextVar("set_during_the_call")
+    store = open_store(f"s3://{s3_bucket}/ctx", s3_server.env)
+
+    def hook(**_: object) -> None:  # returning nothing: the call goes on
+        during.set("inside")
+
+    store.client.meta.events.register("before-call.s3.*", hook)
+    store.write_bytes("a.txt", b"1")
+    assert store.list("") == ["a.txt"] and store.read_bytes("a.txt") == b"1"
+    assert during.get(None) is None
 
 
 def test_s3_errors_say_whose_fault(s3_server, s3_bucket):
