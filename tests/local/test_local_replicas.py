@@ -79,7 +79,9 @@ def test_two_replicas_each_load_every_adapter_and_a_restarted_replica_catches_up
         early = [(a["state"], a.get("replicasLoaded")) for s in seen for a in s.get("adapters") or []]
         assert ("Ready", "2/2") in early and all(loaded == "2/2" for state, loaded in early if state == "Ready"), early
         assert any(state == "Loading" and loaded in ("0/2", "1/2") for state, loaded in early), early
-        assert obj["status"]["readyReplicas"] == 2
+        # Ready needs one ready replica and every adapter on every pod (the sidecars' reports); readyReplicas is the
+        # Deployment's status, which the Deployment controller updates after the pods' readiness: a moment later
+        obj = _until(lr, "both replicas ready", lambda o: (o.get("status") or {}).get("readyReplicas") == 2, seen)
         objects = {p["metadata"]["name"]: p for p in lr.emu.list("", "v1", "pods", "default")}
         assert sorted(objects) == pods
         assert all((condition(p, "Ready") or {}).get("status") == "True" for p in objects.values())
