@@ -174,7 +174,14 @@ def _usage(args: argparse.Namespace) -> int:
         print(f"kubetune usage: {exc}", file=sys.stderr)
         return 2
     where = f"/namespaces/{args.namespace}" if args.namespace else ""
-    ftjs = asyncio.run(Kube().request("GET", f"/apis/kubetune.io/v1alpha1{where}/finetunejobs")).get("items") or []
+    async def list_jobs() -> list:
+        kube = Kube()
+        try:
+            return (await kube.request("GET", f"/apis/kubetune.io/v1alpha1{where}/finetunejobs")).get("items") or []
+        finally:
+            await kube.close()
+
+    ftjs = asyncio.run(list_jobs())
     tokens: dict = {}
     note = ""
     if args.prometheus:

@@ -18,7 +18,9 @@ Raise kubetune.gateway.errors.OpenAIError (or its helpers) for any error: the cl
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -54,7 +56,15 @@ GatewayDep = Annotated[Gateway, Depends(gateway)]
 
 def create_app(settings: GatewaySettings, kube: Kube | None = None, storage: Storage | None = None) -> FastAPI:
     kube = kube or Kube()
-    app = FastAPI(title="kubetune gateway", version="v1", docs_url=None, redoc_url=None,
+
+    @contextlib.asynccontextmanager
+    async def close_kube(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await kube.close()  # the API client's connections in the serving loop
+
+    app = FastAPI(title="kubetune gateway", version="v1", docs_url=None, redoc_url=None, lifespan=close_kube,
                   summary="OpenAI-compatible fine-tuning and inference on kubetune.")
     app.state.gateway = Gateway(settings=settings, kube=kube, storage=storage or Storage(),
                                 keys=KeyStore(kube, settings.keys_namespace))

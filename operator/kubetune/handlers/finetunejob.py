@@ -45,13 +45,13 @@ def _slim(body: Any, *spec_keys: str) -> dict[str, Any]:
 
 
 @kopf.index(*FTJ)
-def finetunejobs(body: Any, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+async def finetunejobs(body: Any, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
     return {(namespace, label_value(name)): body}
 
 
 def _child_index(resource: tuple[str, str, str], labels: dict[str, str], spec_keys: tuple[str, ...], name: str) -> None:
     """kopf index `name`: the children of `resource` with `labels`, by (namespace, FineTuneJob label)."""
-    def index(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
+    async def index(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[c.LABEL_FINETUNEJOB]): _slim(body, *spec_keys)}
 
     kopf.index(*resource, labels=labels, id=name)(index)
@@ -236,6 +236,6 @@ async def preflight_changed(type: str, body: Any, labels: dict[str, str], namesp
 
 
 @kopf.on.event(*FTJ, when=deleted)
-def finetunejob_event(type: str, uid: str, **_: Any) -> None:
+async def finetunejob_event(type: str, uid: str, **_: Any) -> None:
     if type == "DELETED":
         runtime().forget(uid)

@@ -41,22 +41,22 @@ def _part(body: Any, *keys: str) -> dict[str, Any]:
 
 
 @kopf.index(*MD)
-def modeldeployments(body: Any, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+async def modeldeployments(body: Any, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
     return {(namespace, label_value(name)): body}
 
 
 @kopf.index("apps", "v1", "deployments", labels=SERVING)
-def serving_deployments(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
+async def serving_deployments(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[c.LABEL_MODELDEPLOYMENT]): _part(body, "metadata", "spec", "status")}
 
 
 @kopf.index("", "v1", "pods", labels=SERVING)
-def serving_pods(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
+async def serving_pods(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[c.LABEL_MODELDEPLOYMENT]): _part(body, "metadata", "spec", "status")}
 
 
 @kopf.index("", "v1", "configmaps", labels=SERVING)
-def serving_configmaps(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
+async def serving_configmaps(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[c.LABEL_MODELDEPLOYMENT]): _part(body, "metadata", "data")}
 
 
@@ -179,6 +179,6 @@ async def poll_gates(body: Any, **kwargs: Any) -> None:
 
 
 @kopf.on.event(*MD, when=deleted)
-def modeldeployment_event(type: str, uid: str, **_: Any) -> None:
+async def modeldeployment_event(type: str, uid: str, **_: Any) -> None:
     if type == "DELETED":
         runtime().forget(uid)

@@ -41,7 +41,7 @@ def _entry(body: Any, namespace: str, labels: dict[str, str]) -> dict[Any, Any]:
 def _register(kind: str) -> None:
     index, group, version, plural = INDEXED[kind]
 
-    def indexer(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
+    async def indexer(body: Any, namespace: str, labels: dict[str, str], **_: Any) -> dict[Any, Any]:
         return _entry(body, namespace, labels)
 
     indexer.__name__ = indexer.__qualname__ = index  # the kopf index is named after its function

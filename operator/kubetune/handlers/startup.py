@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from ..api import constants as c
-from .runtime import reset
+from .runtime import reset, runtime
 from .scaling import CHILD_RESOURCES as SCALING_RESOURCES
 
 
@@ -37,5 +37,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # One asyncio worker per object with pending events, unlimited: a worker lingers for kopf's idle
     # timeout (5 s) after its last event, so a cap of N made the (N+1)th new object wait seconds for
     # its Job (bench/operator_scale.py burst: p50 6.9 s with a cap of 64, 1.3 s without). API
-    # concurrency stays bounded by the client's thread pool (clients/kube.py WORKERS).
+    # concurrency stays bounded by the client's connection pool (clients/kube.py WORKERS).
     settings.queueing.worker_limit = None
+
+
+@kopf.on.cleanup()
+async def close_client(**_: Any) -> None:
+    """The API client's connections (kopf's own are kopf's)."""
+    await runtime().kube.close()
