@@ -5,9 +5,9 @@ timeouts, bounded retries on transient errors, a bounded connection pool per eve
 come from the official `kubernetes` client's configuration loading (in-cluster ServiceAccount token, else
 $KUBECONFIG / ~/.kube/config: TLS, client certificates, tokens and their refresh hooks).
 
-Why not that client's own ApiClient: it is synchronous, so every call ran in a thread of a 32-thread pool.
-In a burst of creates those threads and the event loop fought over the GIL on every call, and the urllib3
-call path costs more CPU than the call itself (bench/operator_scale.py).
+Why not that client's own ApiClient: it is synchronous, so every call ran in a thread of a 32-thread pool, a
+hop there and back (and GIL handoffs) per call; a burst of creates cost the operator about 20% more CPU that way
+(bench/operator_scale.py, docs/reconcile.md).
 """
 
 from __future__ import annotations
@@ -154,11 +154,11 @@ class Kube:
             async with self._session().request(method, cfg.host + path, params=query or None, headers=headers,
                                                data=None if body is None else json.dumps(body),
                                                **self._options) as response:
-                status, data = response.status, await response.read()
+                status, phrase, data = response.status, response.reason or "", await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:  # refused / reset / timed out
             raise KubeError(0, "ConnectionFailed", str(exc) or type(exc).__name__) from None
         if status >= 400:
-            raise _error(status, data)
+            raise _error(status, phrase, data)
         return status, json.loads(data) if data else None
 
     async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
@@ -215,10 +215,10 @@ class Kube:
             return None
 
 
-def _error(status: int, data: bytes) -> KubeError:
-    """The API server's Status object (reason, message) as a KubeError; the raw body if it sent none."""
+def _error(status: int, phrase: str, data: bytes) -> KubeError:
+    """The API server's Status object (reason, message) as a KubeError; else the HTTP reason phrase and the body."""
     text = data.decode("utf-8", "replace")
-    reason, message = "", text
+    reason, message = phrase, text
     try:
         decoded = json.loads(text)
         reason, message = decoded.get("reason", reason), decoded.get("message", message)
