@@ -135,19 +135,19 @@ def _plan(body: Any, settings: OperatorSettings, seen: Seen) -> TrainingPlan:
     return plan(dict(body), settings, seen.job, seen.status, seen.preflight_job, list(seen.preflight_pods), seen.templates)
 
 
-def seen_created(seen: Seen, planned: TrainingPlan, created: dict[str, dict[str, Any]]) -> Seen:
-    """The Job this pass created (the training Job, or the pre-flight Job), as trainer_jobs or preflight_jobs will
-    index it: the status written now says it exists (and names the pre-flight Job), so its ADDED event finds
-    nothing left to write."""
+def seen_created(body: Any, seen: Seen, planned: TrainingPlan, created: dict[str, dict[str, Any]]) -> tuple[Seen, TrainingPlan]:
+    """The Job this pass created, as trainer_jobs or preflight_jobs will index it, and the plan on that: the status
+    written now says the training Job exists, or names the pre-flight Job and says it runs, so the Job's ADDED event
+    finds nothing left to write. A new training Job changes nothing derive reads of the plan; a new pre-flight Job
+    changes where the pre-flight stands, so that plan is made again (it is pure)."""
     job = created.get("Job")
-    if job is None:
-        return seen
-    component = (job["metadata"].get("labels") or {}).get(c.LABEL_COMPONENT)
-    if component == c.COMPONENT_TRAINER and planned.create_job:
-        return replace(seen, job=_slim(job, *JOB_SPEC_KEYS))
-    if component == c.COMPONENT_PREFLIGHT and planned.create_preflight:
-        return replace(seen, preflight_job=_slim(job, *JOB_SPEC_KEYS))
-    return seen
+    component = ((job or {}).get("metadata", {}).get("labels") or {}).get(c.LABEL_COMPONENT)
+    if job is not None and component == c.COMPONENT_TRAINER and planned.create_job:
+        return replace(seen, job=_slim(job, *JOB_SPEC_KEYS)), planned
+    if job is not None and component == c.COMPONENT_PREFLIGHT and planned.create_preflight:
+        seen = replace(seen, preflight_job=_slim(job, *JOB_SPEC_KEYS))
+        return seen, _plan(body, runtime().settings, seen)
+    return seen, planned
 
 
 TRAINING = Controller("FineTuneJob", observe, _plan, _build, derive, act, seen_created)

@@ -44,9 +44,9 @@ class Controller:
     """The steps of one kind. `observe(body, previous status, kopf indexes)` reads what exists; `plan(body, settings, observed)`
     raises SpecError for an invalid spec; `derive(body, plan or None, observed, previous, error)` returns the status;
     `act(body, plan, observed, created)` (optional) moves what apply does not: a Job's suspend, a cancel;
-    `seen_created(observed, plan, created)` (optional) is what observe will read once the children this pass created
-    reach the indexes; the status written now is derived from it, planned again, so it already says so (one write,
-    not a second one on their event)."""
+    `seen_created(body, observed, plan, created)` (optional) returns what observe will read once the children this pass
+    created reach the indexes, and the plan on that; the status written now is derived from them, so it already says
+    so (one write, not a second one on their event)."""
 
     kind: str
     observe: Callable[[Any, dict[str, Any], dict[str, Any]], Awaitable[Any]]
@@ -54,7 +54,7 @@ class Controller:
     build: Callable[[Any, Any, OperatorSettings], list[Child]]
     derive: Callable[[Any, Any, Any, dict[str, Any], str | None], dict[str, Any]]
     act: Callable[[Any, Any, Any, dict[str, dict[str, Any]]], Awaitable[None]] | None = None
-    seen_created: Callable[[Any, Any, dict[str, dict[str, Any]]], Any] | None = None
+    seen_created: Callable[[Any, Any, Any, dict[str, dict[str, Any]]], tuple[Any, Any]] | None = None
 
 
 async def reconcile(ctl: Controller, body: Any, indexes: dict[str, Any], *, apply: bool = True) -> Any:
@@ -80,9 +80,7 @@ async def reconcile(ctl: Controller, body: Any, indexes: dict[str, Any], *, appl
             if ctl.act is not None:
                 await ctl.act(body, plan, observed, created)
             if created and ctl.seen_created is not None:
-                # plan again on what observe will read once the new children reach the indexes (the plan is pure)
-                observed = ctl.seen_created(observed, plan, created)
-                plan = ctl.plan(body, rt.settings, observed)
+                observed, plan = ctl.seen_created(body, observed, plan, created)
         await write_status(body, previous, ctl.derive(body, plan, observed, previous, None))
         return plan
 
