@@ -179,6 +179,9 @@ def test_openai_client_end_to_end_on_the_local_stack(local_gateway):
     assert done.trained_tokens > 0 and done.finished_at is not None
     trained = time.monotonic() - started
 
+    # kopf posts the operator's Events from a queue of its own, a moment after the status that caused them: wait for it
+    wait_until(f"job {job.id}'s Completed event", lambda: any(
+        e.message.startswith("Completed:") for e in a.fine_tuning.jobs.list_events(job.id, limit=100).data), 30, lr)
     events = a.fine_tuning.jobs.list_events(job.id, limit=100).data
     assert events and all(isinstance(e, FineTuningJobEvent) for e in events)
     assert [e.created_at for e in events] == sorted((e.created_at for e in events), reverse=True)  # newest first
@@ -214,12 +217,16 @@ def test_openai_client_end_to_end_on_the_local_stack(local_gateway):
     wait_until(f"job {second.id} running", lambda: a.fine_tuning.jobs.retrieve(second.id).status == "running", 90, lr)
     assert a.fine_tuning.jobs.cancel(second.id).status == "cancelled"
     wait_until(f"job {second.id} ended", lambda: lr.emu.get("batch", "v1", "jobs", TENANT_A, f"{second.id}-train") is None, 60, lr)
-    cancelled = a.fine_tuning.jobs.retrieve(second.id)
-    assert cancelled.status == "cancelled" and cancelled.fine_tuned_model is None and cancelled.finished_at is not None
+    # The Job's deletion comes first; the final status (Cancelled, finished_at) follows on its DELETED event, and the
+    # pods go with the garbage collector: each is waited for, not read once.
+    cancelled = wait_until(f"job {second.id} cancelled and finished",
+                           lambda: j if (j := a.fine_tuning.jobs.retrieve(second.id)).finished_at is not None else None, 60, lr)
+    assert cancelled.status == "cancelled" and cancelled.fine_tuned_model is None
     assert (lr.workdir / "pods" / TENANT_A / f"{second.id}-train-0" / "trainer.log").exists()  # its trainer did run
-    assert not [name for ns, name in lr.kubelet.runs if name.startswith(second.id)], "a pod of the cancelled job still runs"
-    assert not [p["metadata"]["name"] for p in lr.emu.list("", "v1", "pods", TENANT_A)
-                if p["metadata"]["name"].startswith(second.id) and (p.get("status") or {}).get("phase") == "Running"]
+    wait_until(f"no pod of job {second.id} running", lambda: not [name for ns, name in lr.kubelet.runs if name.startswith(second.id)]
+               and not [p["metadata"]["name"] for p in lr.emu.list("", "v1", "pods", TENANT_A)
+                        if p["metadata"]["name"].startswith(second.id) and (p.get("status") or {}).get("phase") == "Running"],
+               60, lr)
     assert [m.id for m in a.models.list().data] == ["tiny", done.fine_tuned_model]
 
     # An unknown model is a 404 in OpenAI's shape.
