@@ -32,7 +32,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _where_it_failed(report, frames: int = 8) -> list[str]:
-    """The innermost frames of a failed test's traceback, one `path:line: message` line each."""
+    """The innermost frames of a failed test's traceback, one `path:line` line each, then `-> ` and the exception's
+    first line."""
     chain = getattr(report.longrepr, "chain", None)
     if not chain:
         return []

@@ -180,9 +180,11 @@ def test_openai_client_end_to_end_on_the_local_stack(local_gateway):
     trained = time.monotonic() - started
 
     # kopf posts the operator's Events from a queue of its own, a moment after the status that caused them: wait for it
-    wait_until(f"job {job.id}'s Completed event", lambda: any(
-        e.message.startswith("Completed:") for e in a.fine_tuning.jobs.list_events(job.id, limit=100).data), 30, lr)
-    events = a.fine_tuning.jobs.list_events(job.id, limit=100).data
+    def completed_events() -> list[FineTuningJobEvent] | None:
+        events = a.fine_tuning.jobs.list_events(job.id, limit=100).data
+        return events if any(e.message.startswith("Completed:") for e in events) else None
+
+    events = wait_until(f"job {job.id}'s Completed event", completed_events, 30, lr)
     assert events and all(isinstance(e, FineTuningJobEvent) for e in events)
     assert [e.created_at for e in events] == sorted((e.created_at for e in events), reverse=True)  # newest first
     assert events[-1].message == f"Created fine-tuning job: {job.id}"

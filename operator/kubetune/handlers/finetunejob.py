@@ -141,10 +141,12 @@ def seen_created(body: Any, seen: Seen, planned: TrainingPlan, created: dict[str
     finds nothing left to write. A new training Job changes nothing derive reads of the plan; a new pre-flight Job
     changes where the pre-flight stands, so that plan is made again (it is pure)."""
     job = created.get("Job")
-    component = ((job or {}).get("metadata", {}).get("labels") or {}).get(c.LABEL_COMPONENT)
-    if job is not None and component == c.COMPONENT_TRAINER and planned.create_job:
+    if job is None:
+        return seen, planned
+    component = (job["metadata"].get("labels") or {}).get(c.LABEL_COMPONENT)
+    if component == c.COMPONENT_TRAINER and planned.create_job:
         return replace(seen, job=_slim(job, *JOB_SPEC_KEYS)), planned
-    if job is not None and component == c.COMPONENT_PREFLIGHT and planned.create_preflight:
+    if component == c.COMPONENT_PREFLIGHT and planned.create_preflight:
         seen = replace(seen, preflight_job=_slim(job, *JOB_SPEC_KEYS))
         return seen, _plan(body, runtime().settings, seen)
     return seen, planned
