@@ -6,7 +6,8 @@ Prints:
      one discarded warm-up run of each, bench/_stats.py): "paced", one created every --spacing seconds,
      and "burst", all N created back to back (as `kubectl apply -f` of a file of them does: one create after
      the other, as fast as the API server takes them).
-     Each run starts from the same cluster (the previous run's FineTuneJobs deleted and gone). Per mode:
+     Each run starts from the same cluster (the previous run's FineTuneJobs deleted and gone) and an idle
+     operator (their deletion events handled). Per mode:
      each run's p50/p99, their min / median / max and spread, and each run's figure over the goal;
   2. operator RSS with --live FineTuneJobs (and their Jobs) in the cluster;
   3. API requests the operator makes per FineTuneJob lifecycle (create -> running -> succeeded ->
@@ -134,7 +135,23 @@ def latency_run(emu: Emulator, watcher: JobWatcher, names: list[str], spacing: f
     emu.call(lambda: [emu.handler.store.delete(rtype, "bench", n) for n in names])
     wait(lambda: not emu.call(lambda: [n for n in names if emu.handler.store.find(rtype, "bench", n)]),
          120, "latency FineTuneJobs deleted", 0.1)
+    cpu["settle"] = settle(operator)
     return latencies, cpu
+
+
+def settle(pid: int, interval: float = 0.25, idle: float = 0.02, timeout: float = 120) -> float:
+    """Wait until process `pid` is idle: under `idle` CPU seconds in each of two `interval`s in a row; returns the
+    seconds waited. After a run's deletions the operator still has their watch events to handle (each FineTuneJob's
+    and its 5 children's DELETED events); a run started before that would measure them too."""
+    start = time.monotonic()
+    deadline, quiet, last = start + timeout, 0, cpu_seconds(pid)
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"process {pid} did not go idle within {timeout:.0f} s")
+        time.sleep(interval)
+        now = cpu_seconds(pid)
+        quiet, last = (quiet + 1 if now - last < idle else 0), now
+    return time.monotonic() - start
 
 
 class PySpy:
@@ -228,7 +245,8 @@ def main() -> int:
                 print(f"run {r + 1} {mode}: p50 {runs[mode][-1]['p50']:.1f} ms, p99 {runs[mode][-1]['p99']:.1f} ms, "
                       f"max {runs[mode][-1]['max']:.1f} ms; creates took {cpu['creates']:.1f} s; until the last Job "
                       f"({cpu['wall']:.1f} s) CPU: operator "
-                      f"{cpu['operator']:.1f} s, emulator {cpu['emulator']:.1f} s", flush=True)
+                      f"{cpu['operator']:.1f} s, emulator {cpu['emulator']:.1f} s; operator idle {cpu['settle']:.1f} s after the "
+                      "deletions", flush=True)
 
             jobs = emu.resource("batch", "v1", "jobs")
             count = lambda: emu.call(lambda: len(emu.handler.store.list(jobs, "bench")))  # noqa: E731
