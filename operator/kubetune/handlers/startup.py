@@ -50,7 +50,7 @@ def tune_gc() -> None:
     """Keep the garbage collector's full collections short and rare. The operator's heap starts with about 115 k
     objects from its imports (kopf, the kubernetes client's config loading, pydantic's schemas) that never become
     garbage, and each full collection walked them all: in a burst of creates (bench/operator_scale.py) one ran every
-    2-3 s and held the event loop for 130-185 ms, which every event in flight waited out (most of the burst's p99).
+    2-3 s and held the event loop for 120-185 ms, which every event in flight waited out (most of the burst's p99).
     Frozen here, before the first watch starts, they are never walked again; a young generation of GC_YOUNG_THRESHOLD
     allocations instead of 700 makes the collections of the older generations, which follow from the young ones,
     rarer. What is garbage now is collected first, so that none of it is kept."""
